@@ -1,0 +1,50 @@
+"""The ``bisenet-ros`` command line.
+
+Each sub-command lives in its own module exposing ``add_arguments(parser)`` and
+``run(args) -> int``; it is imported only when chosen, so ``bisenet-ros --help`` stays fast and
+a missing optional dependency only affects the command that needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "segment": ("bisenet_ros.commands.segment", "segment image files and write label maps and overlays"),
+    "export": ("bisenet_ros.inference.export", "export a model to ONNX with its metadata embedded"),
+    "bench": ("bisenet_ros.bench", "benchmark backends and post-processing against the reference pipeline"),
+    "replay": ("bisenet_ros.replay.cli", "run a rosbag through the engine, write an output bag and a report"),
+    "demo": ("bisenet_ros.commands.demo", "end-to-end demo on synthetic data (train, export, replay, report)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bisenet-ros", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, summary) in COMMANDS.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        parser = build_parser()
+        if argv and not argv[0].startswith("-"):
+            parser.error(f"unknown command {argv[0]!r}; choose from {', '.join(COMMANDS)}")
+        parser.parse_args(argv)
+        parser.print_help()
+        return 0 if argv else 2
+    name = argv[0]
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"bisenet-ros {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
