@@ -1,0 +1,130 @@
+"""Real ROS 2 message definitions for tests, from the rosbags typestore (ROS 2 Humble).
+
+This is part of a TEST DOUBLE: ROS 2 cannot be installed here, so the message classes the node
+sees in tests are built from the ``rosbags`` typestore's copies of the real ``.msg`` definitions
+(sensor_msgs, std_msgs, builtin_interfaces, diagnostic_msgs, rcl_interfaces), plus
+``vision_msgs/LabelInfo`` and ``VisionClass`` registered from their ``.msg`` text (vision_msgs 4.x,
+as shipped with Humble and Jazzy).
+
+:func:`rclpy_style_class` wraps a typestore class so that it behaves like an rclpy message class
+where the node relies on it: every field has a default (zero, empty, nested default message),
+keyword construction, unknown fields rejected, ``uint8[]`` fields accept only ``bytes`` or
+``array.array('B')`` (rclpy rejects NumPy arrays there) and ``byte`` fields/constants are ``bytes``.
+"""
+from __future__ import annotations
+
+import array
+import functools
+from typing import Any
+
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+LABEL_INFO_MSG = """\
+std_msgs/Header header
+VisionClass[] class_map
+float32 threshold
+"""
+VISION_CLASS_MSG = """\
+uint16 class_id
+string class_name
+"""
+
+
+@functools.lru_cache(maxsize=1)
+def typestore() -> Any:
+    """The ROS 2 Humble typestore with vision_msgs LabelInfo/VisionClass registered."""
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    types = {}
+    types.update(get_types_from_msg(VISION_CLASS_MSG, "vision_msgs/msg/VisionClass"))
+    types.update(get_types_from_msg(LABEL_INFO_MSG, "vision_msgs/msg/LabelInfo"))
+    store.register(types)
+    return store
+
+
+_ZERO = {"bool": False, "string": "", "float32": 0.0, "float64": 0.0, "byte": b"\x00",
+         "char": 0}
+
+
+def _default(store: Any, spec: tuple) -> Any:
+    kind, detail = spec
+    kind = getattr(kind, "name", kind)
+    if kind == "BASE":
+        return _ZERO.get(detail[0], 0)
+    if kind == "NAME":
+        return rclpy_style_class(detail)()
+    if kind == "SEQUENCE":
+        inner = detail[0]
+        if getattr(inner[0], "name", "") == "BASE" and inner[1][0] == "uint8":
+            return array.array("B")
+        return []
+    if kind == "ARRAY":
+        inner, size = detail
+        return [_default(store, inner) for _ in range(size)]
+    raise TypeError(f"unhandled field spec {spec}")  # pragma: no cover
+
+
+@functools.lru_cache(maxsize=None)
+def rclpy_style_class(msgtype: str) -> type:
+    """A class behaving like the rclpy-generated class of ``msgtype`` (see module docstring)."""
+    store = typestore()
+    base = store.types[msgtype]
+    msgdef = store.get_msgdef(msgtype)
+    fields = dict(msgdef.fields)
+
+    def __init__(self: Any, **kwargs: Any) -> None:
+        unknown = set(kwargs) - set(fields)
+        # rclpy: "Invalid arguments passed to constructor: ..." (an AssertionError)
+        assert not unknown, f"Invalid arguments passed to constructor: {', '.join(sorted(unknown))}"
+        values = {name: kwargs[name] if name in kwargs else _default(store, spec)
+                  for name, spec in fields.items()}
+        base.__init__(self, **values)
+
+    def __setattr__(self: Any, name: str, value: Any) -> None:
+        spec = fields.get(name)
+        if spec is not None and getattr(spec[0], "name", "") == "SEQUENCE":
+            inner = spec[1][0]
+            if getattr(inner[0], "name", "") == "BASE" and inner[1][0] == "uint8":
+                # rclpy's setter: array.array('B') or a Sequence of ints; a NumPy array fails its
+                # assertion, and a bytes object is converted.
+                assert isinstance(value, (array.array, bytes, list)), (
+                    f"The '{name}' field must be a set or sequence and each value of type 'int' "
+                    f"and each unsigned integer in [0, 255] (got {type(value).__name__})")
+                if not isinstance(value, array.array):
+                    value = array.array("B", value)
+        if spec is not None and getattr(spec[0], "name", "") == "BASE" and spec[1][0] == "byte":
+            assert isinstance(value, bytes) and len(value) == 1, (
+                f"The '{name}' field must be of type 'bytes' of length 1")
+        object.__setattr__(self, name, value)
+
+    namespace = {"__init__": __init__, "__setattr__": __setattr__, "__msgtype__": msgtype}
+    cls = type(msgtype.rsplit("/", 1)[-1], (base,), namespace)
+    # rclpy exposes 'byte' constants as bytes (the typestore as ints).
+    if msgtype == "diagnostic_msgs/msg/DiagnosticStatus":
+        for name in ("OK", "WARN", "ERROR", "STALE"):
+            setattr(cls, name, bytes([getattr(base, name)]))
+    return cls
+
+
+def to_store_message(msg: Any) -> Any:
+    """Convert an rclpy-style message (or nested list) back to the plain typestore class, e.g.
+    to serialize it with :meth:`typestore().serialize_cdr` and prove it is a valid message."""
+    store = typestore()
+    msgtype = getattr(msg, "__msgtype__", None)
+    if msgtype is None:
+        return msg
+    fields = dict(store.get_msgdef(msgtype).fields)
+    values = {}
+    for name in fields:
+        value = getattr(msg, name)
+        if isinstance(value, list):
+            value = [to_store_message(v) for v in value]
+        elif isinstance(value, array.array):
+            import numpy as np
+
+            value = np.frombuffer(value, dtype=np.uint8).copy()
+        elif isinstance(value, bytes) and len(value) == 1:
+            value = value[0]
+        else:
+            value = to_store_message(value)
+        values[name] = value
+    return store.types[msgtype](**values)
