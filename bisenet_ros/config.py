@@ -170,6 +170,7 @@ class SegmenterConfig:
 _NODE_ONLY_KEYS = frozenset({
     "qos", "qos_depth", "max_frame_age", "publish_confidence", "color_mask_encoding",
     "use_compressed", "image_topic", "compressed_topic", "confidence_encoding", "use_sim_time",
+    "diagnostics_period",
 })
 
 

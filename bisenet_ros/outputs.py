@@ -151,7 +151,7 @@ def diagnostic_level(stats: Mapping[str, Any]) -> tuple[int, str]:
     return OK, "segmenting"
 
 
-def diagnostic_values(stats: Mapping[str, Any]) -> list[tuple[str, str]]:
+def diagnostic_values(stats: Mapping[str, Any], config: Any = None) -> list[tuple[str, str]]:
     """Diagnostics key/value pairs (``diagnostic_msgs/KeyValue``) for a stats snapshot.
 
     Keys: ``input_rate_hz``, ``output_rate_hz``, ``frames_received``, ``frames_processed``,
@@ -159,8 +159,12 @@ def diagnostic_values(stats: Mapping[str, Any]) -> list[tuple[str, str]]:
     ``malformed``, ``errors``, ``latency_<stage>_ms`` (mean over the recent window, per engine
     stage plus ``decode``, ``publish`` and ``total``) and ``age_ms`` (frame stamp to publish).
 
+    With ``config`` (a ``SegmenterConfig``), ``variant``, ``backend``, ``device``, ``precision``
+    and ``resolution`` are appended, so a diagnostics viewer shows what is running.
+
     Args:
         stats: a :meth:`bisenet_ros.pipeline.PipelineStats.snapshot`.
+        config: optional ``SegmenterConfig`` of the running engine.
     """
     values: list[tuple[str, str]] = [
         ("input_rate_hz", f"{stats.get('input_rate_hz', 0.0):.2f}"),
@@ -173,4 +177,8 @@ def diagnostic_values(stats: Mapping[str, Any]) -> list[tuple[str, str]]:
         values.append((f"latency_{stage}_ms", f"{ms:.2f}"))
     if stats.get("age_ms") is not None:
         values.append(("age_ms", f"{stats['age_ms']:.2f}"))
+    if config is not None:
+        values += [("variant", str(config.variant)), ("backend", str(config.backend)),
+                   ("device", str(config.device)), ("precision", str(config.precision)),
+                   ("resolution", "x".join(str(v) for v in config.resolution))]
     return values

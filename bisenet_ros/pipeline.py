@@ -8,15 +8,24 @@ The node is a thin adapter around these pieces so that they are tested without R
 * :func:`frame_age_s` / :func:`is_stale` implement the ``max_frame_age`` policy.
 * :class:`PipelineStats` counts frames and keeps rates and per-stage latencies for
   ``/diagnostics`` (formatted by :func:`bisenet_ros.outputs.diagnostic_values`).
+* :data:`NODE_PARAMETERS` and :func:`config_parameters` describe every ROS parameter (type,
+  default, help, constraints); :func:`node_options_from_parameters` and
+  :func:`config_from_parameters` validate the values at start-up.
 """
 from __future__ import annotations
 
 import collections
+import dataclasses
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Deque, Generic, Mapping, TypeVar
 
-__all__ = ["LatestFrameSlot", "RateMeter", "PipelineStats", "stamp_to_ns", "frame_age_s", "is_stale"]
+__all__ = [
+    "LatestFrameSlot", "RateMeter", "PipelineStats", "stamp_to_ns", "frame_age_s", "is_stale",
+    "ParameterSpec", "NODE_PARAMETERS", "QOS_PROFILES", "NodeOptions", "config_parameters",
+    "all_parameters", "node_options_from_parameters", "config_from_parameters",
+]
 
 T = TypeVar("T")
 
@@ -171,3 +180,181 @@ class PipelineStats:
                 "age_ms": self.last_age_ms,
                 "last_error": self.last_error,
             }
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters of the node, ROS-free: the node declares exactly these (see docs/node.md).
+# ---------------------------------------------------------------------------------------------
+
+QOS_PROFILES = ("sensor_data", "reliable", "system_default")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One ROS parameter of the node: its ROS-typed default, help text and constraints.
+
+    ``default`` has the type the ROS parameter is declared with (str, int, float, bool or
+    list[str]); rclpy rejects an override of another type at launch.
+    """
+
+    name: str
+    default: Any
+    description: str
+    choices: tuple[str, ...] = ()
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+
+    @property
+    def constraints(self) -> str:
+        """Human-readable constraint text (``ParameterDescriptor.additional_constraints``)."""
+        if self.choices:
+            return "one of: " + ", ".join(self.choices)
+        if self.int_range:
+            return f"integer in {self.int_range[0]}..{self.int_range[1]}"
+        if self.float_range:
+            return f"number in {self.float_range[0]}..{self.float_range[1]}"
+        return ""
+
+
+#: Parameters of the node that are not segmenter options (keep in sync with
+#: ``bisenet_ros.config._NODE_ONLY_KEYS``; a test checks it).
+NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("image_topic", "image",
+                  "Input sensor_msgs/Image topic (relative names resolve in the node's namespace; "
+                  "remapping 'image' works as well)."),
+    ParameterSpec("use_compressed", False,
+                  "Subscribe to sensor_msgs/CompressedImage (JPEG/PNG) on 'compressed_topic' "
+                  "instead of the raw image topic."),
+    ParameterSpec("compressed_topic", "",
+                  "CompressedImage topic; empty: '<image_topic>/compressed' (image_transport "
+                  "convention)."),
+    ParameterSpec("qos", "sensor_data",
+                  "Input QoS: 'sensor_data' (best effort, keep last: matches every camera "
+                  "driver and never queues), 'reliable' or 'system_default'.",
+                  choices=QOS_PROFILES),
+    ParameterSpec("qos_depth", 1,
+                  "Input queue depth. 1 keeps only the newest frame: latency stays bounded when "
+                  "the camera is faster than the model.", int_range=(1, 100)),
+    ParameterSpec("max_frame_age", 0.5,
+                  "Drop (and count) a frame whose header stamp is older than this many seconds "
+                  "when inference starts; 0 disables the check. Frames with a zero stamp are "
+                  "never dropped.", float_range=(0.0, 3600.0)),
+    ParameterSpec("publish_confidence", False,
+                  "Publish ~/confidence (max softmax probability per pixel); implies the "
+                  "engine's 'confidence' option."),
+    ParameterSpec("confidence_encoding", "32FC1",
+                  "Encoding of ~/confidence: 32FC1 (0..1) or mono8 (0..255).",
+                  choices=("32FC1", "mono8")),
+    ParameterSpec("color_mask_encoding", "bgr8",
+                  "Encoding of ~/color_mask and ~/overlay: bgr8 or rgb8.", choices=("bgr8", "rgb8")),
+    ParameterSpec("diagnostics_period", 1.0,
+                  "Seconds between /diagnostics messages.", float_range=(0.05, 60.0)),
+)
+
+_CONFIG_CHOICES = {
+    "resize": "RESIZE_POLICIES", "backend": "BACKENDS", "precision": "PRECISIONS",
+    "output_resolution": "OUTPUT_RESOLUTIONS",
+}
+_CONFIG_INT_RANGES = {"num_classes": (1, 255), "num_threads": (0, 1024)}
+_CONFIG_FLOAT_RANGES = {"overlay_alpha": (0.0, 1.0)}
+
+
+def config_parameters() -> tuple[ParameterSpec, ...]:
+    """One :class:`ParameterSpec` per :class:`SegmenterConfig` field, from its metadata.
+
+    ROS parameter types: ``resolution`` is a string ``"WIDTHxHEIGHT"`` (what a launch argument
+    gives), ``drivable_classes`` a string array, optional paths are ``""`` when unset.
+    """
+    from bisenet_ros import config as config_module  # pure Python, no torch
+
+    defaults = config_module.SegmenterConfig()
+    specs = []
+    for f in dataclasses.fields(config_module.SegmenterConfig):
+        value = getattr(defaults, f.name)
+        if f.name == "resolution":
+            value = "x".join(str(v) for v in value)
+        elif isinstance(value, tuple):
+            value = [str(v) for v in value]
+        elif value is None:
+            value = ""
+        choices = tuple(getattr(config_module, _CONFIG_CHOICES[f.name])) if (
+            f.name in _CONFIG_CHOICES) else ()
+        specs.append(ParameterSpec(f.name, value, f.metadata["help"], choices=choices,
+                                   int_range=_CONFIG_INT_RANGES.get(f.name),
+                                   float_range=_CONFIG_FLOAT_RANGES.get(f.name)))
+    return tuple(specs)
+
+
+def all_parameters() -> tuple[ParameterSpec, ...]:
+    """Every parameter the node declares: segmenter options first, then node options."""
+    return config_parameters() + NODE_PARAMETERS
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """Validated node-only options (see :data:`NODE_PARAMETERS`)."""
+
+    image_topic: str = "image"
+    use_compressed: bool = False
+    compressed_topic: str = ""
+    qos: str = "sensor_data"
+    qos_depth: int = 1
+    max_frame_age: float = 0.5
+    publish_confidence: bool = False
+    confidence_encoding: str = "32FC1"
+    color_mask_encoding: str = "bgr8"
+    diagnostics_period: float = 1.0
+
+    @property
+    def input_topic(self) -> str:
+        if not self.use_compressed:
+            return self.image_topic
+        return self.compressed_topic or self.image_topic.rstrip("/") + "/compressed"
+
+
+def _check(spec: ParameterSpec, value: Any) -> None:
+    if spec.choices and value not in spec.choices:
+        raise ValueError(f"parameter {spec.name}={value!r}: expected {spec.constraints}")
+    for bounds in (spec.int_range, spec.float_range):
+        if bounds and not (bounds[0] <= value <= bounds[1]):
+            raise ValueError(f"parameter {spec.name}={value!r}: expected {spec.constraints}")
+
+
+def node_options_from_parameters(values: Mapping[str, Any]) -> NodeOptions:
+    """Validate the node-only parameter values (a mapping name -> value).
+
+    Raises:
+        ValueError: naming the parameter, the bad value and what is expected.
+    """
+    kwargs = {}
+    for spec in NODE_PARAMETERS:
+        value = values.get(spec.name, spec.default)
+        _check(spec, value)
+        kwargs[spec.name] = value
+    if not str(kwargs["image_topic"]).strip():
+        raise ValueError("parameter image_topic is empty: name the camera topic, e.g. "
+                         "'/camera/image_raw' (or remap 'image')")
+    return NodeOptions(**kwargs)
+
+
+def config_from_parameters(values: Mapping[str, Any], *, publish_confidence: bool = False) -> Any:
+    """The validated :class:`SegmenterConfig` from ROS parameter values.
+
+    Args:
+        values: parameter name -> value; names that are not config fields are ignored.
+        publish_confidence: the node option; turns the engine's ``confidence`` on.
+
+    Raises:
+        ValueError: from :meth:`SegmenterConfig.validate`, naming the option and the fix.
+    """
+    from bisenet_ros.config import SegmenterConfig
+
+    specs = {spec.name: spec for spec in config_parameters()}
+    options = {}
+    for name, spec in specs.items():
+        value = values.get(name, spec.default)
+        _check(spec, value)
+        options[name] = value
+    if publish_confidence:
+        options["confidence"] = True
+    return SegmenterConfig.from_dict(options)

@@ -1,0 +1,300 @@
+"""ROS 2 semantic segmentation node (``ros2 run bisenet_ros segmentation_node``).
+
+The only module of the package that imports rclpy and ROS message packages. It is a thin adapter:
+message -> array (:mod:`bisenet_ros.codec`) -> engine (:class:`bisenet_ros.inference.Segmenter`)
+-> arrays -> messages (:mod:`bisenet_ros.outputs`), with the input header copied onto every
+output. Frame scheduling, statistics and parameter validation live in the ROS-free
+:mod:`bisenet_ros.pipeline`.
+
+Subscribes:
+    ``image`` (sensor_msgs/Image; or ``image/compressed``, sensor_msgs/CompressedImage, with
+    ``use_compressed``), sensor-data QoS by default.
+Publishes:
+    ``~/mask`` (mono8 class ids), ``~/color_mask`` and ``~/overlay`` (bgr8 or rgb8),
+    ``~/drivable_mask`` (mono8, 255 = drivable), ``~/confidence`` (32FC1 or mono8, with
+    ``publish_confidence``), ``~/label_info`` (vision_msgs/LabelInfo, transient local) and
+    ``/diagnostics`` (diagnostic_msgs/DiagnosticArray).
+
+Latency never builds up: the subscription callback only stores the newest message in a one-slot
+buffer, and a worker thread runs inference on whatever is newest when it is free. Frames replaced
+before inference, frames older than ``max_frame_age`` and malformed messages are counted in
+``/diagnostics``; the node never dies on input.
+"""
+from __future__ import annotations
+
+import array
+import threading
+import time
+from typing import Any, Callable
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from vision_msgs.msg import LabelInfo, VisionClass
+
+from bisenet_ros import outputs
+from bisenet_ros.codec import CodecError, decode_compressed, decode_image
+from bisenet_ros.pipeline import (
+    LatestFrameSlot, NodeOptions, ParameterSpec, PipelineStats, all_parameters,
+    config_from_parameters, frame_age_s, is_stale, node_options_from_parameters, stamp_to_ns)
+
+# Throttle period of the per-frame warnings (malformed input, stale frames, engine errors):
+# a broken camera at 30 Hz must not flood the log, but the first occurrence is shown at once.
+LOG_THROTTLE_S = 5.0
+
+
+class StartupError(Exception):
+    """The node cannot start (already logged by the node with the cause and the fix)."""
+
+
+class ParameterError(StartupError, ValueError):
+    """A parameter value the node cannot start with."""
+
+
+def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    # Read-only: the engine is built once from these values, so changing one at runtime would
+    # silently do nothing. `ros2 param describe` shows the help text and the constraints.
+    descriptor = ParameterDescriptor(description=spec.description, read_only=True,
+                                     additional_constraints=spec.constraints)
+    if spec.int_range:
+        descriptor.integer_range = [
+            IntegerRange(from_value=spec.int_range[0], to_value=spec.int_range[1], step=0)]
+    if spec.float_range:
+        descriptor.floating_point_range = [FloatingPointRange(
+            from_value=float(spec.float_range[0]), to_value=float(spec.float_range[1]), step=0.0)]
+    return descriptor
+
+
+def input_qos(options: NodeOptions) -> QoSProfile:
+    """The subscription QoS. Best effort (``sensor_data``) matches both best-effort and reliable
+    camera publishers; keep-last with a small depth never queues old frames."""
+    reliability = {
+        "sensor_data": ReliabilityPolicy.BEST_EFFORT,
+        "reliable": ReliabilityPolicy.RELIABLE,
+        "system_default": ReliabilityPolicy.SYSTEM_DEFAULT,
+    }[options.qos]
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=options.qos_depth,
+                      reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+
+
+class SegmentationNode(Node):
+    """Semantic segmentation of a camera stream with BiSeNet V1/V2 or STDC.
+
+    Args:
+        segmenter_factory: builds the engine from a ``SegmenterConfig``; default
+            :class:`bisenet_ros.inference.Segmenter` (imported here, so importing this module
+            does not import torch).
+        **kwargs: passed to :class:`rclpy.node.Node` (``namespace``, ``parameter_overrides``, ...).
+
+    Raises:
+        ParameterError: a parameter value is invalid (the message names it and the fix).
+        StartupError: the engine cannot be built (missing weights file, backend or device).
+    """
+
+    def __init__(self, *, segmenter_factory: Callable[[Any], Any] | None = None,
+                 node_name: str = "segmentation", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        try:
+            # rclpy checks an override's type against the default's, and ranges, right here.
+            values = {spec.name: self.declare_parameter(spec.name, spec.default,
+                                                        _descriptor(spec)).value
+                      for spec in all_parameters()}
+        except (InvalidParameterTypeException, InvalidParameterValueException) as err:
+            self.get_logger().fatal(
+                f"invalid parameter: {err} (`ros2 param describe` lists types and ranges; see "
+                "config/*.yaml)")
+            raise ParameterError(str(err)) from err
+        try:
+            self.options = node_options_from_parameters(values)
+            self.config = config_from_parameters(
+                values, publish_confidence=self.options.publish_confidence)
+        except ValueError as err:
+            self.get_logger().fatal(f"invalid parameter: {err}")
+            raise ParameterError(str(err)) from err
+
+        if segmenter_factory is None:
+            from bisenet_ros.inference import Segmenter as segmenter_factory
+        self.get_logger().info(
+            f"loading {self.config.variant} ({self.config.weights or 'random weights'}) on "
+            f"{self.config.backend}/{self.config.device} at "
+            f"{self.config.resolution[0]}x{self.config.resolution[1]}")
+        try:
+            self.segmenter = segmenter_factory(self.config)
+        except (ImportError, OSError, ValueError, RuntimeError) as err:
+            self.get_logger().fatal(f"cannot build the segmentation engine: {err}")
+            raise StartupError(str(err)) from err
+
+        self.stats = PipelineStats()
+        self._slot: LatestFrameSlot[Any] = LatestFrameSlot()
+
+        # Outputs: reliable keep-last matches reliable and best-effort subscribers (rviz, planners).
+        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        topics = [t for t in outputs.OUTPUT_TOPICS
+                  if t != "confidence" or self.options.publish_confidence]
+        self._image_publishers = {t: self.create_publisher(Image, f"~/{t}", out_qos) for t in topics}
+        # Transient local: a subscriber starting later still receives the class map.
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self._label_info_publisher = self.create_publisher(LabelInfo, "~/label_info", latched)
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._publish_label_info()
+
+        msg_type = CompressedImage if self.options.use_compressed else Image
+        self._decode = decode_compressed if self.options.use_compressed else decode_image
+        self._subscription = self.create_subscription(
+            msg_type, self.options.input_topic, self._on_image, input_qos(self.options))
+        self._diagnostics_timer = self.create_timer(
+            self.options.diagnostics_period, self._publish_diagnostics)
+
+        self._worker = threading.Thread(target=self._run_worker, name="segmentation", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"segmenting {self.options.input_topic} ({msg_type.__name__}, QoS {self.options.qos}, "
+            f"depth {self.options.qos_depth}); max frame age {self.options.max_frame_age} s")
+
+    # -- input ------------------------------------------------------------------------------
+
+    def _on_image(self, msg: Any) -> None:
+        """Subscription callback: keep only the newest message, decode nothing here."""
+        self.stats.count("frames_received")
+        if self._slot.put(msg):
+            self.stats.count("dropped_superseded")
+
+    def _run_worker(self) -> None:
+        while not self._slot.closed:
+            msg = self._slot.take(timeout=0.5)
+            if msg is not None:
+                self.process(msg)
+
+    # -- processing -------------------------------------------------------------------------
+
+    def _wanted_topics(self) -> list[str]:
+        # The mask is always published (planners rely on it); other outputs only cost time when
+        # somebody listens.
+        return [t for t, pub in self._image_publishers.items()
+                if t == "mask" or pub.get_subscription_count() > 0]
+
+    def process(self, msg: Any) -> bool:
+        """Segment one message and publish the outputs; returns whether anything was published.
+
+        Never raises on bad input: stale, malformed and failing frames are logged (throttled)
+        and counted in ``/diagnostics``.
+        """
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        now_ns = self.get_clock().now().nanoseconds
+        if is_stale(stamp_ns, now_ns, self.options.max_frame_age):
+            self.stats.count("dropped_stale")
+            self.get_logger().warning(
+                f"dropping a frame {frame_age_s(stamp_ns, now_ns):.3f} s old (max_frame_age "
+                f"{self.options.max_frame_age} s): inference is slower than the camera or the "
+                "clocks differ (use_sim_time with a bag?)", throttle_duration_sec=LOG_THROTTLE_S)
+            return False
+        start = time.perf_counter()
+        try:
+            frame, color_order = self._decode(msg)
+        except CodecError as err:
+            self.stats.count("malformed")
+            self.get_logger().warning(f"skipping a malformed image message: {err}",
+                                      throttle_duration_sec=LOG_THROTTLE_S)
+            return False
+        decoded = time.perf_counter()
+        topics = self._wanted_topics()
+        try:
+            result = self.segmenter(frame, color_order=color_order,
+                                    outputs=outputs.engine_outputs_for(topics))
+        except ValueError as err:  # the engine's "bad frame" error (e.g. an empty or huge image)
+            self.stats.count("malformed")
+            self.get_logger().warning(f"skipping a frame the engine rejects: {err}",
+                                      throttle_duration_sec=LOG_THROTTLE_S)
+            return False
+        except Exception as err:  # noqa: BLE001 - the node must outlive a backend failure
+            self.stats.record_error(f"{type(err).__name__}: {err}")
+            self.get_logger().error(f"inference failed: {type(err).__name__}: {err}",
+                                    throttle_duration_sec=LOG_THROTTLE_S)
+            return False
+        inferred = time.perf_counter()
+        fields = outputs.result_to_image_fields(
+            result, color_order, color_encoding=self.options.color_mask_encoding,
+            confidence_encoding=self.options.confidence_encoding, topics=topics)
+        for topic, image_fields in fields.items():
+            self._image_publishers[topic].publish(self._image_message(msg.header, image_fields))
+        done = time.perf_counter()
+        engine = dict(getattr(result, "timings", None) or {})
+        if "total" in engine:  # 'total' below is the node's (decode to publish)
+            engine["engine"] = engine.pop("total")
+        timings = {"decode": (decoded - start) * 1e3, **engine,
+                   "publish": (done - inferred) * 1e3, "total": (done - start) * 1e3}
+        age = frame_age_s(stamp_ns, self.get_clock().now().nanoseconds)
+        self.stats.record_frame(timings, None if age is None else age * 1e3)
+        return True
+
+    @staticmethod
+    def _image_message(header: Any, fields: dict[str, Any]) -> Image:
+        msg = Image(header=header, height=fields["height"], width=fields["width"],
+                    encoding=fields["encoding"], is_bigendian=fields["is_bigendian"],
+                    step=fields["step"])
+        # rclpy takes array.array('B') without a per-element check (a NumPy array is rejected,
+        # a list is checked element by element): one memcpy.
+        msg.data = array.array("B", fields["data"].tobytes())
+        return msg
+
+    # -- metadata and diagnostics -----------------------------------------------------------
+
+    def _publish_label_info(self) -> None:
+        info = outputs.label_info_fields(self.segmenter.class_names)
+        msg = LabelInfo()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.class_map = [VisionClass(class_id=i, class_name=name) for i, name in info["class_map"]]
+        msg.threshold = info["threshold"]
+        self._label_info_publisher.publish(msg)
+
+    def _publish_diagnostics(self) -> None:
+        snapshot = self.stats.snapshot()
+        level, message = outputs.diagnostic_level(snapshot)
+        levels = {outputs.OK: DiagnosticStatus.OK, outputs.WARN: DiagnosticStatus.WARN,
+                  outputs.ERROR: DiagnosticStatus.ERROR}
+        status = DiagnosticStatus(
+            level=levels[level], name=f"{self.get_fully_qualified_name()}: segmentation",
+            message=message, hardware_id=str(self.config.device),
+            values=[KeyValue(key=k, value=v)
+                    for k, v in outputs.diagnostic_values(snapshot, self.config)])
+        msg = DiagnosticArray()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.status = [status]
+        self._diagnostics_publisher.publish(msg)
+
+    def destroy_node(self) -> None:
+        """Stop the worker thread, then destroy the node."""
+        self._slot.close()
+        if self._worker.is_alive() and self._worker is not threading.current_thread():
+            self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run bisenet_ros segmentation_node``; returns the exit status."""
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SegmentationNode()
+        rclpy.spin(node)
+    except StartupError:
+        return 1  # already logged with the cause and the fix
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

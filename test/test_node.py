@@ -1,0 +1,442 @@
+"""The ROS 2 node's wiring, on real ROS 2 message definitions (rosbags typestore) and the rclpy
+test double in ``test/ros_double`` (ROS 2 itself cannot be installed here).
+
+The callback path is driven like on a robot: a camera publisher in the same (double) graph
+publishes messages, the node's worker thread segments them, and listeners receive the outputs.
+Most tests use a deterministic fake engine so that every output pixel can be checked; one group
+runs the real ``Segmenter`` (random weights, 128x64 network).
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import pytest
+
+from bisenet_ros.codec import image_to_array
+from bisenet_ros.config import _NODE_ONLY_KEYS
+from bisenet_ros.pipeline import NODE_PARAMETERS, all_parameters
+from ros_double import rclpy_double
+from ros_double.fake_engine import FakeSegmenter
+from ros_double.messages import rclpy_style_class, to_store_message, typestore
+
+ROOT = Path(__file__).resolve().parents[1]
+FRAME = np.random.default_rng(3).integers(0, 256, (24, 40, 3), dtype=np.uint8)  # BGR
+FAST = {"resolution": "128x64", "max_frame_age": 0.0}
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the node")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def ros(monkeypatch: pytest.MonkeyPatch):
+    """The rclpy double installed in sys.modules, ``bisenet_ros.node`` imported against it."""
+    graph = rclpy_double.install(monkeypatch)
+    sys.modules.pop("bisenet_ros.node", None)
+    node_module = importlib.import_module("bisenet_ros.node")
+    rclpy = sys.modules["rclpy"]
+    rclpy.init()
+    nodes: list[Any] = []
+    Image = rclpy_style_class("sensor_msgs/msg/Image")
+    qos = sys.modules["rclpy.qos"]
+
+    def make(engine: Any = FakeSegmenter, **params: Any) -> Any:
+        merged = {**FAST, **params}
+        overrides = [rclpy_double.Parameter(k, value=v) for k, v in merged.items()]
+        node = node_module.SegmentationNode(segmenter_factory=engine, parameter_overrides=overrides)
+        nodes.append(node)
+        return node
+
+    helper = rclpy_double.Node("test_harness")
+
+    def listen(topic: str, msg_type: str = "sensor_msgs/msg/Image", transient: bool = False,
+               reliable: bool = True) -> list[Any]:
+        received: list[Any] = []
+        profile = qos.QoSProfile(
+            depth=10,
+            reliability=qos.ReliabilityPolicy.RELIABLE if reliable else qos.ReliabilityPolicy.BEST_EFFORT,
+            durability=qos.DurabilityPolicy.TRANSIENT_LOCAL if transient else qos.DurabilityPolicy.VOLATILE)
+        helper.create_subscription(rclpy_style_class(msg_type), topic, received.append, profile)
+        return received
+
+    def camera(topic: str = "/image", msg_type: str = "sensor_msgs/msg/Image",
+               reliable: bool = False) -> Any:
+        profile = qos.QoSProfile(
+            depth=5,
+            reliability=qos.ReliabilityPolicy.RELIABLE if reliable else qos.ReliabilityPolicy.BEST_EFFORT)
+        return helper.create_publisher(rclpy_style_class(msg_type), topic, profile)
+
+    def image(frame: np.ndarray = FRAME, encoding: str = "bgr8", *, stamp_ns: int | None = None,
+              frame_id: str = "cam_front", **overrides: Any) -> Any:
+        msg = Image()
+        stamp_ns = time.time_ns() if stamp_ns is None else stamp_ns
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+        msg.header.frame_id = frame_id
+        msg.height, msg.width = frame.shape[:2]
+        msg.encoding = encoding
+        msg.step = frame.shape[1] * (frame.shape[2] if frame.ndim == 3 else 1)
+        msg.data = frame.tobytes()
+        for key, value in overrides.items():
+            setattr(msg, key, value)
+        return msg
+
+    yield SimpleNamespace(graph=graph, module=node_module, rclpy=rclpy, make=make, listen=listen,
+                          camera=camera, image=image, Image=Image)
+    for node in nodes:
+        node.destroy_node()
+    rclpy.try_shutdown()
+    sys.modules.pop("bisenet_ros.node", None)
+    sys.modules["bisenet_ros"].__dict__.pop("node", None)
+
+
+def _diagnostics(ros: Any, node: Any) -> tuple[Any, dict[str, str]]:
+    received = ros.listen("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray")
+    node._publish_diagnostics()
+    status = received[-1].status[0]
+    return status, {kv.key: kv.value for kv in status.values}
+
+
+def _serializes(msg: Any, msgtype: str) -> None:
+    store = typestore()
+    wire = store.serialize_cdr(to_store_message(msg), msgtype)
+    assert store.deserialize_cdr(wire, msgtype).header.frame_id == msg.header.frame_id
+
+
+# ------------------------------------------------------------------------------- outputs
+
+
+def test_every_output_with_the_input_header_and_exact_content(ros: Any) -> None:
+    node = ros.make(publish_confidence=True)
+    topics = ["mask", "color_mask", "overlay", "drivable_mask", "confidence"]
+    got = {t: ros.listen(f"/segmentation/{t}") for t in topics}
+    msg = ros.image(stamp_ns=1_700_000_000_123_456_789)
+    ros.camera().publish(msg)
+    wait_until(lambda: all(got.values()))
+
+    engine = node.segmenter
+    labels = engine.labels_for(FRAME)
+    expected = {
+        "mask": ("mono8", labels),
+        "color_mask": ("bgr8", engine.palette[:, ::-1][labels]),
+        "drivable_mask": ("mono8", np.where(labels == 0, 255, 0)),
+        "confidence": ("32FC1", np.full(labels.shape, 0.75, np.float32)),
+    }
+    for topic in topics:
+        out = got[topic][0]
+        assert out.header.stamp.sec == 1_700_000_000 and out.header.stamp.nanosec == 123_456_789
+        assert out.header.frame_id == "cam_front"
+        assert (out.height, out.width) == FRAME.shape[:2]
+        _serializes(out, "sensor_msgs/msg/Image")
+        if topic in expected:
+            encoding, array = expected[topic]
+            assert out.encoding == encoding
+            np.testing.assert_array_equal(image_to_array(out), array)
+    assert got["overlay"][0].encoding == "bgr8"
+    assert engine.calls[0]["color_order"] == "bgr"
+    assert engine.calls[0]["outputs"] == {"color", "overlay", "drivable", "confidence"}
+
+
+def test_rgb_input_and_rgb_colour_encoding(ros: Any) -> None:
+    node = ros.make(color_mask_encoding="rgb8", publish_confidence=True,
+                    confidence_encoding="mono8")
+    color, conf = ros.listen("/segmentation/color_mask"), ros.listen("/segmentation/confidence")
+    rgb = np.ascontiguousarray(FRAME[:, :, ::-1])
+    ros.camera().publish(ros.image(rgb, "rgb8"))
+    wait_until(lambda: color and conf)
+    # rgb8 is handed to the engine as is (no conversion), colours come out as asked
+    assert node.segmenter.calls[0]["color_order"] == "rgb"
+    labels = node.segmenter.labels_for(rgb)
+    assert color[0].encoding == "rgb8"
+    np.testing.assert_array_equal(image_to_array(color[0]), node.segmenter.palette[labels])
+    assert conf[0].encoding == "mono8"
+    assert (image_to_array(conf[0]) == 191).all()  # 0.75 * 255 rounded
+
+
+def test_only_outputs_with_subscribers_are_computed(ros: Any) -> None:
+    node = ros.make()
+    mask = ros.listen("/segmentation/mask")
+    camera = ros.camera()
+    camera.publish(ros.image())
+    wait_until(lambda: len(mask) == 1)
+    assert node.segmenter.calls[-1]["outputs"] == set()  # the mask needs only the labels
+
+    overlay = ros.listen("/segmentation/overlay")
+    camera.publish(ros.image())
+    wait_until(lambda: len(mask) == 2 and overlay)
+    assert node.segmenter.calls[-1]["outputs"] == {"overlay"}
+    # no ~/confidence publisher at all unless publish_confidence is set
+    assert not any(p.topic_name.endswith("/confidence") for p in node.publishers)
+
+
+def test_label_info_is_latched_for_late_subscribers(ros: Any) -> None:
+    node = ros.make(num_classes=4)
+    late = ros.listen("/segmentation/label_info", "vision_msgs/msg/LabelInfo", transient=True)
+    volatile = ros.listen("/segmentation/label_info", "vision_msgs/msg/LabelInfo")
+    assert len(late) == 1 and volatile == []
+    info = late[0]
+    assert [(c.class_id, c.class_name) for c in info.class_map] == [
+        (0, "class0"), (1, "class1"), (2, "class2"), (3, "class3")]
+    assert info.threshold == 0.0
+    _serializes(info, "vision_msgs/msg/LabelInfo")
+    assert node.segmenter.class_names == ["class0", "class1", "class2", "class3"]
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+def test_stale_frames_are_dropped_and_counted(ros: Any) -> None:
+    node = ros.make(max_frame_age=0.5)
+    mask = ros.listen("/segmentation/mask")
+    ros.graph.clock_ns = 1_000 * 1_000_000_000
+    camera = ros.camera()
+    camera.publish(ros.image(stamp_ns=ros.graph.clock_ns - 2_000_000_000))  # 2 s old
+    wait_until(lambda: node.stats.counters["dropped_stale"] == 1)
+    assert mask == [] and node.segmenter.calls == []
+    assert any("dropping a frame 2.000 s old" in m for m in ros.graph.messages("warning"))
+    camera.publish(ros.image(stamp_ns=ros.graph.clock_ns - 100_000_000))  # 0.1 s: fresh
+    camera.publish(ros.image(stamp_ns=0, frame_id="unstamped"))  # no stamp: never stale
+    wait_until(lambda: node.stats.counters["frames_processed"] >= 1)
+    wait_until(lambda: mask and mask[-1].header.frame_id == "unstamped")
+    status, values = _diagnostics(ros, node)
+    assert values["dropped_stale"] == "1"
+
+
+def test_newest_frame_only_no_backlog(ros: Any) -> None:
+    node = ros.make()
+    mask = ros.listen("/segmentation/mask")
+    engine = node.segmenter
+    engine.gate.clear()  # hold the worker inside inference on the first frame
+    camera = ros.camera()
+    camera.publish(ros.image(frame_id="f0"))
+    assert engine.started.wait(10)
+    for i in range(1, 6):  # the camera keeps going while the model is busy
+        camera.publish(ros.image(frame_id=f"f{i}"))
+    engine.gate.set()
+    wait_until(lambda: len(mask) == 2)
+    time.sleep(0.05)
+    assert [m.header.frame_id for m in mask] == ["f0", "f5"]  # f1..f4 were superseded
+    assert node.stats.counters["dropped_superseded"] == 4
+    assert node.stats.counters["frames_received"] == 6
+
+
+def test_default_qos_accepts_best_effort_and_reliable_cameras(ros: Any) -> None:
+    node = ros.make()
+    mask = ros.listen("/segmentation/mask")
+    ros.camera(reliable=False).publish(ros.image(frame_id="be"))
+    wait_until(lambda: len(mask) == 1)
+    ros.camera(reliable=True).publish(ros.image(frame_id="rel"))
+    wait_until(lambda: len(mask) == 2)
+    sub_qos = node.subscriptions[0].qos
+    assert sub_qos.depth == 1 and sub_qos.reliability.name == "BEST_EFFORT"
+
+
+def test_reliable_qos_parameter_and_topic_parameter(ros: Any) -> None:
+    node = ros.make(qos="reliable", qos_depth=3, image_topic="/cam/image_raw")
+    sub = node.subscriptions[0]
+    assert sub.topic_name == "/cam/image_raw"
+    assert sub.qos.reliability.name == "RELIABLE" and sub.qos.depth == 3
+    # a best-effort camera does not match a reliable subscription (the classic QoS mismatch)
+    assert ros.camera("/cam/image_raw", reliable=False).get_subscription_count() == 0
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_malformed_messages_are_counted_logged_throttled_and_skipped(ros: Any) -> None:
+    node = ros.make()
+    mask = ros.listen("/segmentation/mask")
+    camera = ros.camera()
+    camera.publish(ros.image(encoding="bgr9"))
+    wait_until(lambda: node.stats.counters["malformed"] == 1)
+    camera.publish(ros.image(data=FRAME.tobytes()[:-5]))  # truncated data
+    wait_until(lambda: node.stats.counters["malformed"] == 2)
+    camera.publish(ros.image(frame_id="good"))
+    wait_until(lambda: len(mask) == 1)
+    assert mask[0].header.frame_id == "good"
+    warnings = [m for m in ros.graph.messages("warning") if "malformed" in m]
+    assert len(warnings) == 1 and "unsupported image encoding 'bgr9'" in warnings[0]  # throttled
+    status, values = _diagnostics(ros, node)
+    assert values["malformed"] == "2" and values["frames_processed"] == "1"
+    assert status.level == sys.modules["diagnostic_msgs.msg"].DiagnosticStatus.WARN
+    assert "malformed" in status.message
+
+
+def test_compressed_input_and_corrupt_jpeg(ros: Any) -> None:
+    node = ros.make(use_compressed=True)
+    assert node.subscriptions[0].topic_name == "/image/compressed"
+    mask = ros.listen("/segmentation/mask")
+    camera = ros.camera("/image/compressed", "sensor_msgs/msg/CompressedImage")
+    Compressed = rclpy_style_class("sensor_msgs/msg/CompressedImage")
+    bad = Compressed(format="jpeg", data=b"\xff\xd8\xff\xe0 not a jpeg")
+    bad.header.frame_id = "bad"
+    camera.publish(bad)
+    wait_until(lambda: node.stats.counters["malformed"] == 1)
+    ok, png = cv2.imencode(".png", FRAME)
+    good = Compressed(format="png", data=png.tobytes())
+    good.header.frame_id = "good"
+    camera.publish(good)
+    wait_until(lambda: mask)
+    assert mask[0].header.frame_id == "good"
+    np.testing.assert_array_equal(image_to_array(mask[0]), node.segmenter.labels_for(FRAME))
+
+
+def test_engine_failure_is_reported_and_survived(ros: Any) -> None:
+    node = ros.make()
+    mask = ros.listen("/segmentation/mask")
+    node.segmenter.fail_with = RuntimeError("CUDA out of memory")
+    camera = ros.camera()
+    camera.publish(ros.image())
+    wait_until(lambda: node.stats.counters["errors"] == 1)
+    status, values = _diagnostics(ros, node)
+    assert status.level == sys.modules["diagnostic_msgs.msg"].DiagnosticStatus.ERROR
+    assert "CUDA out of memory" in status.message
+    node.segmenter.fail_with = None
+    camera.publish(ros.image())
+    wait_until(lambda: mask)
+    status, _ = _diagnostics(ros, node)
+    assert status.level == sys.modules["diagnostic_msgs.msg"].DiagnosticStatus.OK
+
+
+def test_diagnostics_content(ros: Any) -> None:
+    node = ros.make()
+    mask = ros.listen("/segmentation/mask")
+    camera = ros.camera()
+    for _ in range(3):
+        camera.publish(ros.image())
+        wait_until(lambda: node.stats.counters["frames_processed"] + node.stats.counters[
+            "dropped_superseded"] >= node.stats.counters["frames_received"])
+    received = ros.listen("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray")
+    ros.graph.fire_timers()  # the node's diagnostics timer
+    assert len(received) == 1
+    _serializes(received[0], "diagnostic_msgs/msg/DiagnosticArray")
+    status = received[0].status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.name == "/segmentation: segmentation" and status.hardware_id == "cpu"
+    for key in ("input_rate_hz", "output_rate_hz", "frames_received", "dropped_stale",
+                "dropped_superseded", "malformed", "latency_decode_ms", "latency_model_ms",
+                "latency_publish_ms", "latency_total_ms", "variant", "resolution"):
+        assert key in values, key
+    assert float(values["input_rate_hz"]) > 0 and values["resolution"] == "128x64"
+    assert float(values["latency_total_ms"]) >= float(values["latency_decode_ms"])
+    assert mask
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def test_parameters_declared_once_with_descriptors(ros: Any) -> None:
+    node = ros.make()
+    names = [spec.name for spec in all_parameters()]
+    assert sorted(node.descriptors) == sorted(names) and len(set(names)) == len(names)
+    for name, descriptor in node.descriptors.items():
+        assert descriptor.description and descriptor.read_only, name
+    assert node.descriptors["overlay_alpha"].floating_point_range[0].to_value == 1.0
+    assert node.descriptors["num_classes"].integer_range[0].to_value == 255
+    assert "letterbox" in node.descriptors["resize"].additional_constraints
+    # node-only keys are exactly what config.py lets through from a shared parameter file
+    assert {s.name for s in NODE_PARAMETERS} | {"use_sim_time"} == set(_NODE_ONLY_KEYS)
+    assert node.config.resolution == (128, 64)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"resolution": "1024x5"}, "resolution 1024x5: height must be an integer in 32"),
+    ({"resolution": "big"}, "expected WIDTHxHEIGHT"),
+    ({"qos": "fast"}, "qos='fast': expected one of: sensor_data, reliable"),
+    ({"backend": "tensorflow"}, "backend='tensorflow': expected one of"),
+    ({"variant": "bisenetv3"}, "variant='bisenetv3'"),
+    ({"color_mask_encoding": "rgba8"}, "expected one of: bgr8, rgb8"),
+    ({"overlay_alpha": 1.5}, "out of range"),
+    ({"overlay_alpha": 1}, "of type 'INTEGER', expecting type 'DOUBLE'"),
+    ({"image_topic": " "}, "image_topic is empty"),
+    ({"num_classes": 0}, "out of range"),
+])
+def test_bad_parameter_is_a_clear_error_at_start(ros: Any, params: dict, match: str) -> None:
+    with pytest.raises(ros.module.ParameterError) as info:
+        ros.make(**params)
+    assert match in str(info.value)
+    assert any("invalid parameter" in m for m in ros.graph.messages("fatal"))
+
+
+def test_engine_construction_error_is_a_startup_error(ros: Any) -> None:
+    def broken(config: Any) -> Any:
+        raise FileNotFoundError(f"weights file {config.weights!r} not found")
+
+    with pytest.raises(ros.module.StartupError, match="not found"):
+        ros.make(engine=broken, weights="/nope.pth")
+    assert any("cannot build the segmentation engine" in m for m in ros.graph.messages("fatal"))
+
+
+def test_main_exit_codes(ros: Any) -> None:
+    ros.rclpy.try_shutdown()
+    assert ros.module.main(["--ros-args", "-p", "resolution:=12x1"]) == 1
+    assert any("resolution 12x1" in m for m in ros.graph.messages("fatal"))
+
+    seen: list[Any] = []
+    ros.graph.spin_hook = seen.append
+    args = ["--ros-args", "-p", "variant:=bisenetv2", "-p", "resolution:=64x32"]
+    assert ros.module.main(args) == 0  # builds the real engine, spins, shuts down cleanly
+    assert seen and seen[0].config.resolution == (64, 32) and seen[0].destroyed
+    assert not ros.graph.initialized
+
+
+def test_double_provides_exactly_what_node_imports() -> None:
+    # Every name node.py takes from a ROS module exists in the double, and the double's rclpy
+    # modules hold nothing node.py does not use (the double mirrors the surface, no more).
+    tree = ast.parse((ROOT / "bisenet_ros" / "node.py").read_text())
+    modules = rclpy_double.build_modules()
+    imported: dict[str, set[str]] = {}
+    for item in ast.walk(tree):
+        if isinstance(item, ast.ImportFrom) and item.module and item.module.split(".")[0] in (
+                "rclpy", "sensor_msgs", "vision_msgs", "diagnostic_msgs", "rcl_interfaces"):
+            imported.setdefault(item.module, set()).update(a.name for a in item.names)
+    used_top = {n.attr for n in ast.walk(tree)
+                if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+                and n.value.id == "rclpy"}
+    for module, names in imported.items():
+        for name in names:
+            assert hasattr(modules[module], name), f"{module}.{name}"
+    for module in ("rclpy.node", "rclpy.qos", "rclpy.executors", "rclpy.exceptions"):
+        provided = {k for k in vars(modules[module]) if not k.startswith("__")}
+        assert provided == imported[module], module
+    assert used_top <= set(vars(modules["rclpy"]))
+
+
+# ---------------------------------------------------------------------------- real engine
+
+
+def test_real_segmenter_end_to_end(ros: Any) -> None:
+    from bisenet_ros.inference import Segmenter
+
+    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="128x64",
+                    publish_confidence=True, confidence_encoding="mono8")
+    assert isinstance(node.segmenter, Segmenter)
+    topics = ["mask", "color_mask", "overlay", "drivable_mask", "confidence"]
+    got = {t: ros.listen(f"/segmentation/{t}") for t in topics}
+    info = ros.listen("/segmentation/label_info", "vision_msgs/msg/LabelInfo", transient=True)
+    ros.camera().publish(ros.image(frame_id="real"))
+    wait_until(lambda: all(got.values()), timeout=60)
+    labels = image_to_array(got["mask"][0])
+    assert labels.shape == FRAME.shape[:2] and labels.max() < 19
+    palette_bgr = node.segmenter.palette[:, ::-1]
+    np.testing.assert_array_equal(image_to_array(got["color_mask"][0]), palette_bgr[labels])
+    road = node.segmenter.class_names.index("road")
+    np.testing.assert_array_equal(image_to_array(got["drivable_mask"][0]),
+                                  np.where(labels == road, 255, 0))
+    assert got["overlay"][0].encoding == "bgr8" and got["confidence"][0].encoding == "mono8"
+    assert all(m[0].header.frame_id == "real" for m in got.values())
+    assert [c.class_name for c in info[0].class_map] == node.segmenter.class_names
+    assert info[0].class_map[0].class_name == "road"
+    _, values = _diagnostics(ros, node)
+    assert float(values["latency_inference_ms"]) > 0
