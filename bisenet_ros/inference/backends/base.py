@@ -1,0 +1,114 @@
+"""The small interface every backend implements, and the shared error type.
+
+A backend owns one compiled network and turns a normalized ``(1, 3, H, W)`` float32 blob into
+network-resolution labels (and, if asked at construction, confidences). Everything else
+(resizing, colours, overlays) is backend-independent and lives in the engine.
+
+Heavy packages (torch, onnxruntime, openvino) are imported only when a backend is constructed,
+so importing :mod:`bisenet_ros.inference` stays cheap and a missing optional package only affects
+the backend that needs it.
+"""
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """A backend cannot run as configured here (device, execution provider or precision missing).
+
+    Raised at construction, never on the first frame. A missing Python package raises
+    :class:`ImportError` instead (naming the pip package to install).
+    """
+
+
+@dataclass
+class NetworkOutput:
+    """What a backend returns for one frame.
+
+    Attributes:
+        labels: ``(H, W)`` uint8 class ids at network resolution.
+        confidence: ``(H, W)`` float32 max softmax probability, or None if not computed.
+    """
+
+    labels: np.ndarray
+    confidence: np.ndarray | None = None
+
+
+class Backend(abc.ABC):
+    """One compiled network on one device.
+
+    Attributes:
+        name: Backend name as in the config (``torch``, ``onnxruntime``, ``openvino``).
+        device: The device it runs on, as in the config.
+        precision: ``fp32``, ``fp16`` or ``bf16``.
+        computes_confidence: Whether :meth:`run` returns confidences.
+    """
+
+    name: str = ""
+
+    def __init__(self, device: str, precision: str, computes_confidence: bool) -> None:
+        self.device = device
+        self.precision = precision
+        self.computes_confidence = computes_confidence
+
+    @abc.abstractmethod
+    def run(self, blob: np.ndarray) -> NetworkOutput:
+        """Run the network.
+
+        Args:
+            blob: ``(1, 3, H, W)`` float32, normalized RGB, C-contiguous.
+
+        Returns:
+            Labels (and confidence if enabled) at network resolution ``H x W``.
+        """
+
+    def describe(self) -> str:
+        """One line for logs and benchmark tables, e.g. ``onnxruntime[CPUExecutionProvider] fp32``."""
+        return f"{self.name}:{self.device} {self.precision}"
+
+
+def import_backend_package(module: str, backend: str, pip_hint: str) -> ModuleType:
+    """Import an optional heavy package or raise an ImportError naming what to install.
+
+    Args:
+        module: Python module to import (e.g. ``"onnxruntime"``).
+        backend: Backend name for the message.
+        pip_hint: What to install, e.g. ``"pip install onnxruntime"``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"backend={backend!r} needs the Python package '{module}', which is not installed "
+            f"here ({exc}). Install it with: {pip_hint}; or choose another backend "
+            "(torch, onnxruntime, openvino)") from exc
+
+
+def labels_from_logits(logits: np.ndarray, with_confidence: bool) -> NetworkOutput:
+    """Argmax (and max softmax) of ``(1, C, H, W)`` logits in NumPy.
+
+    Slow path, used only for ONNX files exported without the argmax in the graph (third-party
+    exports or ``--no-argmax``): a 19 x 512 x 1024 argmax costs tens of ms on a small CPU.
+    """
+    scores = logits[0]
+    labels = scores.argmax(axis=0).astype(np.uint8)
+    confidence = None
+    if with_confidence:
+        top = scores.max(axis=0)
+        confidence = (1.0 / np.exp(scores - top).sum(axis=0)).astype(np.float32)
+    return NetworkOutput(labels, confidence)
+
+
+def parse_cuda_index(device: str) -> int:
+    """``'cuda'`` -> 0, ``'cuda:1'`` -> 1."""
+    if device in ("cuda", "tensorrt"):
+        return 0
+    try:
+        return int(device.split(":", 1)[1])
+    except (IndexError, ValueError):
+        raise ValueError(f"device={device!r}: expected 'cuda' or 'cuda:N'") from None

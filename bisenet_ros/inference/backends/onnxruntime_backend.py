@@ -1,0 +1,140 @@
+"""ONNX Runtime backend: CPU, CUDA and TensorRT execution providers.
+
+On a Jetson this is the deploy path: ``device='tensorrt'`` builds TensorRT engines on the target
+the first time (minutes) and caches them in ``trt_cache_dir``; later starts load the cached engine
+in seconds. fp16 is a TensorRT build flag (``trt_fp16_enable``), so it needs ``device='tensorrt'``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from bisenet_ros.inference.backends.base import (
+    Backend, BackendError, NetworkOutput, import_backend_package, labels_from_logits, parse_cuda_index)
+
+LOGGER = logging.getLogger(__name__)
+PIP_HINT = ("pip install onnxruntime (CPU) or pip install onnxruntime-gpu (CUDA/TensorRT; on a "
+            "Jetson use the JetPack wheel from the Jetson Zoo)")
+DEFAULT_TRT_CACHE = os.path.join("~", ".cache", "bisenet_ros", "tensorrt")
+
+
+def import_onnxruntime() -> Any:
+    return import_backend_package("onnxruntime", "onnxruntime", PIP_HINT)
+
+
+def execution_providers(device: str, precision: str, trt_cache_dir: str | None) -> list[Any]:
+    """The provider list for a device, most preferred first (ORT falls back along the list for
+    nodes a provider cannot run, e.g. TensorRT -> CUDA -> CPU).
+
+    Args:
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``tensorrt``.
+        precision: ``fp32``; ``fp16`` only with TensorRT.
+        trt_cache_dir: Engine cache directory for TensorRT (created if missing).
+    """
+    if precision == "bf16":
+        raise BackendError(
+            "precision='bf16' is not supported by backend='onnxruntime'; use backend='openvino' "
+            "(CPU bf16) or backend='torch'")
+    if device == "cpu":
+        if precision != "fp32":
+            raise BackendError(f"precision={precision!r} on CPU with onnxruntime: only fp32")
+        return ["CPUExecutionProvider"]
+    index = parse_cuda_index(device)
+    cuda = ("CUDAExecutionProvider", {"device_id": index})
+    if device != "tensorrt":
+        if precision == "fp16":
+            raise BackendError(
+                "precision='fp16' with backend='onnxruntime' needs device='tensorrt' (TensorRT "
+                "builds fp16 engines from the fp32 ONNX file); with device='cuda' use fp32, or "
+                "backend='torch' for CUDA fp16")
+        return [cuda, "CPUExecutionProvider"]
+    cache = os.path.abspath(os.path.expanduser(trt_cache_dir or DEFAULT_TRT_CACHE))
+    os.makedirs(cache, exist_ok=True)
+    trt_options = {
+        "device_id": index,
+        "trt_fp16_enable": precision == "fp16",
+        # Engine building takes minutes on a Jetson: cache engines (keyed by model and options)
+        # and the per-layer timing cache so that later starts take seconds.
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": cache,
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": cache,
+    }
+    return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
+
+
+class OnnxRuntimeBackend(Backend):
+    """Runs an ONNX model (path or serialized bytes) with ONNX Runtime.
+
+    The model's outputs decide the fast path: a ``labels`` output (argmax in the graph, see
+    :mod:`bisenet_ros.inference.export`) is used as is; a plain logits output is reduced in NumPy.
+
+    Args:
+        model: Path to an ``.onnx`` file or its bytes.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``tensorrt``.
+        precision: ``fp32`` or (TensorRT only) ``fp16``.
+        confidence: Return confidences; needs a ``confidence`` output when the argmax is in the graph.
+        num_threads: intra-op threads; 0 lets ONNX Runtime decide.
+        trt_cache_dir: TensorRT engine cache directory (default ``~/.cache/bisenet_ros/tensorrt``).
+
+    Raises:
+        ImportError: onnxruntime is not installed.
+        BackendError: The execution provider for ``device`` is not in this onnxruntime build, or
+            the model lacks a needed output.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model: str | bytes, *, device: str = "cpu", precision: str = "fp32",
+                 confidence: bool = False, num_threads: int = 0, trt_cache_dir: str | None = None) -> None:
+        super().__init__(device, precision, confidence)
+        ort = import_onnxruntime()
+        providers = execution_providers(device, precision, trt_cache_dir)
+        wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        available = ort.get_available_providers()
+        if wanted not in available:
+            raise BackendError(
+                f"device={device!r} needs the {wanted} of onnxruntime, but this onnxruntime "
+                f"({ort.__version__}) only has {', '.join(available)}. Install onnxruntime-gpu "
+                "(with CUDA/TensorRT libraries) or use device='cpu'")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if num_threads > 0:
+            options.intra_op_num_threads = num_threads
+        self.session = ort.InferenceSession(model, sess_options=options, providers=providers)
+        # ORT silently falls back to CPU when e.g. the CUDA libraries fail to load: refuse that
+        # here rather than running 20x slower than configured.
+        if wanted not in self.session.get_providers():
+            raise BackendError(
+                f"onnxruntime could not initialise {wanted} for device={device!r} (active: "
+                f"{', '.join(self.session.get_providers())}); check the CUDA/TensorRT installation")
+        self._input = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self._argmax_in_graph = "labels" in outputs
+        if self._argmax_in_graph:
+            self._outputs = ["labels"]
+            if confidence:
+                if "confidence" not in outputs:
+                    raise BackendError(
+                        "confidence was requested but this ONNX file has the argmax in the graph "
+                        "and no 'confidence' output; re-export it with --confidence")
+                self._outputs.append("confidence")
+        else:
+            self._outputs = [outputs[0]]
+        self.input_shape = tuple(self.session.get_inputs()[0].shape)
+
+    def run(self, blob: np.ndarray) -> NetworkOutput:
+        results = self.session.run(self._outputs, {self._input: blob})
+        if not self._argmax_in_graph:
+            return labels_from_logits(results[0], self.computes_confidence)
+        labels = results[0][0]
+        if labels.dtype != np.uint8:
+            labels = labels.astype(np.uint8)
+        confidence = results[1][0] if self.computes_confidence else None
+        return NetworkOutput(labels, confidence)
+
+    def describe(self) -> str:
+        return f"onnxruntime[{self.session.get_providers()[0]}] {self.precision}"

@@ -1,0 +1,90 @@
+"""PyTorch backend: eager inference on CPU or CUDA.
+
+- fp32 everywhere; fp16 on CUDA (the whole model in half precision, as Jetson deployments do);
+  bf16 on CPU as an explicit opt-in (fast on CPUs with AVX512_BF16/AMX, lower accuracy).
+- channels_last memory format: oneDNN (CPU) and cuDNN (tensor cores) pick faster NHWC kernels.
+- The argmax (and the optional max-softmax confidence) are computed on the device, so only a
+  uint8 label map is copied back to the host.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from bisenet_ros.inference.backends.base import (
+    Backend, BackendError, NetworkOutput, import_backend_package)
+
+PIP_HINT = "pip install torch==2.13.0 (CPU), or the JetPack torch wheel on a Jetson"
+
+
+def import_torch() -> Any:
+    return import_backend_package("torch", "torch", PIP_HINT)
+
+
+class TorchBackend(Backend):
+    """Runs a ``torch.nn.Module`` that maps ``(N, 3, H, W)`` normalized input to logits.
+
+    Args:
+        module: The model (put in eval mode here; not copied, so pass a model you do not train).
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        precision: ``"fp32"``; ``"fp16"`` needs CUDA; ``"bf16"`` is for CPU.
+        confidence: Also compute the max softmax probability per pixel.
+        num_threads: CPU threads (``torch.set_num_threads``, process-wide); 0 keeps torch's default.
+        channels_last: Use the NHWC memory format.
+
+    Raises:
+        ImportError: torch is not installed.
+        BackendError: CUDA asked for but not available, or an unsupported precision/device pair.
+    """
+
+    name = "torch"
+
+    def __init__(self, module: Any, *, device: str = "cpu", precision: str = "fp32",
+                 confidence: bool = False, num_threads: int = 0, channels_last: bool = True) -> None:
+        super().__init__(device, precision, confidence)
+        torch = import_torch()
+        self._torch = torch
+        if device.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise BackendError(
+                    f"device={device!r}: this torch build ({torch.__version__}) sees no CUDA device; "
+                    "use device='cpu' or install a CUDA-enabled torch")
+            index = int(device.split(":", 1)[1]) if ":" in device else 0
+            if index >= torch.cuda.device_count():
+                raise BackendError(
+                    f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        elif device != "cpu":
+            raise BackendError(f"backend='torch' supports device 'cpu', 'cuda' or 'cuda:N', not {device!r}")
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise BackendError("precision='fp16' with backend='torch' needs a CUDA device")
+        dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+        if precision not in dtypes:
+            raise BackendError(f"precision={precision!r}: expected fp32, fp16 or bf16")
+        if num_threads > 0:
+            torch.set_num_threads(num_threads)
+        self._dtype = dtypes[precision]
+        self._device = torch.device(device)
+        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        module = module.eval().to(device=self._device, dtype=self._dtype)
+        self.module = module.to(memory_format=self._memory_format)
+
+    def run(self, blob: np.ndarray) -> NetworkOutput:
+        torch = self._torch
+        with torch.inference_mode():
+            x = torch.from_numpy(blob).to(self._device, non_blocking=True)
+            x = x.to(dtype=self._dtype).contiguous(memory_format=self._memory_format)
+            logits = self.module(x)
+            if isinstance(logits, dict):  # a train-mode model with aux heads: take the main output
+                logits = logits["out"]
+            labels = logits.argmax(dim=1)[0].to(torch.uint8)
+            confidence = None
+            if self.computes_confidence:
+                # max softmax = 1 / sum(exp(l - max l)): one exp pass, in fp32 for accuracy.
+                scores = logits[0].float()
+                confidence = (1.0 / torch.exp(scores - scores.amax(dim=0, keepdim=True)).sum(dim=0))
+                confidence = confidence.cpu().numpy()
+            return NetworkOutput(labels.cpu().numpy(), confidence)
+
+    def describe(self) -> str:
+        return f"torch:{self.device} {self.precision}"

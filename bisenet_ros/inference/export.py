@@ -1,0 +1,351 @@
+"""ONNX export with embedded metadata, and the ``bisenet-ros export`` command.
+
+An exported file is self-describing: its ONNX ``metadata_props`` hold one entry, key
+``bisenet_ros``, whose value is a JSON document (:class:`OnnxModelInfo`)::
+
+    {"format": "bisenet_ros.onnx", "format_version": 1,
+     "variant": "bisenetv2", "num_classes": 19,
+     "class_names": ["road", ...], "palette": [[128, 64, 128], ...],      # RGB
+     "normalization": {"mean": [0.3257, ...], "std": [0.2112, ...]},     # RGB/255, (x - mean) / std
+     "input": {"name": "input", "layout": "NCHW", "color_order": "rgb", "dtype": "float32",
+               "size": [1024, 512]},                                      # [width, height]; null = dynamic
+     "argmax_in_graph": true, "outputs": ["labels", "confidence"]}
+
+so ``Segmenter(weights="model.onnx", backend="onnxruntime")`` needs no other input.
+
+Graph outputs: ``logits`` ``(1, C, H, W)`` float32 without the argmax; with it (the default and the
+fast path) ``labels`` ``(1, H, W)`` uint8, plus ``confidence`` ``(1, H, W)`` float32 (max softmax)
+when exported with ``--confidence``. Only the uint8 label map then leaves the accelerator, and the
+host never touches a ``C x H x W`` float tensor.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from bisenet_ros.labels import ClassSet
+
+LOGGER = logging.getLogger(__name__)
+
+METADATA_KEY = "bisenet_ros"
+FORMAT = "bisenet_ros.onnx"
+FORMAT_VERSION = 1
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class OnnxModelInfo:
+    """The metadata embedded in an exported ONNX file (see the module docstring for the JSON).
+
+    Attributes:
+        variant: Registry name of the architecture.
+        num_classes: Number of classes.
+        class_names: Name per class id.
+        palette: RGB colour per class id.
+        mean: Normalization mean (RGB, 0..1 scale).
+        std: Normalization std.
+        input_size: ``(width, height)`` of the fixed input, or None for a dynamic-size export.
+        argmax_in_graph: Whether the graph outputs ``labels`` (True) or ``logits`` (False).
+        outputs: Graph output names.
+        input_name: Graph input name.
+    """
+
+    variant: str
+    num_classes: int
+    class_names: list[str]
+    palette: list[list[int]]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: tuple[int, int] | None
+    argmax_in_graph: bool
+    outputs: list[str] = field(default_factory=list)
+    input_name: str = "input"
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "variant": self.variant, "num_classes": self.num_classes,
+            "class_names": list(self.class_names), "palette": [list(map(int, c)) for c in self.palette],
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+            "input": {"name": self.input_name, "layout": "NCHW", "color_order": "rgb", "dtype": "float32",
+                      "size": list(self.input_size) if self.input_size else None},
+            "argmax_in_graph": self.argmax_in_graph, "outputs": list(self.outputs),
+        })
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<onnx>") -> "OnnxModelInfo":
+        try:
+            data = json.loads(text)
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}")
+            if int(data.get("format_version", 0)) > FORMAT_VERSION:
+                raise ValueError(
+                    f"format_version {data['format_version']} is newer than this bisenet_ros "
+                    f"understands ({FORMAT_VERSION}); upgrade bisenet_ros")
+            size = data["input"]["size"]
+            info = cls(
+                variant=str(data["variant"]), num_classes=int(data["num_classes"]),
+                class_names=[str(n) for n in data["class_names"]],
+                palette=[[int(v) for v in c] for c in data["palette"]],
+                mean=tuple(float(v) for v in data["normalization"]["mean"]),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in data["normalization"]["std"]),  # type: ignore[arg-type]
+                input_size=(int(size[0]), int(size[1])) if size else None,
+                argmax_in_graph=bool(data["argmax_in_graph"]), outputs=list(data["outputs"]),
+                input_name=str(data["input"].get("name", "input")))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"{source}: malformed '{METADATA_KEY}' metadata ({exc})") from None
+        if len(info.class_names) != info.num_classes or len(info.palette) != info.num_classes:
+            raise ValueError(
+                f"{source}: metadata lists {len(info.class_names)} class names and "
+                f"{len(info.palette)} colours for num_classes={info.num_classes}")
+        return info
+
+    def class_set(self, name: str = "onnx") -> ClassSet:
+        """The class set stored in the file."""
+        return ClassSet(name, tuple(self.class_names), np.asarray(self.palette, dtype=np.uint8))
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError as exc:
+        raise ImportError(f"ONNX export and .onnx weights need the 'onnx' package: pip install onnx ({exc})") from exc
+    return onnx
+
+
+def read_onnx_info(model: str | os.PathLike[str] | bytes) -> OnnxModelInfo:
+    """Read the embedded metadata of an exported file.
+
+    Args:
+        model: Path to an ``.onnx`` file or its bytes.
+
+    Raises:
+        ValueError: The file cannot be read or carries no ``bisenet_ros`` metadata (naming the fix).
+    """
+    onnx = _import_onnx()
+    source = "<bytes>" if isinstance(model, bytes) else os.fspath(model)
+    try:
+        if isinstance(model, bytes):
+            proto = onnx.load_from_string(model)
+        else:
+            if not os.path.isfile(source):
+                raise ValueError(f"{source}: no such ONNX file")
+            proto = onnx.load(source, load_external_data=False)
+    except ValueError:
+        raise
+    except Exception as exc:  # protobuf DecodeError etc.: one message for "not an ONNX file"
+        raise ValueError(f"{source}: cannot be read as an ONNX model ({exc})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise ValueError(
+            f"{source} carries no '{METADATA_KEY}' metadata (class names, normalization, input size), "
+            "so it cannot be run safely; export it with `bisenet-ros export` (which embeds them)")
+    return OnnxModelInfo.from_json(props[METADATA_KEY], source)
+
+
+class _ExportHead:
+    """Factory for the torch module wrapping a model with the argmax/confidence head (keeps torch lazy)."""
+
+    @staticmethod
+    def build(model: Any, argmax: bool, confidence: bool) -> Any:
+        import torch
+
+        class Head(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x: torch.Tensor) -> Any:
+                logits = self.model(x)
+                if not argmax:
+                    return logits
+                # ArgMax then Cast: the labels leave the graph as uint8 (num_classes <= 255).
+                labels = torch.argmax(logits, dim=1).to(torch.uint8)
+                if not confidence:
+                    return labels
+                # max softmax = 1 / sum(exp(l - max l)): one exp pass instead of a full Softmax.
+                top = torch.amax(logits, dim=1, keepdim=True)
+                conf = 1.0 / torch.sum(torch.exp(logits - top), dim=1)
+                return labels, conf
+
+        return Head().eval()
+
+
+def export_onnx_bytes(model: Any, *, resolution: tuple[int, int], class_set: ClassSet,
+                      argmax: bool = True, confidence: bool = False, dynamic: bool = False,
+                      opset: int = DEFAULT_OPSET) -> tuple[bytes, OnnxModelInfo]:
+    """Export a registry model to ONNX in memory, with metadata.
+
+    Args:
+        model: A model from :func:`bisenet_ros.models.build_model` (needs ``variant`` and
+            ``normalization`` attributes); eval mode is set.
+        resolution: ``(width, height)`` of the network input.
+        class_set: Class names and palette to embed (must match the model's class count).
+        argmax: Put the argmax in the graph (outputs ``labels`` uint8) instead of ``logits``.
+        confidence: With ``argmax``, also output the max softmax probability.
+        dynamic: Make height and width dynamic (the engine then uses its configured resolution).
+        opset: ONNX opset (17 or newer).
+
+    Returns:
+        The serialized model and its metadata.
+    """
+    import torch
+
+    onnx = _import_onnx()
+    normalization = getattr(model, "normalization", None)
+    if normalization is None:
+        raise ValueError("model has no 'normalization' attribute; build it with bisenet_ros.models.build_model")
+    num_classes = int(getattr(model, "num_classes", class_set.num_classes))
+    if class_set.num_classes != num_classes:
+        raise ValueError(
+            f"class set {class_set.name!r} has {class_set.num_classes} classes but the model predicts {num_classes}")
+    if confidence and not argmax:
+        raise ValueError("confidence is an output of the argmax head: export with argmax to get it")
+    if opset < 17:
+        raise ValueError(f"opset={opset}: expected 17 or newer")
+    width, height = resolution
+    model.eval()
+    head = _ExportHead.build(model, argmax, confidence)
+    outputs = ["labels", "confidence"] if confidence else (["labels"] if argmax else ["logits"])
+    dynamic_axes = None
+    if dynamic:
+        dynamic_axes = {"input": {2: "height", 3: "width"}}
+        for name in outputs:
+            dynamic_axes[name] = {2: "height", 3: "width"} if name == "logits" else {1: "height", 2: "width"}
+    buffer = io.BytesIO()
+    example = torch.zeros(1, 3, height, width)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of the dynamo one, which needs
+        # onnxscript and takes far longer on these graphs; the TorchScript output is what ONNX
+        # Runtime, OpenVINO and TensorRT are tested with here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(head, (example,), buffer, dynamo=False, opset_version=opset,
+                          input_names=["input"], output_names=outputs, dynamic_axes=dynamic_axes,
+                          do_constant_folding=True)
+    proto = onnx.load_from_string(buffer.getvalue())
+    info = OnnxModelInfo(
+        variant=str(getattr(model, "variant", "custom")), num_classes=num_classes,
+        class_names=list(class_set.names), palette=class_set.palette.tolist(),
+        mean=tuple(normalization.mean), std=tuple(normalization.std),  # type: ignore[arg-type]
+        input_size=None if dynamic else (width, height), argmax_in_graph=argmax, outputs=outputs)
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = info.to_json()
+    proto.producer_name = "bisenet_ros"
+    return proto.SerializeToString(), info
+
+
+def export_onnx(model: Any, path: str | os.PathLike[str], **options: Any) -> OnnxModelInfo:
+    """Export to a file; options as in :func:`export_onnx_bytes`. Returns the embedded metadata."""
+    data, info = export_onnx_bytes(model, **options)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as stream:
+        stream.write(data)
+    return info
+
+
+def verify_export(model: Any, data: bytes, info: OnnxModelInfo, seed: int = 0) -> float:
+    """Run the exported graph with ONNX Runtime and compare with torch on a random input.
+
+    Returns:
+        For an argmax export, the fraction of pixels whose labels agree; for logits, the maximum
+        absolute difference of the logits.
+    """
+    import onnxruntime as ort
+    import torch
+
+    width, height = info.input_size or (256, 128)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((1, 3, height, width)).astype(np.float32)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run([info.outputs[0]], {"input": x})[0]
+    with torch.inference_mode():
+        logits = model.eval()(torch.from_numpy(x)).numpy()
+    if info.argmax_in_graph:
+        return float((got == logits.argmax(1)).mean())
+    return float(np.abs(got - logits).max())
+
+
+# ----------------------------------------------------------------------------- command line
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bisenet-ros export``."""
+    from bisenet_ros.config import SegmenterConfig
+
+    helps = {f: SegmenterConfig.__dataclass_fields__[f].metadata["help"]
+             for f in ("variant", "weights", "num_classes", "class_set", "resolution")}
+    parser.add_argument("--config", help="YAML file with segmenter options (variant, weights, ...)")
+    parser.add_argument("--variant", help=helps["variant"] + " (default: bisenetv2)")
+    parser.add_argument("--weights", help=helps["weights"].replace(" or exported .onnx file", ""))
+    parser.add_argument("--num-classes", dest="num_classes", help=helps["num_classes"])
+    parser.add_argument("--class-set", dest="class_set", help=helps["class_set"])
+    parser.add_argument("--resolution", help=helps["resolution"] + " Fixed in the exported file "
+                        "unless --dynamic (default: 1024x512)")
+    parser.add_argument("-o", "--output", help="output .onnx file (default: <variant>_<W>x<H>.onnx)")
+    parser.add_argument("--no-argmax", dest="argmax", action="store_false",
+                        help="output the logits instead of uint8 labels (slower: argmax on the host)")
+    parser.add_argument("--confidence", action="store_true",
+                        help="also output the per-pixel confidence (max softmax probability)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="dynamic input height/width (TensorRT and OpenVINO run fastest with fixed sizes)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip comparing ONNX Runtime with PyTorch after export")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``bisenet-ros export``."""
+    from bisenet_ros.config import SegmenterConfig
+    from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
+
+    overrides = {k: getattr(args, k) for k in ("variant", "weights", "num_classes", "class_set", "resolution")
+                 if getattr(args, k, None) is not None}
+    try:
+        if args.config:
+            config = SegmenterConfig.from_yaml(args.config, **overrides)
+        else:
+            config = SegmenterConfig.from_dict(overrides)
+        if config.weights and config.weights.endswith(".onnx"):
+            raise ValueError(f"--weights {config.weights}: already an ONNX file; give a .pth checkpoint")
+        model = load_torch_model(config)
+        class_set = resolve_class_set(config, model)
+        data, info = export_onnx_bytes(model, resolution=config.resolution, class_set=class_set,
+                                       argmax=args.argmax, confidence=args.confidence,
+                                       dynamic=args.dynamic, opset=args.opset)
+    except ValueError as exc:  # CheckpointError included
+        print(f"bisenet-ros export: error: {exc}")
+        return 2
+    width, height = config.resolution
+    output = args.output or f"{config.variant}_{width}x{height}.onnx"
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "wb") as stream:
+        stream.write(data)
+    print(f"wrote {output} ({len(data) / 1e6:.1f} MB): {info.variant}, {info.num_classes} classes, "
+          f"input {'dynamic' if info.input_size is None else f'{width}x{height}'}, outputs {', '.join(info.outputs)}")
+    if args.verify:
+        score = verify_export(model, data, info)
+        if info.argmax_in_graph:
+            print(f"verified with onnxruntime: labels agree with PyTorch on {score * 100:.3f}% of pixels")
+            ok = score >= 0.999
+        else:
+            print(f"verified with onnxruntime: max |logits difference| vs PyTorch = {score:.2e}")
+            ok = score <= 1e-3
+        if not ok:
+            print("bisenet-ros export: error: ONNX Runtime does not reproduce PyTorch")
+            return 1
+    return 0
+
+
+__all__: Sequence[str] = [
+    "METADATA_KEY", "OnnxModelInfo", "add_arguments", "export_onnx", "export_onnx_bytes",
+    "read_onnx_info", "run", "verify_export",
+]

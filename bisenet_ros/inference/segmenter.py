@@ -1,0 +1,363 @@
+"""The engine: :class:`Segmenter` turns a camera frame into labels, colours, overlay, drivable mask.
+
+Per frame (all NumPy/OpenCV except the network)::
+
+    frame (H x W x 3 uint8, BGR or RGB)
+      -> fit to the network size (stretch or letterbox), normalize    [preprocess]
+      -> network + argmax on the backend, uint8 labels at network res  [inference]
+      -> labels back onto the camera frame (nearest), LUT colours,
+         addWeighted overlay, LUT drivable mask, confidence           [postprocess]
+
+The Segmenter is not thread-safe (it reuses its input buffer): use one per thread.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Collection, Mapping
+
+import numpy as np
+
+from bisenet_ros.config import SegmenterConfig
+from bisenet_ros.inference import postprocess as post
+from bisenet_ros.inference.backends.base import Backend, BackendError
+from bisenet_ros.inference.preprocess import FitGeometry, Normalizer, check_frame, fit_frame, fit_geometry
+from bisenet_ros.labels import IGNORE_ID, ClassSet, load_class_set, make_class_set
+
+LOGGER = logging.getLogger(__name__)
+
+#: Outputs a caller may ask for besides the always-computed labels.
+OUTPUTS = frozenset({"color", "overlay", "drivable", "confidence"})
+
+
+@dataclass
+class SegmentationResult:
+    """Everything computed for one frame. Outputs not asked for are None.
+
+    Attributes:
+        labels: ``H x W`` uint8 class ids (camera resolution, or network resolution if configured;
+            letterbox padding is 255 at network resolution).
+        color: ``H x W x 3`` uint8 colour mask, same channel order as the input frame.
+        overlay: ``H x W x 3`` uint8 colour mask blended on the frame, same channel order.
+        drivable: ``H x W`` uint8, 255 where the class is drivable, else 0.
+        confidence: ``H x W`` float32 max softmax probability in 0..1.
+        timings: Milliseconds per stage: ``preprocess``, ``inference``, ``postprocess``, ``total``.
+        color_order: Channel order of ``color`` and ``overlay`` (that of the input frame).
+    """
+
+    labels: np.ndarray
+    color: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+    drivable: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    color_order: str = "bgr"
+
+
+def _make_config(config: SegmenterConfig | Mapping[str, Any] | str | os.PathLike[str] | None,
+                 overrides: Mapping[str, Any]) -> SegmenterConfig:
+    if config is None:
+        return SegmenterConfig.from_dict(dict(overrides))
+    if isinstance(config, SegmenterConfig):
+        if overrides:
+            return config.replace(**overrides)
+        config.validate()
+        return config
+    if isinstance(config, Mapping):
+        return SegmenterConfig.from_dict({**config, **overrides})
+    if isinstance(config, (str, os.PathLike)):
+        return SegmenterConfig.from_yaml(config, **overrides)
+    raise ValueError(
+        f"config: expected a SegmenterConfig, a mapping of option names or a YAML path, got {type(config).__name__}")
+
+
+def load_torch_model(config: SegmenterConfig) -> Any:
+    """Build ``config.variant`` and load ``config.weights`` (random init, with a warning, if None)."""
+    from bisenet_ros.models import build_model
+
+    if config.weights is None:
+        warnings.warn(
+            f"no weights given: {config.variant} is randomly initialised and its output is "
+            "meaningless (use this for tests and benchmarks only)", UserWarning, stacklevel=3)
+    elif not os.path.isfile(config.weights):
+        raise ValueError(f"weights={config.weights!r}: no such file")
+    return build_model(config.variant, config.num_classes, weights=config.weights)
+
+
+def resolve_class_set(config: SegmenterConfig, model: Any = None) -> ClassSet:
+    """The class set: a YAML ``class_set`` wins; else names stored in the checkpoint; else Cityscapes.
+
+    Raises:
+        ValueError: The class count does not match the model's.
+    """
+    info = getattr(model, "checkpoint_info", None)
+    if config.class_set == "cityscapes" and info is not None and info.class_names:
+        return make_class_set(info.class_names, info.palette, name=os.path.basename(info.path))
+    if config.class_set == "cityscapes" and config.num_classes != 19:
+        raise ValueError(
+            f"num_classes={config.num_classes} but class_set='cityscapes' has 19 classes: give "
+            "class_set as a YAML file with 'names' (and 'palette'), or weights that store class names")
+    return load_class_set(config.class_set, config.num_classes)
+
+
+class Segmenter:
+    """Semantic segmentation of camera frames with a BiSeNet/STDC model on a chosen backend.
+
+    Build it from a :class:`~bisenet_ros.config.SegmenterConfig`, a plain mapping or YAML file
+    with the same option names, and/or keyword overrides::
+
+        seg = Segmenter(variant="bisenetv2", weights="model_final_v2_city.pth", backend="onnxruntime")
+        seg = Segmenter("config/segmenter.yaml", device="cuda")
+        seg = Segmenter(weights="bisenetv2.onnx", backend="openvino")   # metadata from the file
+
+    Everything that can fail (missing package, device, execution provider, unknown class name,
+    bad weights) fails here, not on the first frame.
+
+    Args:
+        config: Options (see :class:`~bisenet_ros.config.SegmenterConfig`); None = defaults.
+        model: An already-built torch model to use instead of building ``variant``/``weights``
+            (e.g. from training). It needs a ``normalization`` attribute.
+        **overrides: Option values that win over ``config``.
+
+    Raises:
+        ValueError: Invalid option or weights (the message names the option and what is expected).
+        ImportError: The backend's package is not installed (naming the pip package).
+        BackendError: The device/execution provider/precision is not available here.
+    """
+
+    def __init__(self, config: SegmenterConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+                 *, model: Any = None, **overrides: Any) -> None:
+        config = _make_config(config, overrides)
+        onnx_file = bool(config.weights and config.weights.endswith(".onnx"))
+        if onnx_file and model is not None:
+            raise ValueError("give either model= or an .onnx weights file, not both")
+        if onnx_file:
+            config, class_set, normalization, source = self._from_onnx_file(config)
+        else:
+            if model is None:
+                model = load_torch_model(config)
+            if getattr(model, "normalization", None) is None:
+                raise ValueError("model has no 'normalization' attribute (mean/std of its training input)")
+            normalization = Normalizer(model.normalization.mean, model.normalization.std)
+            if getattr(model, "num_classes", config.num_classes) != config.num_classes:
+                config = config.replace(num_classes=int(model.num_classes))
+            class_set = resolve_class_set(config, model)
+            source = model
+        self.config = config
+        self.class_set = class_set
+        #: The input normalization carried by the weights (``mean``/``std`` attributes, RGB 0..1).
+        self.normalization = normalization
+        self._normalizer = normalization
+        self.backend = self._make_backend(config, source, class_set)
+        # Tables built once: colour LUT per channel order, drivable LUT (unknown class names fail here).
+        self._color_luts = {order: class_set.color_lut(order) for order in ("rgb", "bgr")}
+        self._drivable_lut = class_set.mask_lut(config.drivable_classes)
+        self._default_outputs = frozenset({"color", "overlay", "drivable"} | ({"confidence"} if config.confidence else set()))
+        self._geometry_cache: dict[tuple[int, int], FitGeometry] = {}
+        width, height = config.resolution
+        self._blob = np.empty((1, 3, height, width), dtype=np.float32)
+
+    # ------------------------------------------------------------------ construction helpers
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> "Segmenter":
+        """Build from a YAML file of options (a ROS parameter file works too); overrides win."""
+        return cls(SegmenterConfig.from_yaml(path, **overrides))
+
+    @staticmethod
+    def _from_onnx_file(config: SegmenterConfig) -> tuple[SegmenterConfig, ClassSet, Normalizer, str]:
+        from bisenet_ros.inference.export import read_onnx_info
+
+        if config.backend == "torch":
+            raise ValueError(
+                f"weights={config.weights!r} is an ONNX file: use backend='onnxruntime' or 'openvino' "
+                "(backend='torch' needs a .pth checkpoint)")
+        info = read_onnx_info(config.weights)  # type: ignore[arg-type]
+        changes: dict[str, Any] = {"num_classes": info.num_classes}
+        if info.input_size is not None and tuple(info.input_size) != tuple(config.resolution):
+            LOGGER.info("%s has a fixed input size %dx%d: using it instead of resolution %dx%d",
+                        config.weights, *info.input_size, *config.resolution)
+            changes["resolution"] = info.input_size
+        config = config.replace(**changes)
+        if config.class_set != "cityscapes":
+            class_set = load_class_set(config.class_set, info.num_classes)
+        else:
+            class_set = info.class_set(os.path.basename(str(config.weights)))
+
+        return config, class_set, Normalizer(info.mean, info.std), str(config.weights)
+
+    @staticmethod
+    def _make_backend(config: SegmenterConfig, source: Any, class_set: ClassSet) -> Backend:
+        if config.backend == "torch":
+            from bisenet_ros.inference.backends.torch_backend import TorchBackend
+
+            return TorchBackend(source, device=config.device, precision=config.precision,
+                                confidence=config.confidence, num_threads=config.num_threads)
+        # Check the package before spending seconds on an export.
+        if config.backend == "onnxruntime":
+            from bisenet_ros.inference.backends.onnxruntime_backend import (OnnxRuntimeBackend,
+                                                                            import_onnxruntime)
+
+            import_onnxruntime()
+            factory: Any = lambda model: OnnxRuntimeBackend(  # noqa: E731
+                model, device=config.device, precision=config.precision, confidence=config.confidence,
+                num_threads=config.num_threads, trt_cache_dir=config.trt_cache_dir)
+        elif config.backend == "openvino":
+            from bisenet_ros.inference.backends.openvino_backend import OpenVinoBackend, import_openvino
+
+            import_openvino()
+            factory = lambda model: OpenVinoBackend(  # noqa: E731
+                model, device=config.device, precision=config.precision, confidence=config.confidence,
+                num_threads=config.num_threads)
+        else:  # validated by SegmenterConfig; kept for a clear message if that ever changes
+            raise BackendError(f"backend={config.backend!r}: expected torch, onnxruntime or openvino")
+        if isinstance(source, str):
+            return factory(source)
+        # A torch model for an ONNX backend: export it in memory with the argmax in the graph.
+        from bisenet_ros.inference.export import export_onnx_bytes
+
+        data, _ = export_onnx_bytes(source, resolution=config.resolution, class_set=class_set,
+                                    argmax=True, confidence=config.confidence)
+        return factory(data)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def class_names(self) -> list[str]:
+        """Name per class id."""
+        return list(self.class_set.names)
+
+    @property
+    def palette(self) -> np.ndarray:
+        """``(num_classes, 3)`` uint8 RGB colour per class id."""
+        return self.class_set.palette
+
+    @property
+    def network_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the network input."""
+        return tuple(self.config.resolution)  # type: ignore[return-value]
+
+    def describe(self) -> str:
+        """One line for logs: variant, backend, device, precision, network size."""
+        width, height = self.network_size
+        return f"{self.config.variant} {width}x{height} on {self.backend.describe()} ({self.config.resize})"
+
+    def geometry(self, frame_width: int, frame_height: int) -> FitGeometry:
+        """How a frame of this size is placed in the network input (cached per size)."""
+        key = (frame_width, frame_height)
+        geometry = self._geometry_cache.get(key)
+        if geometry is None:
+            if len(self._geometry_cache) > 16:  # a camera changing size constantly: don't grow forever
+                self._geometry_cache.clear()
+            geometry = fit_geometry(key, self.network_size, self.config.resize)
+            self._geometry_cache[key] = geometry
+        return geometry
+
+    # ------------------------------------------------------------------ inference
+
+    def preprocess(self, frame: np.ndarray, color_order: str = "bgr") -> tuple[np.ndarray, np.ndarray, FitGeometry]:
+        """Validate, fit and normalize a frame.
+
+        Returns:
+            ``(fitted, blob, geometry)``: the ``net_h x net_w x 3`` uint8 fitted frame, the
+            ``(1, 3, net_h, net_w)`` float32 network input (a reused buffer) and the geometry.
+        """
+        frame = check_frame(frame, color_order)
+        geometry = self.geometry(frame.shape[1], frame.shape[0])
+        fitted = fit_frame(frame, geometry, self._normalizer.pad_value(color_order))
+        blob = self._normalizer(fitted, color_order, out=self._blob)
+        return fitted, blob, geometry
+
+    def __call__(self, frame: np.ndarray, color_order: str = "bgr",
+                 outputs: Collection[str] | None = None) -> SegmentationResult:
+        """Segment one frame.
+
+        Args:
+            frame: ``H x W x 3`` uint8 image.
+            color_order: ``"bgr"`` (OpenCV, ``bgr8`` messages) or ``"rgb"`` (``rgb8`` messages).
+            outputs: Subset of ``{"color", "overlay", "drivable", "confidence"}`` to compute;
+                None = all configured (``confidence`` only if enabled). ``labels`` always.
+
+        Returns:
+            The :class:`SegmentationResult`.
+
+        Raises:
+            ValueError: Bad frame (shape, dtype, size), colour order or output name.
+        """
+        start = time.perf_counter()
+        wanted = self._default_outputs if outputs is None else self._check_outputs(outputs)
+        fitted, blob, geometry = self.preprocess(frame, color_order)
+        frame = np.ascontiguousarray(frame)
+        t_pre = time.perf_counter()
+        net = self.backend.run(blob)
+        t_inf = time.perf_counter()
+        if net.labels.shape != (blob.shape[2], blob.shape[3]):
+            raise RuntimeError(
+                f"backend returned labels of shape {net.labels.shape}, expected {blob.shape[2:]} "
+                "(network input size)")
+        result = self._postprocess(frame, fitted, geometry, net.labels, net.confidence, wanted, color_order)
+        end = time.perf_counter()
+        result.timings = {
+            "preprocess": (t_pre - start) * 1e3, "inference": (t_inf - t_pre) * 1e3,
+            "postprocess": (end - t_inf) * 1e3, "total": (end - start) * 1e3,
+        }
+        return result
+
+    def _check_outputs(self, outputs: Collection[str]) -> frozenset[str]:
+        if isinstance(outputs, str):
+            outputs = {outputs}
+        wanted = frozenset(outputs) - {"labels"}
+        unknown = wanted - OUTPUTS
+        if unknown:
+            raise ValueError(
+                f"outputs: unknown {sorted(unknown)}; expected a subset of {sorted(OUTPUTS)}")
+        if "confidence" in wanted and not self.backend.computes_confidence:
+            raise ValueError(
+                "outputs: 'confidence' was not enabled when this Segmenter was built; "
+                "construct it with confidence=True")
+        return wanted
+
+    def _postprocess(self, frame: np.ndarray, fitted: np.ndarray, geometry: FitGeometry,
+                     labels_net: np.ndarray, confidence_net: np.ndarray | None,
+                     wanted: frozenset[str], color_order: str) -> SegmentationResult:
+        lut = self._color_luts[color_order]
+        result = SegmentationResult(labels=labels_net, color_order=color_order)
+        if self.config.output_resolution == "network":
+            labels = post.mark_padding(labels_net, geometry, IGNORE_ID)
+            result.labels = labels
+            if "color" in wanted or "overlay" in wanted:
+                color = post.colorize(labels, lut)
+                result.color = color if "color" in wanted else None
+                if "overlay" in wanted:
+                    result.overlay = post.blend(fitted, color, self.config.overlay_alpha)
+            if "confidence" in wanted and confidence_net is not None:
+                result.confidence = post.mark_padding(confidence_net, geometry, 0.0)
+        else:
+            result.labels = post.to_camera(labels_net, geometry)
+            if "color" in wanted or "overlay" in wanted:
+                # Colour the small network-resolution map, then resize: identical pixels (nearest
+                # only copies), a sixth of the LUT work at 1080p.
+                color = post.to_camera(post.colorize(post.crop_to_content(labels_net, geometry), lut),
+                                       _content_geometry(geometry))
+                result.color = color if "color" in wanted else None
+                if "overlay" in wanted:
+                    result.overlay = post.blend(frame, color, self.config.overlay_alpha)
+            if "confidence" in wanted and confidence_net is not None:
+                result.confidence = post.to_camera(confidence_net, geometry)
+        if "drivable" in wanted:
+            result.drivable = post.binary_mask(result.labels, self._drivable_lut)
+        return result
+
+    def warmup(self, frame_size: tuple[int, int] = (640, 480), runs: int = 1) -> None:
+        """Run a few blank frames so the first real frame is not slowed by lazy initialisation."""
+        frame = np.zeros((frame_size[1], frame_size[0], 3), dtype=np.uint8)
+        for _ in range(runs):
+            self(frame)
+
+
+def _content_geometry(geometry: FitGeometry) -> FitGeometry:
+    # Geometry of an array already cropped to the content region.
+    return FitGeometry(geometry.frame_size, geometry.content_size, geometry.content_size, (0, 0))
