@@ -1,7 +1,7 @@
 """The output bag: the node's topics and types, written with ``rosbags`` (no ROS needed).
 
 Topic names resolve the node's private names the way rclpy does: ``~/mask`` of a node
-``segmentation_node`` in namespace ``/front`` is ``/front/segmentation_node/mask``. QoS
+``segmentation`` in namespace ``/front`` is ``/front/segmentation/mask``. QoS
 profiles recorded with each topic match the node's publishers (``label_info`` is
 transient-local), so ``ros2 bag play`` offers them the way the live node does.
 
@@ -27,7 +27,7 @@ OUTPUT_TYPES: dict[str, str] = {
     "label_info": LABEL_INFO,
 }
 STORAGES = ("mcap", "sqlite3")
-DEFAULT_NODE_NAME = "segmentation_node"
+DEFAULT_NODE_NAME = "segmentation"  # the node's default name (bisenet_ros/node.py)
 
 
 class OutputExistsError(FileExistsError):
@@ -126,9 +126,10 @@ class OutputBag:
             if name not in OUTPUT_TYPES:
                 raise ValueError(f"unknown output {name!r}; expected one of {', '.join(OUTPUT_TYPES)}")
             latched = name == "label_info"
+            # As the node's publishers: reliable keep-last 1; label_info also transient-local.
             self._connections[name] = writer.add_connection(
                 self.topic(name), OUTPUT_TYPES[name], typestore=store,
-                offered_qos_profiles=[_qos(latched=latched, depth=1 if latched else 10)])
+                offered_qos_profiles=[_qos(latched=latched, depth=1)])
             self.counts[self.topic(name)] = 0
 
     def add_copy_topic(self, info: TopicInfo) -> bool:
