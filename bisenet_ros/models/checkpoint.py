@@ -168,14 +168,13 @@ def convert_state_dict(fmt: str, variant: str, state_dict: Mapping[str, torch.Te
         return {("cp.backbone." + k[len("cp.resnet."):]) if k.startswith("cp.resnet.") else k: v
                 for k, v in state_dict.items()}
     if fmt == "stdc_seg":
-        layers = _STDC_LAYERS[variant]
-        starts = {"2": 0, "4": 1, "8": 2, "16": 2 + layers[0], "32": 2 + layers[0] + layers[1]}
         converted = {}
         for key, tensor in state_dict.items():
             alias = _STDC_ALIAS.match(key)
             if alias:
-                stride, index, rest = alias.groups()
-                target = f"cp.backbone.features.{starts[stride] + int(index)}.{rest}"
+                # x8 = nn.Sequential(features[2:4]): a slice keeps the original child indices.
+                _, index, rest = alias.groups()
+                target = f"cp.backbone.features.{index}.{rest}"
                 if target not in state_dict or not torch.equal(state_dict[target], tensor):
                     raise CheckpointError(
                         f"{path} (format stdc_seg): alias key {key} does not hold the same tensor as "
