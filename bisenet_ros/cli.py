@@ -17,7 +17,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("bisenet_ros.inference.export", "export a model to ONNX with its metadata embedded"),
     "bench": ("bisenet_ros.bench", "benchmark backends and post-processing against the reference pipeline"),
     "replay": ("bisenet_ros.replay.cli", "run a rosbag through the engine, write an output bag and a report"),
-    "demo": ("bisenet_ros.commands.demo", "end-to-end demo on synthetic data (train, export, replay, report)"),
 }
 
 
