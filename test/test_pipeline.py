@@ -1,0 +1,157 @@
+"""ROS-free parts of the node: newest-frame slot, stale policy, stats, parameter validation, and
+the output fields shared with the replay (bisenet_ros.outputs)."""
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from bisenet_ros import outputs
+from bisenet_ros.codec import image_to_array
+from bisenet_ros.pipeline import (
+    LatestFrameSlot, PipelineStats, RateMeter, config_from_parameters, frame_age_s, is_stale,
+    node_options_from_parameters, stamp_to_ns)
+
+
+def test_slot_keeps_only_the_newest_item() -> None:
+    slot: LatestFrameSlot[int] = LatestFrameSlot()
+    assert slot.put(1) is False
+    assert slot.put(2) is True and slot.put(3) is True  # 1 and 2 replaced
+    assert slot.take(0) == 3
+    assert slot.take(0.01) is None
+
+
+def test_slot_wakes_a_waiting_consumer_and_closes() -> None:
+    slot: LatestFrameSlot[str] = LatestFrameSlot()
+    got: list = []
+    consumer = threading.Thread(target=lambda: got.append(slot.take(5)))
+    consumer.start()
+    time.sleep(0.02)
+    slot.put("frame")
+    consumer.join(2)
+    assert got == ["frame"]
+    waiting = threading.Thread(target=lambda: got.append(slot.take(None)))
+    waiting.start()
+    slot.close()
+    waiting.join(2)
+    assert not waiting.is_alive() and got[-1] is None and slot.closed
+
+
+def test_stale_policy() -> None:
+    stamp = SimpleNamespace(sec=10, nanosec=500_000_000)
+    assert stamp_to_ns(stamp) == 10_500_000_000
+    now = 11_000_000_000
+    assert frame_age_s(stamp_to_ns(stamp), now) == pytest.approx(0.5)
+    assert is_stale(stamp_to_ns(stamp), now, 0.4) and not is_stale(stamp_to_ns(stamp), now, 0.6)
+    assert not is_stale(stamp_to_ns(stamp), now, 0.0)  # disabled
+    assert not is_stale(0, now, 0.1) and frame_age_s(0, now) is None  # unstamped
+    assert not is_stale(now + 10**9, now, 0.1)  # stamp ahead of our clock: not stale
+
+
+def test_rate_meter() -> None:
+    meter = RateMeter(window_s=1.0)
+    for i in range(11):
+        meter.tick(100.0 + i * 0.1)  # 10 Hz
+    assert meter.rate(101.0) == pytest.approx(10.0)
+    assert meter.rate(105.0) == 0.0  # everything left the window
+
+
+def test_stats_snapshot_and_recent_counts() -> None:
+    stats = PipelineStats(window=2)
+    stats.count("frames_received", 3)
+    stats.count("malformed")
+    for ms in (10.0, 20.0, 30.0):
+        stats.record_frame({"inference": ms, "total": ms + 1}, age_ms=5.0)
+    snap = stats.snapshot()
+    assert snap["frames_processed"] == 3 and snap["malformed"] == 1
+    assert snap["latency_ms"]["inference"] == pytest.approx(25.0)  # window of 2
+    assert snap["recent"]["malformed"] == 1 and snap["age_ms"] == 5.0
+    assert stats.snapshot()["recent"]["malformed"] == 0  # recent resets, totals do not
+    assert outputs.diagnostic_level(snap) == (outputs.WARN, "1 malformed message(s) skipped recently")
+    stats.record_error("RuntimeError: boom")
+    level, message = outputs.diagnostic_level(stats.snapshot())
+    assert level == outputs.ERROR and "boom" in message
+    assert outputs.diagnostic_level(PipelineStats().snapshot())[0] == outputs.WARN  # nothing yet
+
+
+def test_diagnostic_values_keys_and_format() -> None:
+    stats = PipelineStats()
+    stats.count("frames_received")
+    stats.record_frame({"decode": 1.234, "inference": 50.0}, age_ms=None)
+    config = config_from_parameters({"resolution": "128x64", "variant": "stdc1"})
+    values = dict(outputs.diagnostic_values(stats.snapshot(), config))
+    assert values["latency_decode_ms"] == "1.23" and values["latency_inference_ms"] == "50.00"
+    assert values["frames_processed"] == "1" and "age_ms" not in values
+    assert values["variant"] == "stdc1" and values["resolution"] == "128x64"
+    assert all(isinstance(v, str) for v in values.values())
+
+
+def test_parameter_validation_messages() -> None:
+    with pytest.raises(ValueError, match="qos_depth=0: expected integer in 1..100"):
+        node_options_from_parameters({"qos_depth": 0})
+    with pytest.raises(ValueError, match="max_frame_age=-1.0"):
+        node_options_from_parameters({"max_frame_age": -1.0})
+    options = node_options_from_parameters({"use_compressed": True, "image_topic": "/cam/image/"})
+    assert options.input_topic == "/cam/image/compressed"
+    assert node_options_from_parameters(
+        {"use_compressed": True, "compressed_topic": "/x/jpeg"}).input_topic == "/x/jpeg"
+    assert config_from_parameters({}, publish_confidence=True).confidence is True
+    with pytest.raises(ValueError, match="resize='crop': expected one of: stretch, letterbox"):
+        config_from_parameters({"resize": "crop"})
+
+
+# ------------------------------------------------------------------------------- outputs
+
+LABELS = np.array([[0, 1, 2], [2, 1, 0]], np.uint8)
+PALETTE_RGB = np.array([[128, 64, 128], [244, 35, 232], [70, 70, 70]], np.uint8)
+
+
+def _result(order: str = "bgr", confidence: bool = True) -> SimpleNamespace:
+    palette = PALETTE_RGB if order == "rgb" else PALETTE_RGB[:, ::-1]
+    return SimpleNamespace(
+        labels=LABELS, color=palette[LABELS], overlay=palette[LABELS] // 2,
+        drivable=np.where(LABELS == 0, 255, 0).astype(np.uint8),
+        confidence=np.array([[0.0, 0.5, 1.0], [0.25, 0.75, 0.999]], np.float32) if confidence else None)
+
+
+@pytest.mark.parametrize("order", ["bgr", "rgb"])
+@pytest.mark.parametrize("encoding", ["bgr8", "rgb8"])
+def test_colour_outputs_follow_the_requested_encoding(order: str, encoding: str) -> None:
+    fields = outputs.result_to_image_fields(_result(order), order, color_encoding=encoding)
+    want = PALETTE_RGB if encoding == "rgb8" else PALETTE_RGB[:, ::-1]
+    for topic in ("color_mask", "overlay"):
+        assert fields[topic]["encoding"] == encoding
+    msg = SimpleNamespace(**fields["color_mask"])
+    np.testing.assert_array_equal(image_to_array(msg), want[LABELS])
+
+
+def test_every_topic_fields_and_confidence_encodings() -> None:
+    fields = outputs.result_to_image_fields(_result(), "bgr")
+    assert set(fields) == set(outputs.OUTPUT_TOPICS)
+    assert fields["mask"]["encoding"] == "mono8"
+    np.testing.assert_array_equal(fields["mask"]["data"].reshape(2, 3), LABELS)
+    assert fields["drivable_mask"]["data"].tolist() == [255, 0, 0, 0, 0, 255]
+    assert fields["confidence"]["encoding"] == "32FC1" and fields["confidence"]["step"] == 12
+    mono = outputs.result_to_image_fields(_result(), "bgr", confidence_encoding="mono8")["confidence"]
+    assert mono["encoding"] == "mono8" and mono["data"].tolist() == [0, 128, 255, 64, 191, 255]
+
+
+def test_missing_outputs_and_topic_filter() -> None:
+    result = _result(confidence=False)
+    result.overlay = None
+    fields = outputs.result_to_image_fields(result, "bgr", topics=["mask", "overlay", "confidence"])
+    assert set(fields) == {"mask"}
+    with pytest.raises(ValueError, match="color encoding 'rgba8'"):
+        outputs.result_to_image_fields(result, "bgr", color_encoding="rgba8")
+
+
+def test_engine_outputs_for_topics_and_label_info() -> None:
+    assert outputs.engine_outputs_for(["mask"]) == set()
+    assert outputs.engine_outputs_for(["mask", "color_mask", "drivable_mask"]) == {"color", "drivable"}
+    with pytest.raises(ValueError, match="unknown output topic"):
+        outputs.engine_outputs_for(["labels"])
+    info = outputs.label_info_fields(["road", "sidewalk"])
+    assert info == {"class_map": [(0, "road"), (1, "sidewalk")], "threshold": 0.0}
