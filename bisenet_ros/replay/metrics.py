@@ -6,7 +6,8 @@ Definitions (also stated in the report):
   truth outside ``0..num_classes-1`` (255 = ignore) is not counted.
 * IoU of class ``c``: ``C[c, c] / (sum_p C[c, p] + sum_g C[g, c] - C[c, c])``; undefined (None)
   when the class is neither in the ground truth nor predicted. mIoU averages the defined ones.
-* Pixel accuracy: ``trace(C) / sum(C)``.
+* Pixel accuracy: ``trace(C) / sum(C)``. A prediction that is no class (255, e.g. letterbox
+  padding at network resolution) counts as a miss of its ground-truth class.
 * Drivable-area IoU: IoU of the binary masks "class in drivable classes" of prediction and
   ground truth, over the non-ignored pixels.
 * Temporal stability: per frame, the share of pixels whose predicted label differs from the
@@ -34,6 +35,8 @@ class ConfusionMatrix:
     def __init__(self, num_classes: int, drivable_ids: Iterable[int] = ()) -> None:
         self.num_classes = int(num_classes)
         self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        # Pixels of each ground-truth class whose prediction is no class at all (e.g. 255).
+        self.unassigned = np.zeros(self.num_classes, dtype=np.int64)
         self._drivable_lut = np.zeros(256, dtype=bool)
         for cid in drivable_ids:
             self._drivable_lut[int(cid)] = True
@@ -49,12 +52,14 @@ class ConfusionMatrix:
         gt = truth.reshape(-1).astype(np.int64, copy=False)
         valid = gt < self.num_classes
         pred_v, gt_v = pred[valid], gt[valid]
-        # A prediction outside the class range (only possible with a misconfigured engine) would
-        # corrupt the bincount layout; count it as a miss of its ground-truth class instead.
+        # A prediction outside the class range (letterbox padding at network resolution, or a
+        # misconfigured engine) would corrupt the bincount layout; it is a miss of its
+        # ground-truth class, kept apart so accuracy and IoU still count it.
         in_range = pred_v < self.num_classes
         counts = np.bincount(gt_v[in_range] * self.num_classes + pred_v[in_range],
                              minlength=self.num_classes ** 2)
         self.matrix += counts.reshape(self.num_classes, self.num_classes)
+        self.unassigned += np.bincount(gt_v[~in_range], minlength=self.num_classes)
         pd = self._drivable_lut[np.clip(pred_v, 0, 255)]
         gd = self._drivable_lut[gt_v]
         self.drivable += (int(np.count_nonzero(pd & gd)), int(np.count_nonzero(pd | gd)),
@@ -64,7 +69,7 @@ class ConfusionMatrix:
     def iou(self) -> list[float | None]:
         """Per-class IoU (None where the class is neither in the truth nor predicted)."""
         tp = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) - tp
+        union = self.matrix.sum(0) + self.matrix.sum(1) + self.unassigned - tp
         return [float(t / u) if u > 0 else None for t, u in zip(tp, union)]
 
     def miou(self) -> float | None:
@@ -72,7 +77,7 @@ class ConfusionMatrix:
         return float(np.mean(values)) if values else None
 
     def pixel_accuracy(self) -> float | None:
-        total = int(self.matrix.sum())
+        total = int(self.matrix.sum() + self.unassigned.sum())
         return float(np.trace(self.matrix) / total) if total else None
 
     def drivable_iou(self) -> float | None:
@@ -85,7 +90,8 @@ class ConfusionMatrix:
         names = list(class_names) + [str(i) for i in range(len(class_names), self.num_classes)]
         return {
             "frames_evaluated": self.frames,
-            "pixels_evaluated": int(self.matrix.sum()),
+            "pixels_evaluated": int(self.matrix.sum() + self.unassigned.sum()),
+            "pixels_without_prediction": int(self.unassigned.sum()),
             "miou": self.miou(),
             "pixel_accuracy": self.pixel_accuracy(),
             "drivable_iou": self.drivable_iou(),

@@ -205,7 +205,10 @@ def _plots(result: ReplayResult, palette: np.ndarray | None) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(9, 3.2))
     labels = list(stages)
     data = [[f.timings[s] for f in frames if s in f.timings] for s in labels]
-    ax.boxplot(data, vert=False, showfliers=True)
+    try:  # matplotlib >= 3.10 spells it 'orientation'; 'vert' is deprecated there
+        ax.boxplot(data, orientation="horizontal", showfliers=True)
+    except TypeError:
+        ax.boxplot(data, vert=False, showfliers=True)
     ax.set_yticks(range(1, len(labels) + 1), labels)
     ax.set_xlabel("ms per frame")
     ax.set_title("Latency per stage")
