@@ -32,7 +32,7 @@ def execution_providers(device: str, precision: str, trt_cache_dir: str | None) 
     Args:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``tensorrt``.
         precision: ``fp32``; ``fp16`` only with TensorRT.
-        trt_cache_dir: Engine cache directory for TensorRT (created if missing).
+        trt_cache_dir: Engine cache directory for TensorRT (the backend creates it).
     """
     if precision == "bf16":
         raise BackendError(
@@ -52,7 +52,6 @@ def execution_providers(device: str, precision: str, trt_cache_dir: str | None) 
                 "backend='torch' for CUDA fp16")
         return [cuda, "CPUExecutionProvider"]
     cache = os.path.abspath(os.path.expanduser(trt_cache_dir or DEFAULT_TRT_CACHE))
-    os.makedirs(cache, exist_ok=True)
     trt_options = {
         "device_id": index,
         "trt_fp16_enable": precision == "fp16",
@@ -100,6 +99,10 @@ class OnnxRuntimeBackend(Backend):
                 f"device={device!r} needs the {wanted} of onnxruntime, but this onnxruntime "
                 f"({ort.__version__}) only has {', '.join(available)}. Install onnxruntime-gpu "
                 "(with CUDA/TensorRT libraries) or use device='cpu'")
+        if wanted == "TensorrtExecutionProvider":
+            cache = dict(providers[0][1])["trt_engine_cache_path"]
+            os.makedirs(cache, exist_ok=True)
+            LOGGER.info("TensorRT engine cache: %s (the first start builds engines: minutes)", cache)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if num_threads > 0:

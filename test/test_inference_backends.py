@@ -1,0 +1,138 @@
+"""Every backend available here gives the torch backend's labels on the same weights.
+
+A real registry model (BiSeNetV2, random weights saved as this project's checkpoint) runs at a
+small resolution through torch, and through onnxruntime and openvino both from the .pth (the
+engine exports it in memory) and from an exported .onnx file that carries its own metadata.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from bisenet_ros.inference import Segmenter
+from bisenet_ros.inference.export import export_onnx, read_onnx_info
+from bisenet_ros.models import build_model, make_checkpoint
+
+RESOLUTION = (128, 64)
+ONNX_BACKENDS = [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b) is not None]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny inputs: one thread is faster, and immune to OpenMP spin-waits on a busy 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> tuple[str, torch.nn.Module]:
+    torch.manual_seed(0)
+    model = build_model("bisenetv2", num_classes=5)
+    # Random BatchNorm statistics, so that the check covers folded BN too.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("weights") / "bisenetv2_5.pth"
+    names = ["ground", "obstacle", "sky", "person", "vehicle"]
+    palette = [[10, 20, 30], [40, 50, 60], [70, 80, 90], [100, 110, 120], [130, 140, 150]]
+    torch.save(make_checkpoint(model, class_names=names, palette=palette), path)
+    return str(path), model
+
+
+@pytest.fixture(scope="module")
+def frame() -> np.ndarray:
+    rng = np.random.default_rng(1)
+    # Smooth random image (blocks) so predictions form regions, as on a real frame.
+    small = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    import cv2
+
+    return cv2.resize(small, (200, 120), interpolation=cv2.INTER_LINEAR)
+
+
+def _torch_reference(seg: Segmenter, model: torch.nn.Module, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    _, blob, _ = seg.preprocess(frame, "bgr")
+    with torch.inference_mode():
+        logits = model.eval()(torch.from_numpy(blob.copy()))[0].numpy()
+    top2 = np.sort(logits, axis=0)[-2:]
+    return logits.argmax(0), top2[1] - top2[0]
+
+
+def _assert_same_labels(labels: np.ndarray, reference: np.ndarray, gap: np.ndarray) -> None:
+    differ = labels != reference
+    # Labels may only differ where the top-2 logits are tied to float rounding.
+    assert not (differ & (gap > 1e-3)).any(), f"{differ.sum()} pixels differ, at gaps {gap[differ][:5]}"
+    assert differ.mean() < 1e-3
+
+
+@pytest.fixture(scope="module")
+def torch_seg(checkpoint) -> Segmenter:
+    path, _ = checkpoint
+    return Segmenter(weights=path, variant="bisenetv2", num_classes=5, resolution=RESOLUTION,
+                     drivable_classes=["ground"], confidence=True)
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, torch_seg, tmp_path_factory) -> str:
+    path, _ = checkpoint
+    onnx_path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    model = build_model("bisenetv2", num_classes=5, weights=path)
+    export_onnx(model, onnx_path, resolution=RESOLUTION, class_set=torch_seg.class_set, confidence=True)
+    return str(onnx_path)
+
+
+def test_torch_backend_matches_the_model(checkpoint, torch_seg, frame) -> None:
+    _, model = checkpoint
+    assert torch_seg.class_names == ["ground", "obstacle", "sky", "person", "vehicle"]   # from the checkpoint
+    assert torch_seg.palette[1].tolist() == [40, 50, 60]
+    reference, gap = _torch_reference(torch_seg, model, frame)
+    _, blob, _ = torch_seg.preprocess(frame)
+    labels = torch_seg.backend.run(blob).labels
+    _assert_same_labels(labels, reference, gap)
+    assert len(np.unique(labels)) >= 2   # a real prediction, not a constant map
+
+
+@pytest.mark.parametrize("backend", ONNX_BACKENDS)
+def test_exported_onnx_runs_with_no_other_input_and_matches_torch(checkpoint, torch_seg, exported, frame,
+                                                                  backend) -> None:
+    _, model = checkpoint
+    # Only the file: no variant, no class count, no resolution, no normalization given.
+    seg = Segmenter(weights=exported, backend=backend, drivable_classes=["ground"], confidence=True)
+    assert seg.network_size == RESOLUTION and seg.config.num_classes == 5
+    assert seg.class_names == torch_seg.class_names
+    np.testing.assert_array_equal(seg.palette, torch_seg.palette)
+    assert seg.normalization.mean == torch_seg.normalization.mean
+    assert seg.normalization.std == torch_seg.normalization.std
+    reference, gap = _torch_reference(torch_seg, model, frame)
+    _, blob, _ = seg.preprocess(frame)
+    net = seg.backend.run(blob)
+    _assert_same_labels(net.labels, reference, gap)
+    # The whole pipeline at camera resolution, confidence included.
+    result, expected = seg(frame), torch_seg(frame)
+    assert result.labels.shape == frame.shape[:2]
+    assert (result.labels == expected.labels).mean() > 0.999
+    np.testing.assert_allclose(result.confidence, expected.confidence, atol=1e-4)
+    if backend == "openvino":   # fp32 by explicit hint, whatever the CPU would default to
+        hint = seg.backend.compiled.get_property("INFERENCE_PRECISION_HINT")
+        assert "32" in str(hint)
+
+
+@pytest.mark.skipif("onnxruntime" not in ONNX_BACKENDS, reason="onnxruntime not installed")
+def test_checkpoint_on_onnxruntime_is_exported_in_memory(checkpoint, torch_seg, frame) -> None:
+    path, model = checkpoint
+    seg = Segmenter(weights=path, variant="bisenetv2", num_classes=5, resolution=RESOLUTION,
+                    drivable_classes=["ground"], backend="onnxruntime", output_resolution="network")
+    assert seg.class_names == torch_seg.class_names
+    reference, gap = _torch_reference(torch_seg, model, frame)
+    _assert_same_labels(seg(frame).labels, reference, gap)
+
+
+def test_onnx_file_needs_an_onnx_backend(exported) -> None:
+    assert read_onnx_info(exported).class_names == ["ground", "obstacle", "sky", "person", "vehicle"]
+    with pytest.raises(ValueError, match="use backend='onnxruntime' or 'openvino'"):
+        Segmenter(weights=exported, backend="torch")
