@@ -1,0 +1,146 @@
+"""ONNX export: graph outputs, embedded metadata, dynamic sizes and the `bisenet-ros export` command."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from bisenet_ros.cli import main as cli_main
+from bisenet_ros.inference import Segmenter
+from bisenet_ros.inference.export import METADATA_KEY, export_onnx, export_onnx_bytes, read_onnx_info
+from bisenet_ros.labels import cityscapes, make_class_set
+from bisenet_ros.models import Normalization
+
+
+class TinyNet(nn.Module):
+    """A small conv net with the attributes registry models carry."""
+
+    def __init__(self, num_classes: int = 19) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, num_classes, 3, padding=1))
+        self.normalization = Normalization((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+        self.num_classes = num_classes
+        self.variant = "tiny"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return model.eval()(torch.from_numpy(x)).numpy()
+
+
+def test_argmax_and_confidence_outputs_and_metadata(tmp_path) -> None:
+    model = TinyNet()
+    path = tmp_path / "tiny.onnx"
+    info = export_onnx(model, path, resolution=(48, 32), class_set=cityscapes(), confidence=True)
+    assert info.outputs == ["labels", "confidence"] and info.argmax_in_graph
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto)
+    assert proto.opset_import[0].version >= 17
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    assert meta["variant"] == "tiny" and meta["num_classes"] == 19
+    assert meta["class_names"][0] == "road" and meta["palette"][0] == [128, 64, 128]
+    assert meta["normalization"] == {"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]}
+    assert meta["input"]["size"] == [48, 32] and meta["input"]["color_order"] == "rgb"
+    read = read_onnx_info(path)
+    assert read == info
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 48)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    labels, confidence = session.run(None, {"input": x})
+    logits = _logits(model, x)
+    assert labels.dtype == np.uint8 and labels.shape == (1, 32, 48)
+    np.testing.assert_array_equal(labels, logits.argmax(1))
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    softmax /= softmax.sum(1, keepdims=True)
+    np.testing.assert_allclose(confidence, softmax.max(1), rtol=1e-5)
+
+
+def test_logits_export_runs_through_the_numpy_path(tmp_path) -> None:
+    model = TinyNet(num_classes=3)
+    classes = make_class_set(["a", "b", "c"])
+    path = tmp_path / "logits.onnx"
+    info = export_onnx(model, path, resolution=(40, 32), class_set=classes, argmax=False)
+    assert info.outputs == ["logits"] and not info.argmax_in_graph
+    frame = np.random.default_rng(1).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    seg = Segmenter(weights=str(path), backend="onnxruntime", drivable_classes=["a"], confidence=True)
+    result = seg(frame)
+    _, blob, _ = seg.preprocess(frame)
+    np.testing.assert_array_equal(result.labels, _logits(model, blob.copy())[0].argmax(0))
+    assert result.confidence.min() >= 1 / 3 - 1e-6 and result.confidence.max() <= 1.0
+
+
+def test_dynamic_export_runs_at_any_size(tmp_path) -> None:
+    model = TinyNet()
+    data, info = export_onnx_bytes(model, resolution=(48, 32), class_set=cityscapes(), dynamic=True)
+    assert info.input_size is None
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    for height, width in ((32, 48), (40, 72)):
+        x = np.random.default_rng(height).standard_normal((1, 3, height, width)).astype(np.float32)
+        (labels,) = session.run(None, {"input": x})
+        np.testing.assert_array_equal(labels, _logits(model, x).argmax(1))
+    path = tmp_path / "dynamic.onnx"
+    path.write_bytes(data)
+    seg = Segmenter(weights=str(path), backend="onnxruntime", resolution=(64, 40), output_resolution="network")
+    assert seg(np.zeros((50, 80, 3), np.uint8)).labels.shape == (40, 64)
+
+
+def test_export_refuses_inconsistent_requests() -> None:
+    with pytest.raises(ValueError, match="has 3 classes but the model predicts 19"):
+        export_onnx_bytes(TinyNet(), resolution=(32, 32), class_set=make_class_set(["a", "b", "c"]))
+    with pytest.raises(ValueError, match="export with argmax"):
+        export_onnx_bytes(TinyNet(), resolution=(32, 32), class_set=cityscapes(), argmax=False, confidence=True)
+
+
+def test_files_without_metadata_are_refused(tmp_path) -> None:
+    plain = tmp_path / "plain.onnx"
+    with warnings.catch_warnings():   # the legacy exporter's deprecation notice: a plain third-party file
+        warnings.simplefilter("ignore")
+        torch.onnx.export(TinyNet().eval(), (torch.zeros(1, 3, 16, 16),), str(plain), dynamo=False,
+                          input_names=["input"], output_names=["logits"])
+    with pytest.raises(ValueError, match="no 'bisenet_ros' metadata.*bisenet-ros export"):
+        read_onnx_info(plain)
+    with pytest.raises(ValueError, match="no 'bisenet_ros' metadata"):
+        Segmenter(weights=str(plain), backend="onnxruntime")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a protobuf at all \x00\xff")
+    with pytest.raises(ValueError, match="cannot be read as an ONNX model"):
+        read_onnx_info(garbage)
+    with pytest.raises(ValueError, match="no such ONNX file"):
+        read_onnx_info(tmp_path / "missing.onnx")
+
+
+def test_export_command(tmp_path, capsys) -> None:
+    output = tmp_path / "out" / "v2.onnx"
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        code = cli_main(["export", "--variant", "bisenetv2", "--resolution", "64x32", "-o", str(output),
+                         "--confidence"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "verified with onnxruntime" in printed and output.is_file()
+    info = read_onnx_info(output)
+    assert info.variant == "bisenetv2" and info.input_size == (64, 32)
+    assert info.outputs == ["labels", "confidence"]
+    seg = Segmenter(weights=str(output), backend="onnxruntime", confidence=True)
+    result = seg(np.zeros((30, 50, 3), np.uint8))
+    assert result.labels.shape == (30, 50) and result.confidence.shape == (30, 50)
+
+    assert cli_main(["export", "--weights", str(tmp_path / "missing.pth"), "-o", str(output)]) == 2
+    assert "no such file" in capsys.readouterr().out
