@@ -128,6 +128,16 @@ class SegmentationNode(Node):
         except (ImportError, OSError, ValueError, RuntimeError) as err:
             self.get_logger().fatal(f"cannot build the segmentation engine: {err}")
             raise StartupError(str(err)) from err
+        warmup = getattr(self.segmenter, "warmup", None)
+        if warmup is not None:
+            # Lazy initialisation (cuDNN autotuning, TensorRT engine build: minutes on a Jetson on
+            # the first run, cached afterwards) happens here rather than on the first camera frame.
+            self.get_logger().info("warming up the engine (a first TensorRT run builds its engine)")
+            try:
+                warmup(frame_size=tuple(self.config.resolution))
+            except Exception as err:  # noqa: BLE001 - report like a construction error
+                self.get_logger().fatal(f"the segmentation engine fails on a blank frame: {err}")
+                raise StartupError(str(err)) from err
 
         self.stats = PipelineStats()
         self._slot: LatestFrameSlot[Any] = LatestFrameSlot()
@@ -170,8 +180,16 @@ class SegmentationNode(Node):
     def _run_worker(self) -> None:
         while not self._slot.closed:
             msg = self._slot.take(timeout=0.5)
-            if msg is not None:
+            if msg is None:
+                continue
+            try:
                 self.process(msg)
+            except Exception as err:  # noqa: BLE001 - e.g. publishing while Ctrl-C shuts down
+                if self._slot.closed:
+                    break
+                self.stats.record_error(f"{type(err).__name__}: {err}")
+                self.get_logger().error(f"processing a frame failed: {type(err).__name__}: {err}",
+                                        throttle_duration_sec=LOG_THROTTLE_S)
 
     # -- processing -------------------------------------------------------------------------
 

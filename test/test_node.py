@@ -440,3 +440,27 @@ def test_real_segmenter_end_to_end(ros: Any) -> None:
     assert info[0].class_map[0].class_name == "road"
     _, values = _diagnostics(ros, node)
     assert float(values["latency_inference_ms"]) > 0
+
+
+def test_publishing_failure_in_the_worker_is_survived(ros: Any) -> None:
+    node = ros.make()
+    mask = ros.listen("/segmentation/mask")
+    publisher = node._image_publishers["mask"]
+    original = publisher.publish
+    publisher.publish = lambda msg: (_ for _ in ()).throw(RuntimeError("publisher's context is invalid"))
+    camera = ros.camera()
+    camera.publish(ros.image())
+    wait_until(lambda: node.stats.counters["errors"] == 1)
+    assert node._worker.is_alive()
+    publisher.publish = original
+    camera.publish(ros.image())
+    wait_until(lambda: mask)
+
+
+def test_docs_list_every_parameter_and_topic() -> None:
+    doc = (ROOT / "docs" / "node.md").read_text()
+    for spec in all_parameters():
+        assert f"| `{spec.name}` |" in doc, spec.name
+    for topic in ("~/mask", "~/color_mask", "~/overlay", "~/drivable_mask", "~/confidence",
+                  "~/label_info", "/diagnostics"):
+        assert f"`{topic}`" in doc, topic
