@@ -259,8 +259,10 @@ class SegmentationNode(Node):
                     encoding=fields["encoding"], is_bigendian=fields["is_bigendian"],
                     step=fields["step"])
         # rclpy takes array.array('B') without a per-element check (a NumPy array is rejected,
-        # a list is checked element by element): one memcpy.
-        msg.data = array.array("B", fields["data"].tobytes())
+        # a list or bytes is checked element by element); frombytes is a single memcpy.
+        data = array.array("B")
+        data.frombytes(fields["data"])
+        msg.data = data
         return msg
 
     # -- metadata and diagnostics -----------------------------------------------------------
