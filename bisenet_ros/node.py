@@ -292,9 +292,11 @@ class SegmentationNode(Node):
 
     def destroy_node(self) -> None:
         """Stop the worker thread, then destroy the node."""
-        self._slot.close()
-        if self._worker.is_alive() and self._worker is not threading.current_thread():
-            self._worker.join(timeout=5.0)
+        slot, worker = getattr(self, "_slot", None), getattr(self, "_worker", None)
+        if slot is not None:
+            slot.close()
+        if worker is not None and worker.is_alive() and worker is not threading.current_thread():
+            worker.join(timeout=5.0)
         super().destroy_node()
 
 
