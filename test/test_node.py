@@ -238,7 +238,7 @@ def test_default_qos_accepts_best_effort_and_reliable_cameras(ros: Any) -> None:
     wait_until(lambda: len(mask) == 1)
     ros.camera(reliable=True).publish(ros.image(frame_id="rel"))
     wait_until(lambda: len(mask) == 2)
-    sub_qos = node.subscriptions[0].qos
+    sub_qos = node.subscriptions[0].qos_profile
     assert sub_qos.depth == 1 and sub_qos.reliability.name == "BEST_EFFORT"
 
 
@@ -246,7 +246,7 @@ def test_reliable_qos_parameter_and_topic_parameter(ros: Any) -> None:
     node = ros.make(qos="reliable", qos_depth=3, image_topic="/cam/image_raw")
     sub = node.subscriptions[0]
     assert sub.topic_name == "/cam/image_raw"
-    assert sub.qos.reliability.name == "RELIABLE" and sub.qos.depth == 3
+    assert sub.qos_profile.reliability.name == "RELIABLE" and sub.qos_profile.depth == 3
     # a best-effort camera does not match a reliable subscription (the classic QoS mismatch)
     assert ros.camera("/cam/image_raw", reliable=False).get_subscription_count() == 0
 

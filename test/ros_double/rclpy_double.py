@@ -254,20 +254,20 @@ class Publisher:
     def __init__(self, msg_type: type, topic: str, qos: QoSProfile) -> None:
         self.msg_type = msg_type
         self.topic_name = topic
-        self.qos = qos
+        self.qos_profile = qos
         self.history: list[Any] = []  # kept for transient-local late joiners
         self.destroyed = False
 
     def _matches(self, sub: "Subscription") -> bool:
         return (not sub.destroyed and sub.topic_name == self.topic_name
-                and sub.msg_type is self.msg_type and qos_compatible(self.qos, sub.qos))
+                and sub.msg_type is self.msg_type and qos_compatible(self.qos_profile, sub.qos_profile))
 
     def publish(self, msg: Any) -> None:
         if not isinstance(msg, self.msg_type):
             raise TypeError(f"Expected {self.msg_type}, got {type(msg)}")
         with GRAPH.lock:
-            if _transient(self.qos):
-                self.history = (self.history + [msg])[-max(1, self.qos.depth):]
+            if _transient(self.qos_profile):
+                self.history = (self.history + [msg])[-max(1, self.qos_profile.depth):]
             targets = [s for s in GRAPH.subscriptions if self._matches(s)]
         for sub in targets:
             sub.callback(msg)
@@ -284,7 +284,7 @@ class Subscription:
         self.msg_type = msg_type
         self.topic_name = topic
         self.callback = callback
-        self.qos = qos
+        self.qos_profile = qos
         self.destroyed = False
 
 
@@ -389,7 +389,7 @@ class Node:
                            _as_qos(qos_profile))
         with GRAPH.lock:
             GRAPH.subscriptions.append(sub)
-            late = [m for p in GRAPH.publishers if p._matches(sub) and _transient(sub.qos)
+            late = [m for p in GRAPH.publishers if p._matches(sub) and _transient(sub.qos_profile)
                     for m in p.history]
         self.subscriptions.append(sub)
         for msg in late:  # transient local: late joiners get the stored messages
