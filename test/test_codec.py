@@ -257,3 +257,16 @@ def test_encode_makes_non_contiguous_input_contiguous() -> None:
     fields = encode_image(BGR[:, ::2], "bgr8")
     assert fields["width"] == W // 2 and fields["step"] == 3 * (W // 2)
     np.testing.assert_array_equal(fields["data"].reshape(H, W // 2, 3), BGR[:, ::2])
+
+
+@pytest.mark.parametrize("encoding", DECODABLE_ENCODINGS)
+def test_every_encoding_rejects_truncated_data_and_short_step(encoding: str) -> None:
+    msg = _image_msg(_source(encoding), encoding, pad=2)
+    full = msg.data
+    msg.data = full[:-(msg.step + 1)]  # a row and a byte missing
+    with pytest.raises(CodecError, match=f"^{encoding} image {W}x{H} with step {msg.step} needs"):
+        decode_image(msg)
+    msg.data = full
+    msg.step = msg.step - 4  # smaller than one row of pixels
+    with pytest.raises(CodecError, match="smaller than one row"):
+        decode_image(msg)
