@@ -169,7 +169,7 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
             :class:`bisenet_ros.inference.Segmenter`); tests inject a fake here.
     """
     from bisenet_ros.replay.bag import BagError
-    from bisenet_ros.replay.pipeline import replay
+    from bisenet_ros.replay.pipeline import OutputError, check_input, replay
     from bisenet_ros.replay.report import prepare_report_dir, write_report
     from bisenet_ros.replay.writer import OutputExistsError
 
@@ -187,16 +187,27 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
             prepare_report_dir(options.report_dir, overwrite=options.overwrite)
         except OutputExistsError as err:
             return _error(str(err))
+    try:
+        check_input(options)  # a wrong topic is reported before seconds of model loading
+    except (BagError, FileNotFoundError) as err:
+        return _error(str(err))
     if engine_factory is None:
         from bisenet_ros.inference import Segmenter as engine_factory  # noqa: N813
     try:
         engine = engine_factory(config)
     except (ImportError, OSError, ValueError, RuntimeError) as err:
         return _error(f"cannot build the segmentation engine: {err}")
+    except KeyboardInterrupt:
+        print("bisenet-ros replay: interrupted while loading the model; nothing was written",
+              file=sys.stderr)
+        return 130
     try:
         result = replay(options, engine, config=config)
     except (BagError, OutputExistsError, FileNotFoundError, ValueError) as err:
         return _error(str(err))
+    except OutputError as err:
+        print(f"bisenet-ros replay: error: {err}", file=sys.stderr)
+        return 1
 
     if options.report_dir is not None and not result.hard_stop:
         path = write_report(result, options.report_dir)

@@ -49,6 +49,10 @@ EXIT_SIGNAL_BASE = 128  # + signal number, as a shell reports a process ended by
 DEFAULT_OUTPUTS = ("mask", "color_mask", "overlay", "drivable_mask")
 
 
+class OutputError(RuntimeError):
+    """The output bag cannot be created (permissions, disk, path)."""
+
+
 class Engine(Protocol):
     """What the replay needs from :class:`bisenet_ros.inference.Segmenter` (the test seam)."""
 
@@ -287,16 +291,7 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
     bag = InputBag(options.input)
     bag.open()
     try:
-        exclude = [options.labels_topic] if options.labels_topic else []
-        image_topic = bag.pick_image_topic(options.image_topic, exclude=exclude)
-        if options.labels_topic and options.labels_topic not in bag.topics:
-            raise BagError(f"labels topic {options.labels_topic!r} is not in {options.input}; "
-                           f"topics: {', '.join(bag.topics)}")
-        copy = list(bag.topics) if "*" in options.copy_topics else list(options.copy_topics)
-        missing = [t for t in copy if t not in bag.topics]
-        if missing:
-            raise BagError(f"--copy-topic {missing[0]!r} is not in {options.input}; "
-                           f"topics: {', '.join(bag.topics)}")
+        image_topic, copy = _check_topics(bag, options)
         prepare_output_path(options.output, overwrite=options.overwrite)
         result.image_topic = image_topic
         result.input_storage = bag.storage
@@ -309,6 +304,31 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
     result.damage = list(bag.damage) + result.damage
     result.warnings = list(bag.warnings) + result.warnings
     return result
+
+
+def _check_topics(bag: InputBag, options: ReplayOptions) -> tuple[TopicInfo, list[str]]:
+    exclude = [options.labels_topic] if options.labels_topic else []
+    image_topic = bag.pick_image_topic(options.image_topic, exclude=exclude)
+    if options.labels_topic and options.labels_topic not in bag.topics:
+        raise BagError(f"labels topic {options.labels_topic!r} is not in {options.input}; "
+                       f"topics: {', '.join(bag.topics)}")
+    copy = list(bag.topics) if "*" in options.copy_topics else list(options.copy_topics)
+    missing = [t for t in copy if t not in bag.topics]
+    if missing:
+        raise BagError(f"--copy-topic {missing[0]!r} is not in {options.input}; "
+                       f"topics: {', '.join(bag.topics)}")
+    return image_topic, copy
+
+
+def check_input(options: ReplayOptions) -> TopicInfo:
+    """Open the input bag and check the topics, without an engine (fails fast, before a model
+    is loaded). Returns the camera topic.
+
+    Raises:
+        BagError: The bag cannot be opened, or a topic is missing or ambiguous.
+    """
+    with InputBag(options.input) as bag:
+        return _check_topics(bag, options)[0]
 
 
 @contextlib.contextmanager
@@ -375,7 +395,9 @@ def _run(bag: InputBag, image_topic: TopicInfo, copy: list[str], topics: list[st
     opened.wait()
     if writer_error:
         writer.join()
-        raise writer_error[0]
+        err = writer_error[0]
+        raise OutputError(f"cannot create the output bag {options.output}: "
+                          f"{type(err).__name__}: {err}") from err
     started = time.perf_counter()
     reader.start()
     try:
