@@ -1,0 +1,47 @@
+"""``python -m training <command>``: synth, train, eval, export.
+
+Run from a clone of the repository (the training package is not installed with the node)::
+
+    python -m training synth --out datasets/synth
+    python -m training train --config synthetic --run-dir runs/synth
+    torchrun --nproc_per_node=8 -m training train --config bisenetv2_cityscapes --data-root /data/cityscapes
+    python -m training eval runs/synth --multi-scale
+    python -m training export runs/synth --out model.onnx
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("training.synth", "write a synthetic street-scene dataset (Cityscapes layout)"),
+    "train": ("training.train", "train a model (single process, or one per GPU under torchrun)"),
+    "eval": ("training.evaluate", "evaluate a run or checkpoint: mIoU and per-class IoU"),
+    "export": ("training.export", "export a trained run to the ONNX file the inference engine runs"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Dispatch to the command module (imported only when chosen, so --help stays fast)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, summary) in COMMANDS.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints help / the error for an unknown command
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[argv[0]][0])
+    cmd = argparse.ArgumentParser(prog=f"python -m training {argv[0]}", description=COMMANDS[argv[0]][1])
+    module.add_arguments(cmd)
+    args = cmd.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""SGD with the recipes' parameter groups, and the warmup + poly learning-rate schedule."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, *, lr: float, weight_decay: float, head_lr_mult: float = 1.0,
+                 head_modules: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Split parameters into (decay / no decay) x (backbone / head) groups.
+
+    Weight decay is never applied to 1-D parameters (norm weights and all biases): decaying a
+    BatchNorm scale towards 0 only fights the normalization. Parameters of the top-level
+    submodules named in ``head_modules`` (the fusion module and the segmentation heads in the
+    BiSeNetV1 / STDC-Seg code) train at ``head_lr_mult`` times the base rate, because they start
+    from scratch while the backbone is usually ImageNet-initialized.
+
+    Returns:
+        Groups for ``torch.optim.SGD``; each carries ``lr_mult`` (read by :class:`WarmupPoly`) and
+        a ``name`` for logging.
+    """
+    heads = set(head_modules) if head_lr_mult != 1.0 else set()
+    buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_head = name.split(".", 1)[0] in heads
+        decay = p.ndim > 1
+        buckets.setdefault((is_head, decay), []).append(p)
+    groups = []
+    for (is_head, decay), params in sorted(buckets.items()):
+        mult = head_lr_mult if is_head else 1.0
+        groups.append({"params": params, "lr": lr * mult, "initial_lr": lr * mult, "lr_mult": mult,
+                       "weight_decay": weight_decay if decay else 0.0,
+                       "name": f"{'head' if is_head else 'base'}_{'decay' if decay else 'nodecay'}"})
+    return groups
+
+
+def build_optimizer(model: nn.Module, optim_cfg: Mapping[str, Any]) -> torch.optim.SGD:
+    """SGD with momentum over :func:`param_groups` (the ``optim`` config section)."""
+    groups = param_groups(model, lr=optim_cfg["lr"], weight_decay=optim_cfg["weight_decay"],
+                          head_lr_mult=optim_cfg["head_lr_mult"], head_modules=optim_cfg["head_modules"])
+    return torch.optim.SGD(groups, lr=optim_cfg["lr"], momentum=optim_cfg["momentum"],
+                           weight_decay=optim_cfg["weight_decay"])
+
+
+class WarmupPoly:
+    """Warmup (exponential or linear from ``warmup_ratio``) then poly decay, per step.
+
+    ``lr(step) = base * mult * factor(step)`` with ``factor`` rising from ``warmup_ratio`` to 1 over
+    ``warmup_iters`` steps, then ``(1 - (step - warmup) / (total - warmup)) ** power``.
+    Its state is a single integer, so it is trivially checkpointed with ``weights_only`` loading.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, total_iters: int, warmup_iters: int = 1000,
+                 warmup: str = "exp", warmup_ratio: float = 0.1, power: float = 0.9) -> None:
+        self.optimizer = optimizer
+        self.total = total_iters
+        self.warmup_iters = min(warmup_iters, max(total_iters - 1, 0))
+        self.warmup = warmup
+        self.ratio = warmup_ratio
+        self.power = power
+        self.step_count = 0
+        self.base = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        self._apply()
+
+    def factor(self, step: int) -> float:
+        """The LR multiplier at ``step`` (0-based)."""
+        if step < self.warmup_iters:
+            t = step / self.warmup_iters
+            return self.ratio ** (1 - t) if self.warmup == "exp" else self.ratio + (1 - self.ratio) * t
+        span = max(1, self.total - self.warmup_iters)
+        return max(0.0, 1 - (step - self.warmup_iters) / span) ** self.power
+
+    def _apply(self) -> None:
+        f = self.factor(self.step_count)
+        for group, base in zip(self.optimizer.param_groups, self.base):
+            group["lr"] = base * f
+
+    def step(self) -> None:
+        """Advance one training step (call after ``optimizer.step()``)."""
+        self.step_count += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step_count": self.step_count, "base": list(self.base)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step_count = int(state["step_count"])
+        self.base = [float(b) for b in state["base"]]
+        self._apply()
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Mapping[str, Any], total_iters: int) -> WarmupPoly:
+    """The :class:`WarmupPoly` schedule of the ``optim`` config section."""
+    return WarmupPoly(optimizer, total_iters=total_iters, warmup_iters=optim_cfg["warmup_iters"],
+                      warmup=optim_cfg["warmup"], warmup_ratio=optim_cfg["warmup_ratio"],
+                      power=optim_cfg["poly_power"])

@@ -1,0 +1,353 @@
+"""The training loop and the ``python -m training train`` command.
+
+One process per GPU under ``torchrun`` (DistributedDataParallel, SyncBatchNorm on CUDA, NCCL;
+gloo on CPU), or a single plain process. The loop is step-based like the published recipes:
+every ``train.ckpt_every`` steps the complete state is written atomically to ``last.pth``; every
+``train.eval_every`` steps the model is evaluated on the val split and ``best.pth`` is kept.
+``--resume`` reloads ``last.pth`` and continues with exactly the steps an uninterrupted run would
+have taken (the data order and augmentation are functions of the step, see
+:class:`training.data.StepBatchSampler`; weights, optimizer, scheduler, AMP scaler and RNG
+states come from the checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from training.checkpoint import (atomic_save, build_training_checkpoint, load_training_checkpoint,
+                                 set_rng_state)
+from training.config import dump_config, load_config
+from training.data import StepBatchSampler, build_dataset, dataset_class_set
+from training.evaluate import evaluate, iou_from_confusion, mean_iou, pixel_accuracy
+from training.logs import RunLogger
+from training.losses import segmentation_loss
+from training.optim import build_optimizer, build_scheduler
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def init_distributed(device: str | None) -> tuple[int, int, torch.device]:
+    """Join the process group when launched by ``torchrun`` and pick this process's device.
+
+    Returns:
+        ``(rank, world_size, device)``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda:
+        dev = torch.device(device if device and ":" in device else f"cuda:{local_rank if world > 1 else 0}")
+        torch.cuda.set_device(dev)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return rank, world, dev
+
+
+def _is_main(rank: int) -> bool:
+    return rank == 0
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+# ----------------------------------------------------------------------------- model set-up
+
+
+def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> int:
+    """Initialise the backbone from ImageNet weights; returns the number of tensors loaded.
+
+    Accepted: a torchvision ``resnet18`` state_dict (BiSeNetV1), an STDC-Net ImageNet file
+    (``STDCNet813M_73.91.tar`` / ``STDCNet1446_76.47.tar``: ``{"state_dict": ...}``, optionally
+    ``module.``-prefixed), or any checkpoint whose keys start with ``cp.backbone.``. The
+    ImageNet classifier keys are skipped; every backbone tensor must be present with the right
+    shape (never a silent partial load).
+    """
+    from bisenet_ros.models import CheckpointError, read_checkpoint
+
+    backbone = getattr(getattr(model, "cp", None), "backbone", None)
+    if backbone is None:
+        raise CheckpointError(
+            f"model.backbone_weights: {getattr(model, 'variant', 'this model')} has no separate ImageNet "
+            "backbone (BiSeNetV2 trains from scratch in its recipe); use model.init_weights for a full checkpoint")
+    state = read_checkpoint(path)
+    if isinstance(state, Mapping) and state.get("format") == "bisenet_ros":
+        state = state["model"]
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
+    state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if any(k.startswith("cp.backbone.") for k in state):
+        state = {k[len("cp.backbone."):]: v for k, v in state.items() if k.startswith("cp.backbone.")}
+    expected = backbone.state_dict()
+    used = {k: v for k, v in state.items() if k in expected}
+    missing = [k for k in expected if k not in used and not k.endswith("num_batches_tracked")]
+    bad = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in used.items()
+           if v.shape != expected[k].shape]
+    if missing or bad or not used:
+        raise CheckpointError(
+            f"{path}: does not fit the {model.variant} backbone: {len(missing)} missing (first: "
+            f"{', '.join(missing[:3])}); {len(bad)} shape mismatches ({', '.join(bad[:2])})")
+    backbone.load_state_dict(used, strict=False)
+    return len(used)
+
+
+def build_train_model(config: Mapping[str, Any], num_classes: int) -> nn.Module:
+    """The training model (aux heads built), with ImageNet backbone / fine-tune weights if configured."""
+    from bisenet_ros.models import build_model, load_weights
+
+    mcfg = config["model"]
+    model = build_model(mcfg["variant"], num_classes, aux=True)
+    if mcfg.get("init_weights"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # deployment checkpoints lack the aux heads: expected
+            load_weights(model, mcfg["init_weights"])
+    elif mcfg.get("backbone_weights"):
+        load_backbone_weights(model, mcfg["backbone_weights"])
+    return model
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scheduler: Any, scaler: torch.amp.GradScaler, loss_cfg: Mapping[str, Any], amp: bool
+               ) -> tuple[float, dict[str, float]]:
+    """One optimisation step.
+
+    Args:
+        model: train-mode model built with ``aux=True`` (possibly DDP-wrapped).
+        images: (N, 3, H, W) normalized float32 on the model's device.
+        labels: (N, H, W) int64, 255 = ignore.
+        optimizer, scheduler, scaler: the optimisation state (scaler disabled off CUDA).
+        loss_cfg: the ``loss`` config section.
+        amp: autocast the forward pass to float16 (CUDA only; losses are computed in float32).
+
+    Returns:
+        ``(loss, parts)`` as floats.
+    """
+    with torch.autocast(images.device.type, dtype=torch.float16, enabled=amp):
+        outputs = model(images)
+    loss, parts = segmentation_loss(outputs, labels, loss_cfg)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    scheduler.step()
+    return float(loss.detach()), parts
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume: bool = False,
+          device: str | None = None, workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Train according to ``config``, writing checkpoints and logs under ``run_dir``.
+
+    Args:
+        config: a complete config (:func:`training.config.load_config`).
+        run_dir: the run directory (created); holds config.yaml, logs, last.pth, best.pth.
+        resume: continue from ``run_dir/last.pth`` (its stored config is used).
+        device: "cpu", "cuda", "cuda:N" (default: CUDA if available).
+        workers: override ``data.workers``.
+        quiet: no progress line.
+
+    Returns:
+        ``{"step", "best_miou", "last_miou", "seconds"}``.
+    """
+    run_dir = Path(run_dir)
+    rank, world, dev = init_distributed(device)
+    main = _is_main(rank)
+    ckpt = None
+    if resume:
+        last = run_dir / "last.pth"
+        if last.is_file():
+            ckpt = load_training_checkpoint(last)
+            config = load_config(ckpt["config"])
+        elif main:
+            print(f"--resume: {last} does not exist yet; starting from step 0", file=sys.stderr)
+    config = load_config(dict(config))
+    tcfg, dcfg = config["train"], config["data"]
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / "config.yaml")
+    _barrier(world)
+
+    seed = int(tcfg["seed"])
+    torch.manual_seed(seed)  # model init; replaced by the checkpoint's RNG state on resume
+    np.random.seed(seed)
+    class_set = dataset_class_set(dcfg)
+    num_classes = class_set.num_classes
+    if config["model"]["num_classes"] != num_classes:
+        config["model"]["num_classes"] = num_classes  # the dataset's class list decides
+    model = build_train_model(config, num_classes)
+    norm = model.normalization
+    train_ds = build_dataset(dcfg, dcfg["train_split"], num_classes=num_classes, mean=norm.mean, std=norm.std,
+                             train=True)
+    val_ds = None
+    if tcfg["eval_every"]:
+        val_ds = build_dataset(dcfg, dcfg["val_split"], num_classes=num_classes, mean=norm.mean, std=norm.std,
+                               train=False)
+
+    model.to(dev).train()
+    if world > 1 and dev.type == "cuda" and config["model"]["sync_bn"]:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, config["optim"])
+    scheduler = build_scheduler(optimizer, config["optim"], tcfg["iters"])
+    amp = bool(tcfg["amp"]) and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    start_step, best_miou = 0, -1.0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if amp and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        start_step, best_miou = int(ckpt["step"]), float(ckpt.get("best_miou", -1.0))
+        set_rng_state(ckpt["rng"])
+        if main:
+            print(f"resumed {run_dir / 'last.pth'} at step {start_step}", file=sys.stderr)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    n_workers = dcfg["workers"] if workers is None else workers
+    sampler = StepBatchSampler(len(train_ds), tcfg["batch_size"], rank=rank, world_size=world,
+                               start_step=start_step, total_steps=tcfg["iters"], seed=seed)
+    # A private generator: the DataLoader must not draw from the global torch RNG, whose state
+    # (dropout) is part of what --resume restores.
+    loader = DataLoader(train_ds, batch_sampler=sampler, num_workers=n_workers, pin_memory=dev.type == "cuda",
+                        generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+    val_loader = None
+    if val_ds is not None:
+        shard = Subset(val_ds, range(rank, len(val_ds), world))
+        val_loader = DataLoader(shard, batch_size=config["eval"]["batch_size"], num_workers=min(n_workers, 2))
+    logger = RunLogger(run_dir, total_steps=tcfg["iters"], start_step=start_step, class_names=class_set.names,
+                       tensorboard=tcfg["tensorboard"], enabled=main)
+    palette = class_set.palette.tolist()
+
+    def save(name: str, step: int) -> None:
+        if main:
+            state = build_training_checkpoint(model, class_names=list(class_set.names), palette=palette,
+                                              optimizer=optimizer, scheduler=scheduler,
+                                              scaler=scaler if amp else None, step=step, config=config,
+                                              best_miou=best_miou)
+            atomic_save(state, run_dir / name)
+        _barrier(world)
+
+    def validate(step: int) -> float:
+        assert val_loader is not None
+        conf = evaluate(model, val_loader, num_classes, scales=[config["eval"]["scale"]], device=dev, amp=amp)
+        if world > 1:
+            conf = conf.to(dev)
+            dist.all_reduce(conf)
+            conf = conf.cpu()
+        miou = mean_iou(conf)
+        logger.eval(step, miou, pixel_accuracy(conf), list(iou_from_confusion(conf)))
+        return miou
+
+    start_time = time.time()
+    last_miou = float("nan")
+    step = last_logged = start_step
+    tick = time.time()
+    if main and not quiet:
+        logger.message(f"training {config['model']['variant']} on {dcfg['root']} ({len(train_ds)} images) "
+                       f"for {tcfg['iters']} steps, global batch {tcfg['batch_size']} on {world} x {dev}")
+    for images, labels in loader:
+        images = images.to(dev, non_blocking=True)
+        labels = labels.to(dev, non_blocking=True)
+        lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0]["lr_mult"]
+        loss, parts = train_step(net, images, labels, optimizer, scheduler, scaler, config["loss"], amp)
+        step += 1
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"step {step}: loss is {loss}; lower optim.lr or check the labels")
+        if tcfg["log_every"] and (step % tcfg["log_every"] == 0 or step == tcfg["iters"]):
+            now = time.time()
+            logger.train(step, lr, loss, parts, (now - tick) / max(1, step - last_logged))
+            last_logged, tick = step, now
+        if not quiet:
+            logger.progress(step, loss, lr, force=step == tcfg["iters"])
+        if val_loader is not None and (step % tcfg["eval_every"] == 0 or step == tcfg["iters"]):
+            last_miou = validate(step)
+            if last_miou > best_miou:
+                best_miou = last_miou
+                save("best.pth", step)
+            net.train()
+        if (tcfg["ckpt_every"] and step % tcfg["ckpt_every"] == 0) or step == tcfg["iters"]:
+            save("last.pth", step)
+    logger.close()
+    seconds = time.time() - start_time
+    if main and not quiet:
+        print(f"done: {step} steps in {seconds:.0f} s; best val mIoU "
+              f"{100 * max(best_miou, 0):.2f}%; checkpoints in {run_dir}", file=sys.stderr)
+    if world > 1:
+        dist.destroy_process_group()
+    return {"step": step, "best_miou": best_miou, "last_miou": last_miou, "seconds": seconds}
+
+
+# ----------------------------------------------------------------------------- command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m training train``."""
+    parser.add_argument("--config", help="YAML config file or name in training/configs (e.g. bisenetv2_cityscapes)")
+    parser.add_argument("--run-dir", help="run directory for config, logs and checkpoints "
+                        "(default: runs/<config name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its last.pth (uses the stored config)")
+    parser.add_argument("--data-root", help="dataset root (overrides data.root)")
+    parser.add_argument("--iters", type=int, help="number of steps (overrides train.iters)")
+    parser.add_argument("--batch-size", type=int, help="global batch size (overrides train.batch_size)")
+    parser.add_argument("--lr", type=float, help="base learning rate (overrides optim.lr)")
+    parser.add_argument("--backbone-weights", help="ImageNet backbone weights (overrides model.backbone_weights)")
+    parser.add_argument("--init-weights", help="checkpoint to fine-tune from (overrides model.init_weights)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available; "
+                        "under torchrun each process uses cuda:LOCAL_RANK)")
+    parser.add_argument("--workers", type=int, help="DataLoader workers per process (overrides data.workers)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="any config override, e.g. train.eval_every=2000 (repeatable)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``python -m training train``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    overrides = list(args.overrides)
+    for flag, key in (("data_root", "data.root"), ("iters", "train.iters"), ("batch_size", "train.batch_size"),
+                      ("lr", "optim.lr"), ("backbone_weights", "model.backbone_weights"),
+                      ("init_weights", "model.init_weights")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if not args.config and not args.resume:
+        raise SystemExit("train: give --config (a YAML file or a name in training/configs), or --resume --run-dir")
+    run_dir = args.run_dir
+    if run_dir is None:
+        if not args.config:
+            raise SystemExit("train: --resume needs --run-dir")
+        run_dir = str(Path("runs") / Path(args.config).stem)
+    if args.resume and (Path(run_dir) / "last.pth").is_file():
+        config = load_config(load_training_checkpoint(Path(run_dir) / "last.pth")["config"])
+        if overrides:
+            print("--resume: the stored config is used; ignoring overrides " + " ".join(overrides), file=sys.stderr)
+    else:
+        config = load_config(args.config, overrides)
+    train(config, run_dir, resume=args.resume, device=args.device, workers=args.workers, quiet=args.quiet)
+    return 0
