@@ -280,3 +280,26 @@ def test_torch_bf16_runs_and_mostly_agrees() -> None:
         warnings.simplefilter("ignore")
         labels = segmenter(precision="bf16")(frame, color_order="rgb").labels
     assert (labels == expected).mean() > 0.97
+
+
+# ----------------------------------------------------------------------------- segment command
+
+def test_segment_command_writes_label_and_overlay_pngs(tmp_path, capsys) -> None:
+    from bisenet_ros.cli import main as cli_main
+
+    frame, _ = make_scene(40, 60, [(0, 0, 20, 60, RED)])
+    image = tmp_path / "scene.png"
+    cv2.imwrite(str(image), frame[:, :, ::-1])
+    out = tmp_path / "out"
+    assert cli_main(["segment", str(image), "--resolution", "64x32", "-o", str(out), "--color"]) == 0
+    labels = cv2.imread(str(out / "scene_labels.png"), cv2.IMREAD_UNCHANGED)
+    overlay = cv2.imread(str(out / "scene_overlay.png"), cv2.IMREAD_UNCHANGED)
+    color = cv2.imread(str(out / "scene_color.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == (40, 60) and labels.dtype == np.uint8 and labels.max() < 19
+    assert overlay.shape == color.shape == (40, 60, 3)
+    np.testing.assert_array_equal(color, CITYSCAPES_PALETTE[labels][:, :, ::-1])   # written as BGR PNG
+    # No input: a generated frame.
+    assert cli_main(["segment", "--resolution", "64x32", "-o", str(out)]) == 0
+    assert (out / "generated_street_labels.png").is_file()
+    assert "randomly initialised" in capsys.readouterr().out
+    assert cli_main(["segment", str(tmp_path / "missing.png"), "-o", str(out)]) == 2
