@@ -18,9 +18,8 @@ from a published-layout state_dict. Each test then
    small multiple of the fp32 reference's own error against it, and the argmax must agree wherever
    the float64 top-2 margin is not itself within rounding.
 
-The STDC-Seg comparisons are strict xfails until the loader reproduces InPlace-ABN's scale (see
-``ABN_XFAIL``); their failure message also reports the distance to the reference with ABN read as
-plain BatchNorm, which is at rounding level: that is the only remaining difference.
+For STDC-Seg this also checks that the loader reproduces InPlace-ABN's eval scale
+(``|weight| + eps``) in the layers without ``num_batches_tracked``.
 
 Reference semantics restated here (each is a fact of the reference code, not of this project):
 
@@ -78,14 +77,6 @@ BN_EPS = 1e-5   # nn.BatchNorm2d and InPlaceABNSync defaults; no reference layer
 ABN_EPS = 1e-5  # InPlace-ABN: scale = |weight| + eps
 SIZE = (64, 128)            # a multiple of 32, as the reference code requires
 NUM_CLASSES = 19
-
-# Known discrepancy (reported to the lead; remove the marker once checkpoint.py converts the ABN
-# weights: strict, so the fix turns these tests into XPASS failures until then).
-ABN_XFAIL = pytest.mark.xfail(strict=True, reason=(
-    "STDC-Seg's context path / FFM / heads use InPlaceABNSync, whose eval scale is |weight| + 1e-5 "
-    "(mapillary inplace_abn forward_cpu/forward_kernel); the stdc_seg conversion must load those "
-    "BN weights as weight.abs() + 1e-5 (they are the BN layers without num_batches_tracked)"))
-
 
 # --------------------------------------------------------------------------------------------------
 # Functional building blocks over a published-layout state_dict
@@ -425,8 +416,8 @@ def _published_model(variant: str, tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("variant", [
     "bisenetv1",
     "bisenetv2",
-    pytest.param("stdc1", marks=ABN_XFAIL),
-    pytest.param("stdc2", marks=ABN_XFAIL),
+    "stdc1",
+    "stdc2",
 ])
 def test_eval_output_equals_reference(variant: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     state, abn, model, seed = _published_model(variant, tmp_path_factory)

@@ -46,6 +46,7 @@ _TRAINING_HEADS = {
 _STDC_UNUSED = ("cp.backbone.conv_last.", "cp.backbone.fc.", "cp.backbone.bn.", "cp.backbone.linear.",
                 "conv_out_sp2.", "conv_out_sp4.", "conv_out_sp16.")
 _STDC_ALIAS = re.compile(r"^cp\.backbone\.x(2|4|8|16|32)\.0\.(\d+)\.(.+)$")
+_ABN_EPS = 1e-5  # InPlaceABN's default eps, also added to its scale
 _STDC_LAYERS = {"stdc1": (2, 2, 2), "stdc2": (4, 5, 3)}
 
 
@@ -183,6 +184,13 @@ def convert_state_dict(fmt: str, variant: str, state_dict: Mapping[str, torch.Te
             if key.startswith(_STDC_UNUSED):
                 continue
             converted[key] = tensor
+        # The BN layers outside the backbone are InPlace-ABN (the ones without a batch counter).
+        # InPlace-ABN scales by |weight| + eps (it must stay invertible), so a plain BatchNorm2d
+        # reproduces it only with that effective weight.
+        for key in [k for k in converted if k.endswith(".running_var")]:
+            prefix = key[: -len("running_var")]
+            if prefix + "num_batches_tracked" not in state_dict:
+                converted[prefix + "weight"] = converted[prefix + "weight"].abs() + _ABN_EPS
         return converted
     raise CheckpointError(f"{path}: unknown format {fmt!r}")
 
