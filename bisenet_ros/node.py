@@ -123,6 +123,10 @@ class SegmentationNode(Node):
             f"loading {self.config.variant} ({self.config.weights or 'random weights'}) on "
             f"{self.config.backend}/{self.config.device} at "
             f"{self.config.resolution[0]}x{self.config.resolution[1]}")
+        if not self.config.weights:
+            self.get_logger().warning(
+                "no 'weights' given: the model is randomly initialised and its output is "
+                "meaningless (set weights:=/path/to/model.pth or .onnx)")
         try:
             self.segmenter = segmenter_factory(self.config)
         except (ImportError, OSError, ValueError, RuntimeError) as err:

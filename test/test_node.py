@@ -348,6 +348,7 @@ def test_parameters_declared_once_with_descriptors(ros: Any) -> None:
     # node-only keys are exactly what config.py lets through from a shared parameter file
     assert {s.name for s in NODE_PARAMETERS} | {"use_sim_time"} == set(_NODE_ONLY_KEYS)
     assert node.config.resolution == (128, 64)
+    assert any("randomly initialised" in m for m in ros.graph.messages("warning"))
 
 
 @pytest.mark.parametrize("params, match", [
