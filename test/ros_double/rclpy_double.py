@@ -233,9 +233,6 @@ class RcutilsLogger:
         GRAPH.log.append((self.name, level, str(message)))
         return True
 
-    def debug(self, message: str, **kwargs: Any) -> bool:
-        return self._log("debug", message, **kwargs)
-
     def info(self, message: str, **kwargs: Any) -> bool:
         return self._log("info", message, **kwargs)
 
@@ -331,9 +328,6 @@ class Node:
         self.subscriptions: list[Subscription] = []
         self.timers: list[Timer] = []
         self.destroyed = False
-
-    def get_name(self) -> str:
-        return self._name
 
     def get_fully_qualified_name(self) -> str:
         return f"{self._namespace.rstrip('/')}/{self._name}"
