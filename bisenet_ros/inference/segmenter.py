@@ -12,6 +12,7 @@ The Segmenter is not thread-safe (it reuses its input buffer): use one per threa
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -95,6 +96,9 @@ def resolve_class_set(config: SegmenterConfig, model: Any = None) -> ClassSet:
     """
     info = getattr(model, "checkpoint_info", None)
     if config.class_set == "cityscapes" and info is not None and info.class_names:
+        if len(info.class_names) != config.num_classes:
+            raise ValueError(
+                f"{info.path} stores {len(info.class_names)} class names for num_classes={config.num_classes}")
         return make_class_set(info.class_names, info.palette, name=os.path.basename(info.path))
     if config.class_set == "cityscapes" and config.num_classes != 19:
         raise ValueError(
@@ -139,6 +143,9 @@ class Segmenter:
         else:
             if model is None:
                 model = load_torch_model(config)
+            else:
+                # The backend changes dtype/memory format in place: keep the caller's model intact.
+                model = copy.deepcopy(model)
             if getattr(model, "normalization", None) is None:
                 raise ValueError("model has no 'normalization' attribute (mean/std of its training input)")
             normalization = Normalizer(model.normalization.mean, model.normalization.std)
@@ -157,6 +164,7 @@ class Segmenter:
         self._drivable_lut = class_set.mask_lut(config.drivable_classes)
         self._default_outputs = frozenset({"color", "overlay", "drivable"} | ({"confidence"} if config.confidence else set()))
         self._geometry_cache: dict[tuple[int, int], FitGeometry] = {}
+        self._warned_confidence = False
         width, height = config.resolution
         self._blob = np.empty((1, 3, height, width), dtype=np.float32)
 
@@ -280,6 +288,7 @@ class Segmenter:
             color_order: ``"bgr"`` (OpenCV, ``bgr8`` messages) or ``"rgb"`` (``rgb8`` messages).
             outputs: Subset of ``{"color", "overlay", "drivable", "confidence"}`` to compute;
                 None = all configured (``confidence`` only if enabled). ``labels`` always.
+                ``confidence`` of a Segmenter built without it is None (logged once).
 
         Returns:
             The :class:`SegmentationResult`.
@@ -315,9 +324,13 @@ class Segmenter:
             raise ValueError(
                 f"outputs: unknown {sorted(unknown)}; expected a subset of {sorted(OUTPUTS)}")
         if "confidence" in wanted and not self.backend.computes_confidence:
-            raise ValueError(
-                "outputs: 'confidence' was not enabled when this Segmenter was built; "
-                "construct it with confidence=True")
+            # The graph has no confidence output: answer None (as for any output not computed)
+            # rather than fail every frame of a node whose confidence topic got a subscriber.
+            if not self._warned_confidence:
+                LOGGER.warning("confidence asked for, but this Segmenter was built without it "
+                               "(confidence: true); returning None")
+                self._warned_confidence = True
+            wanted = wanted - {"confidence"}
         return wanted
 
     def _postprocess(self, frame: np.ndarray, fitted: np.ndarray, geometry: FitGeometry,
