@@ -202,12 +202,19 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
               file=sys.stderr)
         return 130
     try:
+        # The first call initialises the backend lazily (seconds); keep that out of the timings.
+        warmup = getattr(engine, "warmup", None)
+        if callable(warmup):
+            warmup()
         result = replay(options, engine, config=config)
     except (BagError, OutputExistsError, FileNotFoundError, ValueError) as err:
         return _error(str(err))
     except OutputError as err:
         print(f"bisenet-ros replay: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the pipeline started (it handles signals itself)
+        print("bisenet-ros replay: interrupted before any frame was processed", file=sys.stderr)
+        return 130
 
     if options.report_dir is not None and not result.hard_stop:
         path = write_report(result, options.report_dir)

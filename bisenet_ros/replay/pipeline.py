@@ -444,6 +444,7 @@ def _run(bag: InputBag, image_topic: TopicInfo, copy: list[str], topics: list[st
         progress.finish()
     result.interrupted = stop.signal_name
     result.hard_stop = stop.hard
+    result.corrupt.sort(key=lambda c: c["index"])  # reader and engine both add to it
     if writer_error and result.fatal is None:
         err = writer_error[0]
         result.fatal = f"writing the output bag failed: {type(err).__name__}: {err}"
@@ -462,12 +463,13 @@ def _read(bag: InputBag, image_topic: TopicInfo, copy: list[str], options: Repla
             if stop.is_set():
                 break
             item: Any = None
+            if (raw.topic == image_topic.name and options.max_frames is not None
+                    and index >= options.max_frames):
+                break
             if raw.topic in copy:
                 if not _put(q_in, _Copy(raw.topic, raw.timestamp, bytes(raw.data)), stop):
                     break
             if raw.topic == image_topic.name:
-                if options.max_frames is not None and index >= options.max_frames:
-                    break
                 result.image_bag_times.append(raw.timestamp)
                 t0 = time.perf_counter()
                 try:
@@ -511,9 +513,10 @@ def _write(q_out: "queue.Queue[Any]", options: ReplayOptions, topics: list[str],
            bag: InputBag, folder: FolderLabels | None, result: ReplayResult, progress: Progress,
            stop: _Stop, opened: threading.Event, errors: list[BaseException]) -> None:
     """Writer thread: owns the output bag (sqlite3 connections are thread-bound)."""
-    out = OutputBag(options.output, storage=options.storage, namespace=options.namespace,
-                    node_name=options.node_name)
+    out: OutputBag | None = None
     try:
+        out = OutputBag(options.output, storage=options.storage, namespace=options.namespace,
+                        node_name=options.node_name)
         out.open(topics + ["label_info"])
         for topic in copy:
             if not out.add_copy_topic(bag.topics[topic]):
@@ -521,9 +524,10 @@ def _write(q_out: "queue.Queue[Any]", options: ReplayOptions, topics: list[str],
                                        "is unknown and the bag has no definition for it; not copied")
     except BaseException as err:  # noqa: BLE001 - reported by the main thread
         errors.append(err)
-        opened.set()
-        with contextlib.suppress(Exception):
-            out.close()
+        opened.set()  # never leave the main thread waiting
+        if out is not None:
+            with contextlib.suppress(Exception):
+                out.close()
         return
     opened.set()
     sink = _Sink(out, options, topics, folder, result)

@@ -197,6 +197,8 @@ def _plots(result: ReplayResult, palette: np.ndarray | None) -> dict[str, str]:
     ax2 = ax1.twinx()
     change = [np.nan if f.change_fraction is None else f.change_fraction for f in frames]
     ax2.plot(t, change, color="tab:red", alpha=0.7, label="changed pixels")
+    finite = [c for c in change if not np.isnan(c)]
+    ax2.set_ylim(0, max(0.05, 1.1 * max(finite)) if finite else 1)  # from 0: no exaggeration
     ax2.set_ylabel("share of pixels whose label changed", color="tab:red")
     ax1.set_title("Drivable area and temporal stability")
     plots["drivable"] = _png(fig)
