@@ -432,6 +432,34 @@ def test_interrupted_run_closes_the_output_bag_with_every_processed_frame(
     assert metrics["output"]["messages"]["/segmentation/mask"] == len(masks)
 
 
+def test_a_second_ctrl_c_skips_the_report_but_still_closes_the_bag(tmp_path: Path) -> None:
+    bag = write_image_bag(tmp_path / "in", [split_frame(0, seed=i % 7) for i in range(300)])
+    marker = tmp_path / "started"
+    script = INTERRUPT_SCRIPT.format(test_dir=str(TEST_DIR), marker=str(marker))
+    out, report = tmp_path / "out", tmp_path / "report"
+    proc = subprocess.Popen([sys.executable, "-c", script, str(bag), "-o", str(out), "--report",
+                             str(report), "--no-progress"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "replay did not start"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    masks = read_bag(out)["/segmentation/mask"]
+    assert 5 <= len(masks) < 300
+    assert not (report / "metrics.json").exists()
+
+
 def test_existing_output_is_refused_unless_overwrite(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     bag = write_image_bag(tmp_path / "in", [split_frame(0)])

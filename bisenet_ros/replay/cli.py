@@ -182,15 +182,15 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
     if (options.output.exists() or options.output.is_symlink()) and not options.overwrite:
         return _error(f"output {options.output} exists already; pass --overwrite to replace it, "
                       "or choose another path")
+    try:
+        check_input(options)  # a wrong topic is reported before seconds of model loading
+    except (BagError, FileNotFoundError) as err:
+        return _error(str(err))
     if options.report_dir is not None:
         try:
             prepare_report_dir(options.report_dir, overwrite=options.overwrite)
         except OutputExistsError as err:
             return _error(str(err))
-    try:
-        check_input(options)  # a wrong topic is reported before seconds of model loading
-    except (BagError, FileNotFoundError) as err:
-        return _error(str(err))
     if engine_factory is None:
         from bisenet_ros.inference import Segmenter as engine_factory  # noqa: N813
     try:
