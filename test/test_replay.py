@@ -576,3 +576,25 @@ def test_a_cut_off_zstd_mcap_recording_is_salvaged_up_to_the_cut(tmp_path: Path)
         msg = deserialize(message.data, IMAGE)
         assert stamp_to_ns(msg.header.stamp) == frame_stamp(i)
         np.testing.assert_array_equal(np.asarray(msg.data).reshape(H, W, 3), frames[i])
+
+
+def test_damage_inside_an_mcap_chunk_loses_only_the_hit_message(tmp_path: Path) -> None:
+    import struct
+
+    from bisenet_ros.replay.bagtools import DEFAULT_RECEIVE_DELAY_NS
+
+    frames = [split_frame(0, seed=i) for i in range(20)]
+    bag = write_image_bag(tmp_path / "in", frames)
+    (mcap,) = bag.glob("*.mcap")
+    data = bytearray(mcap.read_bytes())
+    # The header of message #8 (channel 1, sequence 0, log time = its bag time) gets overwritten.
+    key = struct.pack("<HIQ", 1, 0, frame_stamp(8) + DEFAULT_RECEIVE_DELAY_NS)
+    start = data.index(key) - 9
+    data[start:start + 300] = np.random.default_rng(1).integers(0, 256, 300, np.uint8).tobytes()
+    mcap.write_bytes(bytes(data))
+    result = replay(ReplayOptions(input=bag, output=tmp_path / "out", progress=False),
+                    KnownEngine(), install_signal_handlers=False)
+    assert result.exit_code == 1 and result.output_closed
+    assert any("1 of 20 messages" in d for d in result.damage)
+    masks = read_bag(tmp_path / "out")["/segmentation/mask"]
+    assert [stamp_to_ns(m.header.stamp) for _, m in masks] == [frame_stamp(i) for i in range(20) if i != 8]

@@ -10,7 +10,6 @@ finish the run and still exit non-zero with a clear message.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import shutil
 import sqlite3
@@ -249,14 +248,19 @@ class InputBag:
         """
         wanted = set(topics)
         seen: set[tuple[str, int]] = set()
+        counts: dict[str, int] = {}
         if not self._salvage:
             assert self._reader is not None, "open() the bag first"
             conns = [c for c in self._reader.connections if c.topic in wanted]
             try:
                 for conn, timestamp, data in self._reader.messages(connections=conns):
                     seen.add((conn.topic, timestamp))
+                    counts[conn.topic] = counts.get(conn.topic, 0) + 1
                     yield RawMessage(conn.topic, conn.msgtype, timestamp, data)
-                return
+                if not self._missing(wanted, counts):
+                    return
+                # Fewer messages than the bag's index announces: records inside a chunk were
+                # damaged (rosbags' writer stores no chunk CRC, so nothing else notices).
             except GeneratorExit:
                 raise
             except Exception as err:  # noqa: BLE001 - damaged storage: salvage the rest
@@ -268,7 +272,16 @@ class InputBag:
             if key in seen:
                 continue
             seen.add(key)
+            counts[message.topic] = counts.get(message.topic, 0) + 1
             yield message
+        for topic, (have, announced) in self._missing(wanted, counts).items():
+            self.damage.append(f"{topic}: {announced - have} of {announced} messages listed in "
+                               "the bag index could not be read")
+
+    def _missing(self, wanted: set[str], counts: dict[str, int]) -> dict[str, tuple[int, int]]:
+        """Topics that yielded fewer messages than the index announced: topic -> (read, listed)."""
+        return {t: (counts.get(t, 0), self.topics[t].count) for t in wanted
+                if t in self.topics and counts.get(t, 0) < self.topics[t].count}
 
 
 def _listing(topics: list[TopicInfo]) -> str:
@@ -361,7 +374,7 @@ class _McapScanner:
                             records = self._chunk_records(body, partial=True)
                         except Exception:  # noqa: BLE001 - nothing more to recover
                             return
-                        yield from self._records(io.BytesIO(records), len(records), partial=True)
+                        yield from self._records(records, partial=True)
                     return
                 if op == 0x02:  # footer: a complete file
                     return
@@ -372,25 +385,60 @@ class _McapScanner:
                         self.damage.append(f"{self.path.name}: skipped a damaged chunk at byte "
                                            f"{start} ({_describe(err)})")
                         continue
-                    yield from self._records(io.BytesIO(records), len(records))
+                    yield from self._records(records)
                 else:
                     message = self._record(op, body)
                     if message is not None:
                         yield message
 
-    def _records(self, stream: io.BytesIO, size: int, *,
-                 partial: bool = False) -> Iterator[RawMessage]:
-        while stream.tell() + 9 <= size:
-            head = stream.read(9)
-            op, length = head[0], struct.unpack_from("<Q", head, 1)[0]
-            body = stream.read(length)
-            if len(body) < length:
-                if not partial:
-                    self.damage.append(f"{self.path.name}: a chunk ends inside a record")
+    def _records(self, data: bytes, *, partial: bool = False) -> Iterator[RawMessage]:
+        """The records of a chunk's data; resynchronises after a damaged stretch."""
+        size = len(data)
+        pos = 0
+        reported = False
+        while pos + 9 <= size:
+            op, length = data[pos], struct.unpack_from("<Q", data, pos + 1)[0]
+            if self._plausible(data, pos, op, length):
+                message = self._record(op, data[pos + 9:pos + 9 + length])
+                if message is not None:
+                    yield message
+                pos += 9 + length
+                continue
+            if partial and op in _MCAP_OPS and pos + 9 + length > size:
+                return  # the cut of a truncated chunk: nothing after it
+            if not reported:
+                self.damage.append(f"{self.path.name}: damaged records inside a chunk at offset "
+                                   f"{pos}; resynchronised on the next intact message")
+                reported = True
+            resync = self._resync(data, pos + 1)
+            if resync is None:
                 return
-            message = self._record(op, body)
-            if message is not None:
-                yield message
+            pos = resync
+
+    def _plausible(self, data: bytes, pos: int, op: int, length: int) -> bool:
+        if op not in _MCAP_OPS or pos + 9 + length > len(data):
+            return False
+        if op != 0x05:
+            return True
+        if length < 22:
+            return False
+        (cid,) = struct.unpack_from("<H", data, pos + 9)
+        return cid in self.channels
+
+    def _resync(self, data: bytes, start: int) -> int | None:
+        # The next offset holding a plausible message record that is followed by another
+        # plausible record or by the end of the chunk (two in a row rule out most false hits
+        # inside image bytes).
+        pos = data.find(b"\x05", start)
+        while pos != -1 and pos + 9 <= len(data):
+            length = struct.unpack_from("<Q", data, pos + 1)[0]
+            if self._plausible(data, pos, 0x05, length):
+                after = pos + 9 + length
+                if after == len(data) or (after + 9 <= len(data) and self._plausible(
+                        data, after, data[after], struct.unpack_from("<Q", data, after + 1)[0])):
+                    return pos
+            pos = data.find(b"\x05", pos + 1)
+        return None
 
     def _record(self, op: int, body: bytes) -> RawMessage | None:
         if op == 0x03:  # schema
@@ -447,6 +495,11 @@ class _McapScanner:
         if crc and zlib.crc32(raw) != crc:
             raise ValueError("chunk CRC mismatch")
         return raw
+
+
+# Record opcodes that may appear inside a chunk (schema, channel, message) or between chunks.
+_MCAP_OPS = frozenset({0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C,
+                       0x0D, 0x0E, 0x0F})
 
 
 def _mcap_string(body: bytes, pos: int) -> tuple[str, int]:
