@@ -1,17 +1,22 @@
 """``bisenet-ros bench``: backends and post-processing against the reference pipeline, in one run.
 
-For each variant x backend x precision it measures, on the same frames and interleaved
-round-robin (so a noisy machine slows every configuration alike and ratios hold):
+For each variant x backend x precision it measures, in one run and on the same generated frames:
 
 - **model ms**: the backend alone on a prepared input (network + argmax, labels to the host);
 - **e2e ms**: uint8 camera frame in, all outputs out (labels, colour mask, overlay, drivable
   mask, confidence) at camera resolution;
-- **peak RSS**: of a separate process that builds the configuration and segments a few frames;
+- **peak RSS** of the process that built and ran the configuration;
 - **agreement** of the label map with the baseline's (and for bf16, with fp32 on the same backend).
 
 The **baseline** does what the reference demo scripts do: eager PyTorch fp32, normalize the full
 frame in torch, bilinear resize to the network size, bilinear upsampling of the *logits* to the
 camera size, argmax there, NumPy palette indexing and blending.
+
+Each configuration runs in its own process, one after the other: mixing PyTorch, ONNX Runtime and
+OpenVINO in one process makes their thread pools fight over the cores (measured here on 2 cores:
+an ORT run followed by a torch run took 4x the sum of the two alone), and a separate process also
+gives each configuration its own peak RSS. ONNX backends run an exported ``.onnx`` file, as
+deployed; without ``--weights`` all configurations share one set of random weights.
 
 Results: a table on stdout, JSON (``--output``) and optionally a markdown table (``--markdown``).
 """
@@ -35,6 +40,7 @@ import numpy as np
 from bisenet_ros.config import parse_resolution
 
 DEFAULT_OUTPUT = os.path.join("bench_results", "bench.json")
+NUM_FRAMES = 3  # distinct generated frames, cycled
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,15 +56,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera", default="1920x1080", help="camera frame size WIDTHxHEIGHT (default 1920x1080)")
     parser.add_argument("--resolution", default="1024x512", help="network input WIDTHxHEIGHT (default 1024x512)")
     parser.add_argument("--resize", default="stretch", choices=("stretch", "letterbox"))
-    parser.add_argument("--frames", type=int, default=8, help="timed iterations per configuration (default 8)")
+    parser.add_argument("--frames", type=int, default=8, help="timed frames per configuration (default 8)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
     parser.add_argument("--num-threads", dest="num_threads", type=int, default=0,
                         help="CPU threads per backend; 0 = backend default")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the reference pipeline")
-    parser.add_argument("--no-rss", dest="rss", action="store_false", help="skip the peak-RSS subprocesses")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"JSON results (default {DEFAULT_OUTPUT})")
     parser.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
-    parser.add_argument("--rss-probe", dest="rss_probe", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
 
 
 # ----------------------------------------------------------------------------- the baseline
@@ -134,6 +139,18 @@ def _random_checkpoint(variant: str, directory: str) -> str:
     return path
 
 
+def _export(weights: str, variant: str, resolution: tuple[int, int], directory: str) -> str:
+    from bisenet_ros.config import SegmenterConfig
+    from bisenet_ros.inference.export import export_onnx
+    from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
+
+    config = SegmenterConfig(variant=variant, weights=weights)
+    model = load_torch_model(config)
+    path = os.path.join(directory, f"{variant}_{resolution[0]}x{resolution[1]}.onnx")
+    export_onnx(model, path, resolution=resolution, class_set=resolve_class_set(config, model), confidence=True)
+    return path
+
+
 def _segmenter_options(args: argparse.Namespace, variant: str, weights: str, backend: str,
                        precision: str) -> dict[str, Any]:
     return {"variant": variant, "weights": weights, "backend": backend, "precision": precision,
@@ -161,31 +178,88 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _rss_probe(spec: str) -> int:
-    """Child process: build one configuration, segment a few frames, print the peak RSS in MB."""
-    options = json.loads(spec)
-    baseline = options.pop("baseline", False)
-    frames = options.pop("frames")
-    camera = tuple(options.pop("camera"))
+def _worker(spec_json: str) -> int:
+    """Child process: build one configuration, time it on the frames, save its labels.
+
+    Prints one JSON line: model/e2e samples (ms), stage samples, peak RSS, or an error.
+    """
+    spec = json.loads(spec_json)
     from bisenet_ros.inference.frames import street_frame
 
-    frame = street_frame(*camera)
+    camera = tuple(spec["camera"])
+    frames = [street_frame(*camera, seed=i) for i in range(NUM_FRAMES)]
+    out: dict[str, Any] = {"model": [], "e2e": [], "stages": {"preprocess": [], "inference": [], "postprocess": []}}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if baseline:
-            from bisenet_ros.labels import cityscapes
-            from bisenet_ros.models import build_model
+        warnings.simplefilter("ignore")  # random-weight warnings: stated in the report instead
+        start = time.perf_counter()
+        try:
+            if spec["kind"] == "baseline":
+                from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
+                from bisenet_ros.config import SegmenterConfig
 
-            model = build_model(options["variant"], weights=options["weights"])
-            pipeline: Any = Baseline(model, tuple(options["resolution"]), cityscapes().palette, [0], 0.5)
-        else:
-            from bisenet_ros.inference import Segmenter
+                config = SegmenterConfig(variant=spec["options"]["variant"], weights=spec["options"]["weights"])
+                model = load_torch_model(config)
+                classes = resolve_class_set(config, model)
+                pipeline: Any = Baseline(model, tuple(spec["options"]["resolution"]), classes.palette,
+                                         [classes.class_id(c) for c in config.drivable_classes],
+                                         config.overlay_alpha)
+                prepared = pipeline.prepare(frames[0])
+                model_only: Any = lambda: pipeline.model_only(prepared)  # noqa: E731
+            else:
+                from bisenet_ros.inference import BackendError, Segmenter
 
-            pipeline = Segmenter(**options)
-        for _ in range(frames):
-            pipeline(frame)
-    print(json.dumps({"peak_rss_mb": _peak_rss_mb()}))
+                try:
+                    pipeline = Segmenter(**spec["options"])
+                except (ImportError, BackendError, ValueError) as exc:
+                    print(json.dumps({"status": "unavailable", "reason": str(exc).splitlines()[0]}))
+                    return 0
+                out["engine"] = pipeline.describe()
+                _, blob, _ = pipeline.preprocess(frames[0])
+                blob = blob.copy()
+                model_only = lambda: pipeline.backend.run(blob)  # noqa: E731
+        except Exception as exc:  # noqa: BLE001 - reported in the table, the run goes on
+            print(json.dumps({"status": "error", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}))
+            return 0
+        out["build_s"] = time.perf_counter() - start
+        labels: dict[str, np.ndarray] = {}
+        for iteration in range(spec["warmup"] + spec["frames"]):
+            index = iteration % NUM_FRAMES
+            ms_model, _ = _timed(model_only)
+            ms_e2e, result = _timed(pipeline, frames[index])
+            if iteration >= spec["warmup"]:
+                out["model"].append(ms_model)
+                out["e2e"].append(ms_e2e)
+                for stage in out["stages"]:
+                    if not isinstance(result, dict):
+                        out["stages"][stage].append(result.timings[stage])
+            labels[str(index)] = result["labels"] if isinstance(result, dict) else result.labels
+    np.savez_compressed(spec["labels_path"], **labels)
+    out.update(status="ok", peak_rss_mb=_peak_rss_mb())
+    print(json.dumps(out))
     return 0
+
+
+def _worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # PyTorch's OpenMP threads spin-wait at barriers by default; on a machine whose cores are
+    # busy with other work that is catastrophic (measured here with 2 threads and a load of 5:
+    # 2.5 s instead of 25 ms for a 128x64 BiSeNetV2). PASSIVE makes them sleep. It must be set
+    # before torch is imported, hence in the worker's environment. An explicit setting wins.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bisenet_ros.cli", "bench", "--worker", json.dumps(spec)],
+                              capture_output=True, text=True, timeout=1800, check=False, env=_worker_env())
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "reason": "timed out after 30 minutes"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "error", "reason": f"worker failed (exit {proc.returncode}): {tail}"}
+    return json.loads(lines[-1])
 
 
 def _peak_rss_mb() -> float:
@@ -201,152 +275,90 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _measure_rss(options: dict[str, Any], camera: tuple[int, int], baseline: bool = False) -> float | None:
-    spec = json.dumps({**options, "frames": 3, "camera": list(camera), "baseline": baseline})
-    try:
-        proc = subprocess.run([sys.executable, "-m", "bisenet_ros.cli", "bench", "--rss-probe", spec],
-                              capture_output=True, text=True, timeout=600, check=False)
-        return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_rss_mb"])
-    except (subprocess.SubprocessError, ValueError, IndexError, KeyError):
-        return None
-
-
 # ----------------------------------------------------------------------------- the run
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``bisenet-ros bench``."""
-    if args.rss_probe:
-        return _rss_probe(args.rss_probe)
-    import torch
-
-    from bisenet_ros.inference import BackendError, Segmenter
-    from bisenet_ros.inference.frames import street_frame
-    from bisenet_ros.models import build_model
-
+    if args.worker:
+        return _worker(args.worker)
     camera = parse_resolution(args.camera)
+    network = parse_resolution(args.resolution)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     if args.weights and len(variants) > 1:
         print("bisenet-ros bench: error: --weights needs a single variant")
         return 2
-    frames = [street_frame(*camera, seed=i) for i in range(3)]
     load_before = os.getloadavg()
-    print(f"bench: {', '.join(variants)} | camera {camera[0]}x{camera[1]} -> network {args.resolution} | "
-          f"{args.frames} timed iterations | {_cpu_name()}, {os.cpu_count()} CPUs | "
+    print(f"bench: {', '.join(variants)} | camera {camera[0]}x{camera[1]} -> network {network[0]}x{network[1]} | "
+          f"{args.frames} timed frames per configuration | {_cpu_name()}, {os.cpu_count()} CPUs | "
           f"load {load_before[0]:.2f}", flush=True)
-
     results: list[dict[str, Any]] = []
-    tmp = tempfile.TemporaryDirectory(prefix="bisenet_bench_")
-    for variant in variants:
-        weights = args.weights or _random_checkpoint(variant, tmp.name)
-        configs: list[dict[str, Any]] = []
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # random-weight warnings: stated in the report instead
+    with tempfile.TemporaryDirectory(prefix="bisenet_bench_") as tmp:
+        for variant in variants:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                weights = args.weights or _random_checkpoint(variant, tmp)
+                onnx_weights = None
+                if any(b != "torch" for b in backends):
+                    # The deploy path: ONNX backends run an exported file, without torch in the process.
+                    onnx_weights = _export(weights, variant, network, tmp)
+            jobs: list[tuple[dict[str, Any], dict[str, Any]]] = []
             for backend in backends:
                 for precision in precisions:
                     options = _segmenter_options(args, variant, weights, backend, precision)
-                    row: dict[str, Any] = {"variant": variant, "backend": backend, "precision": precision,
-                                           "device": args.device}
-                    try:
-                        t0 = time.perf_counter()
-                        seg = Segmenter(**options)
-                        row["build_s"] = time.perf_counter() - t0
-                    except (ImportError, BackendError, ValueError) as exc:
-                        row.update(status="unavailable", reason=str(exc).splitlines()[0])
-                        print(f"  {variant} {backend} {precision}: unavailable ({row['reason']})", flush=True)
-                        results.append(row)
-                        continue
-                    row.update(status="ok", engine=seg.describe())
-                    configs.append({"row": row, "seg": seg, "options": options, "model": [], "e2e": [],
-                                    "stages": {"preprocess": [], "inference": [], "postprocess": []},
-                                    "labels": {}})
-            baseline = None
+                    if backend != "torch":
+                        options["weights"] = onnx_weights
+                    row = {"variant": variant, "backend": backend, "precision": precision, "device": args.device}
+                    jobs.append((row, {"kind": "engine", "options": options}))
             if args.baseline:
-                model = build_model(variant, weights=weights)
-                palette = configs[0]["seg"].palette if configs else None
-                if palette is not None:
-                    drivable = [configs[0]["seg"].class_set.class_id(c)
-                                for c in configs[0]["seg"].config.drivable_classes]
-                    baseline = {"pipe": Baseline(model, parse_resolution(args.resolution), palette, drivable,
-                                                 configs[0]["seg"].config.overlay_alpha),
-                                "model": [], "e2e": [], "labels": {}}
-
-        # Prepared inputs for the model-only timings (identical work to what e2e feeds the backend).
-        for cfg in configs:
-            _, blob, _ = cfg["seg"].preprocess(frames[0])
-            cfg["blob"] = blob.copy()
-        if baseline is not None:
-            baseline["x"] = baseline["pipe"].prepare(frames[0])
-
-        total = args.warmup + args.frames
-        for iteration in range(total):
-            timed = iteration >= args.warmup
-            frame_index = iteration % len(frames)
-            frame = frames[frame_index]
-            for cfg in configs:
-                ms_model, _ = _timed(cfg["seg"].backend.run, cfg["blob"])
-                ms_e2e, result = _timed(cfg["seg"], frame)
-                if timed:
-                    cfg["model"].append(ms_model)
-                    cfg["e2e"].append(ms_e2e)
-                    for stage in cfg["stages"]:
-                        cfg["stages"][stage].append(result.timings[stage])
-                cfg["labels"][frame_index] = result.labels
-            if baseline is not None:
-                ms_model, _ = _timed(baseline["pipe"].model_only, baseline["x"])
-                ms_e2e, out = _timed(baseline["pipe"], frame)
-                if timed:
-                    baseline["model"].append(ms_model)
-                    baseline["e2e"].append(ms_e2e)
-                baseline["labels"][frame_index] = out["labels"]
-            print(f"  iteration {iteration + 1}/{total}{'' if timed else ' (warm-up)'}", flush=True)
-
-        base_row = None
-        if baseline is not None:
-            base_row = {"variant": variant, "backend": "baseline (eager torch, NumPy post)", "precision": "fp32",
-                        "device": "cpu", "status": "ok", "model_ms": _summary(baseline["model"]),
-                        "e2e_ms": _summary(baseline["e2e"])}
-            base_row["overhead_ms"] = base_row["e2e_ms"]["median"] - base_row["model_ms"]["median"]
-            if args.rss:
-                base_row["peak_rss_mb"] = _measure_rss(
-                    {"variant": variant, "weights": weights,
-                     "resolution": list(parse_resolution(args.resolution))}, camera, baseline=True)
-        fp32_labels = {cfg["row"]["backend"]: cfg["labels"] for cfg in configs if cfg["row"]["precision"] == "fp32"}
-        for cfg in configs:
-            row = cfg["row"]
-            row["model_ms"] = _summary(cfg["model"])
-            row["e2e_ms"] = _summary(cfg["e2e"])
-            row["overhead_ms"] = row["e2e_ms"]["median"] - row["model_ms"]["median"]
-            row["stages_ms"] = {k: statistics.median(v) for k, v in cfg["stages"].items()}
-            if baseline is not None:
-                row["speedup_vs_baseline"] = base_row["e2e_ms"]["median"] / row["e2e_ms"]["median"]  # type: ignore[index]
-                row["agreement_vs_baseline"] = float(np.mean(
-                    [np.mean(cfg["labels"][i] == baseline["labels"][i]) for i in cfg["labels"]]))
-            if row["precision"] != "fp32":
-                reference = fp32_labels.get(row["backend"]) or fp32_labels.get("torch")
-                if reference:
-                    row["agreement_vs_fp32"] = float(np.mean(
-                        [np.mean(cfg["labels"][i] == reference[i]) for i in cfg["labels"]]))
-            if args.rss:
-                row["peak_rss_mb"] = _measure_rss(cfg["options"], camera)
-            results.append(row)
-        if base_row is not None:
-            results.append(base_row)
-        del configs, baseline
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
-
-    tmp.cleanup()
+                row = {"variant": variant, "backend": "baseline (eager torch, NumPy post)", "precision": "fp32",
+                       "device": "cpu"}
+                jobs.append((row, {"kind": "baseline", "options": {"variant": variant, "weights": weights,
+                                                                   "resolution": list(network)}}))
+            labels: dict[int, dict[str, np.ndarray]] = {}
+            for number, (row, spec) in enumerate(jobs):
+                spec.update(camera=list(camera), frames=args.frames, warmup=args.warmup,
+                            labels_path=os.path.join(tmp, f"labels_{variant}_{number}.npz"))
+                print(f"  {row['variant']} {row['backend']} {row['precision']} ...", end=" ", flush=True)
+                measured = _run_worker(spec)
+                row.update(status=measured["status"])
+                if measured["status"] != "ok":
+                    row["reason"] = measured["reason"]
+                    print(f"{measured['status']}: {row['reason']}", flush=True)
+                    results.append(row)
+                    continue
+                row["model_ms"] = _summary(measured["model"])
+                row["e2e_ms"] = _summary(measured["e2e"])
+                row["overhead_ms"] = row["e2e_ms"]["median"] - row["model_ms"]["median"]
+                row["peak_rss_mb"] = measured["peak_rss_mb"]
+                row["build_s"] = measured["build_s"]
+                if measured["stages"]["preprocess"]:
+                    row["engine"] = measured.get("engine")
+                    row["stages_ms"] = {k: statistics.median(v) for k, v in measured["stages"].items()}
+                    # What the engine adds, timed inside the same calls (robust to the machine's
+                    # noise, unlike the difference of two separately timed medians).
+                    row["engine_ms"] = row["stages_ms"]["preprocess"] + row["stages_ms"]["postprocess"]
+                with np.load(spec["labels_path"]) as data:
+                    labels[number] = {k: data[k] for k in data.files}
+                print(f"model {row['model_ms']['median']:.1f} ms, e2e {row['e2e_ms']['median']:.1f} ms", flush=True)
+                row["_job"] = number
+                results.append(row)
+            _agreements([r for r in results if r["variant"] == variant], labels)
+    for row in results:
+        row.pop("_job", None)
     load_after = os.getloadavg()
     report = {
         "meta": {
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": _cpu_name(),
             "cpus": os.cpu_count(), "versions": _versions(), "camera": list(camera),
-            "network": list(parse_resolution(args.resolution)), "resize": args.resize,
-            "frames": args.frames, "warmup": args.warmup,
+            "network": list(network), "resize": args.resize, "frames": args.frames, "warmup": args.warmup,
             "weights": args.weights or "random (no published weights offline; timings are unaffected, "
                                        "agreement figures are only indicative)",
             "outputs": "labels, color, overlay, drivable, confidence at camera resolution",
+            "method": "one process per configuration, run one after the other (runtimes' thread pools "
+                      "interfere when mixed in one process on few cores)",
+            "omp_wait_policy": _worker_env()["OMP_WAIT_POLICY"],
             "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         },
         "results": results,
@@ -364,6 +376,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _agreements(rows: list[dict[str, Any]], labels: dict[int, dict[str, np.ndarray]]) -> None:
+    def agree(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+        keys = sorted(set(a) & set(b))
+        return float(np.mean([np.mean(a[k] == b[k]) for k in keys])) if keys else float("nan")
+
+    ok = [r for r in rows if r["status"] == "ok"]
+    base = next((r for r in ok if r["backend"].startswith("baseline")), None)
+    fp32 = {r["backend"]: r for r in ok if r["precision"] == "fp32"}
+    for row in ok:
+        if row is base:
+            continue
+        if base is not None:
+            row["speedup_vs_baseline"] = base["e2e_ms"]["median"] / row["e2e_ms"]["median"]
+            row["agreement_vs_baseline"] = agree(labels[row["_job"]], labels[base["_job"]])
+        if row["precision"] != "fp32":
+            reference = fp32.get(row["backend"]) or fp32.get("torch")
+            if reference is not None:
+                row["agreement_vs_fp32"] = agree(labels[row["_job"]], labels[reference["_job"]])
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The results as a markdown table (also readable on a terminal)."""
     def pct(value: Any) -> str:
@@ -378,18 +410,19 @@ def format_table(report: dict[str, Any]) -> str:
         f"({meta['resize']}), {meta['cpu']} x{meta['cpus']}, median of {meta['frames']} frames; "
         f"load average {meta['load_average_before_after'][0]} -> {meta['load_average_before_after'][1]}",
         "",
-        "| variant | backend | precision | model ms | e2e ms | e2e - model ms | peak RSS MB | speed-up vs baseline "
-        "| labels = baseline | labels = fp32 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| variant | backend | precision | model ms | e2e ms | e2e - model ms | pre + post ms | peak RSS MB "
+        "| speed-up vs baseline | labels = baseline | labels = fp32 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["results"]:
         if row["status"] != "ok":
             lines.append(f"| {row['variant']} | {row['backend']} | {row['precision']} | unavailable: "
-                         f"{row['reason'][:90]} | | | | | | |")
+                         f"{row['reason'][:90]} | | | | | | | |")
             continue
         lines.append(
             f"| {row['variant']} | {row['backend']} | {row['precision']} | {num(row['model_ms']['median'])} | "
-            f"{num(row['e2e_ms']['median'])} | {num(row['overhead_ms'])} | {num(row.get('peak_rss_mb'), '{:.0f}')} | "
+            f"{num(row['e2e_ms']['median'])} | {num(row['overhead_ms'])} | {num(row.get('engine_ms'))} | "
+            f"{num(row.get('peak_rss_mb'), '{:.0f}')} | "
             f"{num(row.get('speedup_vs_baseline'), '{:.2f}x')} | {pct(row.get('agreement_vs_baseline'))} | "
             f"{pct(row.get('agreement_vs_fp32'))} |")
     return "\n".join(lines)

@@ -104,6 +104,7 @@ def test_exported_onnx_runs_with_no_other_input_and_matches_torch(checkpoint, to
     # Only the file: no variant, no class count, no resolution, no normalization given.
     seg = Segmenter(weights=exported, backend=backend, drivable_classes=["ground"], confidence=True)
     assert seg.network_size == RESOLUTION and seg.config.num_classes == 5
+    assert seg.config.variant == "bisenetv2" and seg.describe().startswith("bisenetv2 128x64")
     assert seg.class_names == torch_seg.class_names
     np.testing.assert_array_equal(seg.palette, torch_seg.palette)
     assert seg.normalization.mean == torch_seg.normalization.mean

@@ -184,7 +184,8 @@ class Segmenter:
                 f"weights={config.weights!r} is an ONNX file: use backend='onnxruntime' or 'openvino' "
                 "(backend='torch' needs a .pth checkpoint)")
         info = read_onnx_info(config.weights)  # type: ignore[arg-type]
-        changes: dict[str, Any] = {"num_classes": info.num_classes}
+        # The file is the authority on what it contains: variant and class count come from it.
+        changes: dict[str, Any] = {"num_classes": info.num_classes, "variant": info.variant}
         if info.input_size is not None and tuple(info.input_size) != tuple(config.resolution):
             LOGGER.info("%s has a fixed input size %dx%d: using it instead of resolution %dx%d",
                         config.weights, *info.input_size, *config.resolution)
