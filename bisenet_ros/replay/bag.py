@@ -141,6 +141,7 @@ class InputBag:
         self.end_ns: int | None = None
         self._reader: Any = None
         self._salvage = False
+        self._sqlite_files = _SqliteFiles()
 
     # -- opening -------------------------------------------------------------------------------
     def __enter__(self) -> "InputBag":
@@ -188,7 +189,7 @@ class InputBag:
         if not files:
             raise BagError(f"{self.path}: no readable .mcap or .db3 file")
         # One pass to learn the topics and counts; the messages are read again by messages().
-        for info in _salvage_topics(files, self.storage):
+        for info in _salvage_topics(files, self.storage, self._sqlite_files):
             previous = self.topics.get(info.name)
             if previous is None or not previous.msgdef:
                 self.topics[info.name] = dataclasses.replace(
@@ -198,12 +199,14 @@ class InputBag:
                     previous, count=previous.count + info.count)
 
     def close(self) -> None:
+        """Close the reader and remove any salvage copies."""
         if self._reader is not None:
             try:
                 self._reader.close()
             except Exception:  # noqa: BLE001 - closing a damaged bag must not mask the run's result
                 pass
             self._reader = None
+        self._sqlite_files.cleanup()
 
     # -- queries -------------------------------------------------------------------------------
     def image_topics(self) -> list[TopicInfo]:
@@ -267,7 +270,7 @@ class InputBag:
                 self.damage.append(f"reading stopped after {len(seen)} messages "
                                    f"({_describe(err)}); the rest was recovered by scanning")
         for message in _salvage_messages(storage_files(self.path), self.storage, wanted,
-                                         self.damage):
+                                         self.damage, self._sqlite_files):
             key = (message.topic, message.timestamp)
             if key in seen:
                 continue
@@ -300,7 +303,7 @@ def _msgdef_format(fmt: Any) -> str:
 # ---------------------------------------------------------------------------------------------
 # Salvage readers: walk the storage files record by record.
 # ---------------------------------------------------------------------------------------------
-def _salvage_topics(files: list[Path], storage: str) -> list[TopicInfo]:
+def _salvage_topics(files: list[Path], storage: str, sqlite_files: _SqliteFiles) -> list[TopicInfo]:
     infos: dict[str, TopicInfo] = {}
     counts: dict[str, int] = {}
     for path in files:
@@ -311,19 +314,19 @@ def _salvage_topics(files: list[Path], storage: str) -> list[TopicInfo]:
             for topic, info in scanner.topics().items():
                 infos.setdefault(topic, info)
         else:
-            for info in _sqlite_topics(path):
+            for info in _sqlite_topics(path, sqlite_files):
                 infos.setdefault(info.name, info)
                 counts[info.name] = counts.get(info.name, 0) + info.count
     return [dataclasses.replace(info, count=counts.get(name, 0)) for name, info in infos.items()]
 
 
-def _salvage_messages(files: list[Path], storage: str, wanted: set[str],
-                      damage: list[str]) -> Iterator[RawMessage]:
+def _salvage_messages(files: list[Path], storage: str, wanted: set[str], damage: list[str],
+                      sqlite_files: _SqliteFiles) -> Iterator[RawMessage]:
     for path in files:
         if storage == "mcap":
             yield from _McapScanner(path, want=wanted, damage=damage)
         else:
-            yield from _sqlite_salvage(path, wanted, damage)
+            yield from _sqlite_salvage(path, wanted, damage, sqlite_files)
 
 
 class _McapScanner:
@@ -512,54 +515,78 @@ def _sqlite_connect(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(f"file:{path}?immutable=1", uri=True)
 
 
-def _sqlite_patched_copy(path: Path, tmpdir: Path) -> Path:
-    """A copy of a truncated sqlite3 file that SQLite agrees to open.
+class _SqliteFiles:
+    """Readable versions of damaged sqlite3 storage files, made at most once per file.
 
-    SQLite rejects the whole file ("database disk image is malformed") when the page count in
-    its header exceeds the file. The copy is cut to whole pages and the header count set to
-    match; rows on the surviving pages become readable again.
+    SQLite rejects a whole file ("database disk image is malformed") when the page count in its
+    header exceeds the file, which is what a recording cut off mid-write looks like. Such a file
+    is copied, cut to whole pages and its header count set to match, so the rows on the
+    surviving pages become readable again. Intact files are used in place (read-only).
     """
-    copy = tmpdir / path.name
-    shutil.copyfile(path, copy)
-    with copy.open("r+b") as stream:
-        header = stream.read(100)
+
+    def __init__(self) -> None:
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._paths: dict[Path, Path] = {}
+
+    def readable(self, path: Path) -> Path:
+        if path not in self._paths:
+            self._paths[path] = self._make(path)
+        return self._paths[path]
+
+    def _make(self, path: Path) -> Path:
+        with path.open("rb") as stream:
+            header = stream.read(100)
         if len(header) < 100 or not header.startswith(SQLITE_MAGIC):
-            return copy
+            return path
         (page_size,) = struct.unpack_from(">H", header, 16)
         page_size = 65536 if page_size == 1 else page_size
-        pages = copy.stat().st_size // page_size
-        stream.truncate(pages * page_size)
-        stream.seek(28)
-        stream.write(struct.pack(">I", pages))
-    return copy
+        (declared,) = struct.unpack_from(">I", header, 28)
+        size = path.stat().st_size
+        pages = size // page_size
+        if declared <= pages and size % page_size == 0:
+            return path
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="bisenet_salvage_")
+        copy = Path(self._tmp.name) / path.name
+        shutil.copyfile(path, copy)
+        with copy.open("r+b") as stream:
+            stream.truncate(pages * page_size)
+            stream.seek(28)
+            stream.write(struct.pack(">I", pages))
+        return copy
+
+    def cleanup(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        self._paths.clear()
 
 
-def _sqlite_topics(path: Path) -> list[TopicInfo]:
-    with tempfile.TemporaryDirectory(prefix="bisenet_salvage_") as tmp:
+def _sqlite_topics(path: Path, files: _SqliteFiles) -> list[TopicInfo]:
+    try:
+        conn = _sqlite_connect(files.readable(path))
+    except (OSError, sqlite3.Error):
+        return []
+    try:
+        defs: dict[str, tuple[str, str]] = {}
         try:
-            conn = _sqlite_connect(_sqlite_patched_copy(path, Path(tmp)))
-        except (OSError, sqlite3.Error):
-            return []
-        try:
-            defs: dict[str, tuple[str, str]] = {}
-            try:
-                for name, encoding, text in conn.execute(
-                        "SELECT topic_type, encoding, encoded_message_definition "
-                        "FROM message_definitions"):
-                    defs[name] = (encoding, text)
-            except sqlite3.Error:
-                pass
-            out = []
-            for tid, name, msgtype in conn.execute("SELECT id, name, type FROM topics"):
-                encoding, text = defs.get(msgtype, ("", ""))
-                out.append(TopicInfo(name, msgtype, 0, text, encoding if text else ""))
-            counts = _sqlite_counts(conn)
-            return [dataclasses.replace(t, count=counts.get(i, 0))
-                    for i, t in zip(_topic_ids(conn), out)]
+            for name, encoding, text in conn.execute(
+                    "SELECT topic_type, encoding, encoded_message_definition "
+                    "FROM message_definitions"):
+                defs[name] = (encoding, text)
         except sqlite3.Error:
-            return []
-        finally:
-            conn.close()
+            pass  # schema < 4: no definitions stored
+        out = []
+        for tid, name, msgtype in conn.execute("SELECT id, name, type FROM topics"):
+            encoding, text = defs.get(msgtype, ("", ""))
+            out.append(TopicInfo(name, msgtype, 0, text, encoding if text else ""))
+        counts = _sqlite_counts(conn)
+        return [dataclasses.replace(t, count=counts.get(i, 0))
+                for i, t in zip(_topic_ids(conn), out)]
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()
 
 
 def _topic_ids(conn: sqlite3.Connection) -> list[int]:
@@ -597,23 +624,23 @@ def _sqlite_rows(conn: sqlite3.Connection, columns: str,
             misses += 1
 
 
-def _sqlite_salvage(path: Path, wanted: set[str], damage: list[str]) -> Iterator[RawMessage]:
+def _sqlite_salvage(path: Path, wanted: set[str], damage: list[str],
+                    files: _SqliteFiles) -> Iterator[RawMessage]:
     """Every readable message of a damaged sqlite3 storage file, in rowid order."""
-    with tempfile.TemporaryDirectory(prefix="bisenet_salvage_") as tmp:
-        try:
-            conn = _sqlite_connect(_sqlite_patched_copy(path, Path(tmp)))
-            topics = {tid: (name, msgtype) for tid, name, msgtype in
-                      conn.execute("SELECT id, name, type FROM topics")}
-        except (OSError, sqlite3.Error) as err:
-            damage.append(f"{path.name}: the topics table cannot be read ({err})")
-            return
-        try:
-            wanted_ids = {tid for tid, (name, _) in topics.items() if name in wanted}
-            local: list[str] = []
-            for _rowid, tid, timestamp, data in _sqlite_rows(conn, "all", local):
-                if tid in wanted_ids:
-                    name, msgtype = topics[tid]
-                    yield RawMessage(name, msgtype, int(timestamp), data)
-            damage.extend(f"{path.name}: {text}" for text in local)
-        finally:
-            conn.close()
+    try:
+        conn = _sqlite_connect(files.readable(path))
+        topics = {tid: (name, msgtype) for tid, name, msgtype in
+                  conn.execute("SELECT id, name, type FROM topics")}
+    except (OSError, sqlite3.Error) as err:
+        damage.append(f"{path.name}: the topics table cannot be read ({err})")
+        return
+    try:
+        wanted_ids = {tid for tid, (name, _) in topics.items() if name in wanted}
+        local: list[str] = []
+        for _rowid, tid, timestamp, data in _sqlite_rows(conn, "all", local):
+            if tid in wanted_ids:
+                name, msgtype = topics[tid]
+                yield RawMessage(name, msgtype, int(timestamp), data)
+        damage.extend(f"{path.name}: {text}" for text in local)
+    finally:
+        conn.close()

@@ -169,9 +169,7 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
             :class:`bisenet_ros.inference.Segmenter`); tests inject a fake here.
     """
     from bisenet_ros.replay.bag import BagError
-    from bisenet_ros.replay.pipeline import OutputError, check_input, replay
-    from bisenet_ros.replay.report import prepare_report_dir, write_report
-    from bisenet_ros.replay.writer import OutputExistsError
+    from bisenet_ros.replay.pipeline import open_input
 
     try:
         config = config_from_args(args)
@@ -183,9 +181,22 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
         return _error(f"output {options.output} exists already; pass --overwrite to replace it, "
                       "or choose another path")
     try:
-        check_input(options)  # a wrong topic is reported before seconds of model loading
+        bag = open_input(options)  # a wrong topic is reported before seconds of model loading
     except (BagError, FileNotFoundError) as err:
         return _error(str(err))
+    try:
+        return _run_with_bag(options, config, bag, engine_factory)
+    finally:
+        bag.close()
+
+
+def _run_with_bag(options: Any, config: SegmenterConfig, bag: Any,
+                  engine_factory: Callable[[SegmenterConfig], Any] | None) -> int:
+    from bisenet_ros.replay.bag import BagError
+    from bisenet_ros.replay.pipeline import OutputError, replay
+    from bisenet_ros.replay.report import prepare_report_dir, write_report
+    from bisenet_ros.replay.writer import OutputExistsError
+
     if options.report_dir is not None:
         try:
             prepare_report_dir(options.report_dir, overwrite=options.overwrite)
@@ -206,7 +217,7 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
         warmup = getattr(engine, "warmup", None)
         if callable(warmup):
             warmup()
-        result = replay(options, engine, config=config)
+        result = replay(options, engine, config=config, bag=bag)
     except (BagError, OutputExistsError, FileNotFoundError, ValueError) as err:
         return _error(str(err))
     except OutputError as err:

@@ -245,7 +245,7 @@ def resolve_drivable_ids(entries: Sequence[Any], class_names: Sequence[str]) -> 
 
 def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
            stream: TextIO | None = None, stop: _Stop | None = None,
-           install_signal_handlers: bool = True) -> ReplayResult:
+           install_signal_handlers: bool = True, bag: InputBag | None = None) -> ReplayResult:
     """Replay ``options.input`` through ``engine`` and write ``options.output``.
 
     Args:
@@ -257,6 +257,8 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         stream: Where progress and messages go (default: stderr).
         stop: A stop flag to share (tests); a fresh one by default.
         install_signal_handlers: Turn SIGINT/SIGTERM into a graceful stop (main thread only).
+        bag: The input bag, already opened by :func:`open_input` (the caller closes it); by
+            default it is opened (and closed) here.
 
     Returns:
         The :class:`ReplayResult`; :attr:`ReplayResult.exit_code` is the process exit status.
@@ -288,8 +290,10 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         folder = FolderLabels(options.labels_dir, match=options.labels_match,
                               tolerance_ns=int(options.label_tolerance_ms * 1e6))
 
-    bag = InputBag(options.input)
-    bag.open()
+    owned = bag is None
+    if bag is None:
+        bag = InputBag(options.input)
+        bag.open()
     try:
         image_topic, copy = _check_topics(bag, options)
         prepare_output_path(options.output, overwrite=options.overwrite)
@@ -300,7 +304,8 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
             _run(bag, image_topic, copy, topics, engine_outputs, folder, options, engine, result,
                  stop, stream)
     finally:
-        bag.close()
+        if owned:
+            bag.close()
     result.damage = list(bag.damage) + result.damage
     result.warnings = list(bag.warnings) + result.warnings
     return result
@@ -320,15 +325,21 @@ def _check_topics(bag: InputBag, options: ReplayOptions) -> tuple[TopicInfo, lis
     return image_topic, copy
 
 
-def check_input(options: ReplayOptions) -> TopicInfo:
-    """Open the input bag and check the topics, without an engine (fails fast, before a model
-    is loaded). Returns the camera topic.
+def open_input(options: ReplayOptions) -> InputBag:
+    """Open the input bag and check its topics, without an engine (so a wrong topic is
+    reported before a model is loaded). Pass the bag on to :func:`replay`; close it after.
 
     Raises:
         BagError: The bag cannot be opened, or a topic is missing or ambiguous.
     """
-    with InputBag(options.input) as bag:
-        return _check_topics(bag, options)[0]
+    bag = InputBag(options.input)
+    bag.open()
+    try:
+        _check_topics(bag, options)
+    except BaseException:
+        bag.close()
+        raise
+    return bag
 
 
 @contextlib.contextmanager
