@@ -596,3 +596,50 @@ def test_damage_inside_an_mcap_chunk_loses_only_the_hit_message(tmp_path: Path) 
     assert any("1 of 20 messages" in d for d in result.damage)
     masks = read_bag(tmp_path / "out")["/segmentation/mask"]
     assert [stamp_to_ns(m.header.stamp) for _, m in masks] == [frame_stamp(i) for i in range(20) if i != 8]
+
+
+def test_stamp_matcher_pairs_in_any_order_and_bounds_memory() -> None:
+    from bisenet_ros.replay.groundtruth import StampMatcher
+
+    matcher = StampMatcher(window=2)
+    mask = np.zeros((2, 2), np.uint8)
+    assert matcher.add_label(10, mask) is None  # label first
+    assert matcher.add_prediction(10, "pred10") is mask
+    assert matcher.add_prediction(20, "pred20") is None  # prediction first
+    assert matcher.add_label(20, mask) == "pred20"
+    for stamp in (30, 40, 50):  # labels that never arrive: only `window` wait
+        matcher.add_prediction(stamp, f"pred{stamp}")
+    assert matcher.unmatched_predictions == 1
+    matcher.finish()
+    assert matcher.unmatched_predictions == 3 and matcher.unmatched_labels == 0
+
+
+def test_cityscapes_label_ids_are_converted_to_train_ids(tmp_path: Path) -> None:
+    import cv2
+
+    from bisenet_ros.replay.groundtruth import FolderLabels, parse_stamp
+
+    ids = np.array([[7, 8], [0, 26]], np.uint8)  # road, sidewalk, unlabeled, car
+    cv2.imwrite(str(tmp_path / "a_000001_gtFine_labelIds.png"), ids)
+    labels = FolderLabels(tmp_path)
+    assert labels.match == "order" and labels.label_ids
+    np.testing.assert_array_equal(labels.load(0, 0), [[0, 1], [255, 13]])
+    assert labels.load(1, 0) is None  # no file for a second frame
+    assert parse_stamp("cam_1700000000123456789.png") == 1700000000123456789
+    assert parse_stamp("1700000000.5_gtFine_labelTrainIds.png") == 1700000000500000000
+    assert parse_stamp("frame_000012.png") is None
+
+
+def test_max_frames_outputs_subset_and_single_copied_topic(tmp_path: Path) -> None:
+    frames = [split_frame(0, seed=i) for i in range(6)]
+    extra = image_messages([split_frame(0)], topic="/other/image")
+    bag = write_image_bag(tmp_path / "in", frames, extra=extra, labels=[split_truth()] * 6)
+    rc = run_cli([str(bag), "-o", str(tmp_path / "out"), "--image-topic", "/camera/image_raw",
+                  "--outputs", "overlay", "--max-frames", "4", "--copy-topic", "/camera/labels",
+                  "--no-progress"])
+    assert rc == 0
+    data = read_bag(tmp_path / "out")
+    assert set(data) == {"/segmentation/mask", "/segmentation/overlay",
+                         "/segmentation/label_info", "/camera/labels"}
+    assert len(data["/segmentation/mask"]) == len(data["/segmentation/overlay"]) == 4
+    assert len(data["/camera/labels"]) == 4  # copied up to where the replay stopped
