@@ -643,3 +643,13 @@ def test_max_frames_outputs_subset_and_single_copied_topic(tmp_path: Path) -> No
                          "/segmentation/label_info", "/camera/labels"}
     assert len(data["/segmentation/mask"]) == len(data["/segmentation/overlay"]) == 4
     assert len(data["/camera/labels"]) == 4  # copied up to where the replay stopped
+
+
+def test_a_topic_with_no_decodable_frame_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    messages = [BagMessage(m.topic, m.msgtype, m.timestamp, raw=b"junk")
+                for m in image_messages([split_frame(0)] * 3)]
+    bag = write_bag(tmp_path / "in", messages)
+    assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "none of the camera messages could be decoded" in err and "SerdeError" in err
+    assert read_bag(tmp_path / "out") == {}  # still a valid (empty) bag

@@ -264,6 +264,9 @@ def _print_summary(result: Any) -> None:
             print(f"  {line}", file=sys.stderr)
     if result.fatal:
         print(f"error: {result.fatal}", file=sys.stderr)
+    if result.frames_read and not result.frames and not result.interrupted:
+        print("error: none of the camera messages could be decoded (see the reasons above); "
+              "check --image-topic and the camera's encoding", file=sys.stderr)
     if result.interrupted:
         print(f"stopped by {result.interrupted}: the output bag holds the "
               f"{result.frames_processed} frames processed so far", file=sys.stderr)

@@ -165,6 +165,8 @@ class ReplayResult:
             return EXIT_SIGNAL_BASE + int(getattr(signal, self.interrupted, signal.SIGINT))
         if self.fatal or self.damage or not self.output_closed:
             return EXIT_FAILED
+        if self.frames_read and not self.frames:
+            return EXIT_FAILED  # every frame undecodable: a wrong topic or encoding, not a blip
         return EXIT_OK
 
     def throughput_fps(self) -> float | None:
