@@ -11,7 +11,8 @@ Examples::
         --labels-topic /camera/labels --storage sqlite3 --report drive_report
 
 Exit status: 0 done; 1 the input bag is damaged (everything readable was processed and the
-output bag is valid) or a fatal error stopped the run; 2 bad usage (options, paths, topics);
+output bag is valid), a fatal error stopped the run, or no camera message could be decoded;
+2 bad usage (options, paths, topics);
 128 + N when stopped by signal N (130 for Ctrl-C, 143 for SIGTERM), with the output bag closed
 and holding every frame processed until then.
 """
