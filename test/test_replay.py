@@ -151,6 +151,15 @@ def test_discovery_detects_storage_topics_and_the_camera(tmp_path: Path, storage
         assert not reader.damage
 
 
+def test_a_camera_recorded_raw_and_compressed_replays_the_raw_topic(tmp_path: Path) -> None:
+    frames = [split_frame(0, seed=i) for i in range(2)]
+    messages = image_messages(frames, topic="/cam/image_raw")
+    messages += image_messages(frames, topic="/cam/image_raw/compressed", compressed="jpeg")
+    with InputBag(write_bag(tmp_path / "in", messages)) as bag:
+        assert bag.pick_image_topic(None).name == "/cam/image_raw"
+        assert any("raw and compressed" in w for w in bag.warnings)
+
+
 def test_cli_lists_image_topics_when_the_camera_is_ambiguous(tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     messages = image_messages([split_frame(0)], topic="/left/image_raw")

@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from bisenet_ros.replay.messages import IMAGE_TYPES
+from bisenet_ros.replay.messages import IMAGE, IMAGE_TYPES
 
 LOG = logging.getLogger(__name__)
 
@@ -236,6 +236,15 @@ class InputBag:
         candidates = [t for t in images if t.name not in set(exclude)]
         if len(candidates) == 1:
             return candidates[0]
+        # One camera recorded both raw and through image_transport ("<topic>/compressed"):
+        # take the raw one, which is lossless and needs no JPEG decoding.
+        bases = {t.name[: -len("/compressed")] if t.name.endswith("/compressed") else t.name
+                 for t in candidates}
+        raw = [t for t in candidates if t.name in bases and t.msgtype == IMAGE]
+        if len(bases) == 1 and len(raw) == 1:
+            self.warnings.append(f"{raw[0].name} is recorded raw and compressed; replaying the raw "
+                                 f"topic (use --image-topic {raw[0].name}/compressed for the other)")
+            return raw[0]
         if not candidates:
             raise BagError(f"{self.path} has no sensor_msgs/Image or CompressedImage topic; "
                            f"topics:\n{_listing(list(self.topics.values())) or '  (none)'}")

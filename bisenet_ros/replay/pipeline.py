@@ -309,7 +309,7 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         if owned:
             bag.close()
     result.damage = list(bag.damage) + result.damage
-    result.warnings = list(bag.warnings) + result.warnings
+    result.warnings = list(dict.fromkeys(list(bag.warnings) + result.warnings))  # once each
     return result
 
 
