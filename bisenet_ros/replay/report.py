@@ -293,7 +293,8 @@ def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> 
         ("input", f"{inp['bag']} ({inp['storage']})"),
         ("camera topic", f"{inp['image_topic']} [{inp['image_type']}]"),
         ("output", f"{data['output']['bag']} ({data['output']['storage']})"),
-        ("model", f"{engine.get('variant', '?')} at {engine.get('resolution', '?')}, "
+        ("model", f"{engine.get('variant', '?')} at "
+                  f"{'x'.join(map(str, engine.get('resolution') or ['?']))}, "
                   f"{engine.get('backend', '?')}/{engine.get('device', '?')} "
                   f"{engine.get('precision', '')}, weights {engine.get('weights') or 'random'}"),
         ("frames processed / in topic", f"{frames['processed']} / {inp['messages_in_topic']}"),
