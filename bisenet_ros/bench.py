@@ -57,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", default="1024x512", help="network input WIDTHxHEIGHT (default 1024x512)")
     parser.add_argument("--resize", default="stretch", choices=("stretch", "letterbox"))
     parser.add_argument("--frames", type=int, default=8, help="timed frames per configuration (default 8)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed frames per process first (default 2)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="split the frames over this many rounds of all configurations, in "
+                             "alternating order, against load drift (default 2)")
     parser.add_argument("--num-threads", dest="num_threads", type=int, default=0,
                         help="CPU threads per backend; 0 = backend default")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the reference pipeline")
@@ -317,15 +320,45 @@ def run(args: argparse.Namespace) -> int:
                 jobs.append((row, {"kind": "baseline", "options": {"variant": variant, "weights": weights,
                                                                    "resolution": list(network)}}))
             labels: dict[int, dict[str, np.ndarray]] = {}
+            measured_all: dict[int, dict[str, Any]] = {}
+            rounds = max(1, args.rounds)
+            per_round = max(1, -(-args.frames // rounds))
+            for round_index in range(rounds):
+                # Alternate the order (A B C, C B A, ...) so that a load drift on the machine does
+                # not favour whichever configuration happens to run first.
+                order = list(enumerate(jobs))
+                if round_index % 2:
+                    order.reverse()
+                for number, (row, spec) in order:
+                    if number in measured_all and measured_all[number]["status"] != "ok":
+                        continue
+                    spec.update(camera=list(camera), frames=per_round, warmup=args.warmup,
+                                labels_path=os.path.join(tmp, f"labels_{variant}_{number}.npz"))
+                    print(f"  [{round_index + 1}/{rounds}] {row['variant']} {row['backend']} {row['precision']} ...",
+                          end=" ", flush=True)
+                    measured = _run_worker(spec)
+                    if measured["status"] != "ok":
+                        print(f"{measured['status']}: {measured['reason']}", flush=True)
+                        measured_all[number] = measured
+                        continue
+                    print(f"model {statistics.median(measured['model']):.1f} ms, "
+                          f"e2e {statistics.median(measured['e2e']):.1f} ms", flush=True)
+                    if number not in measured_all:
+                        measured_all[number] = measured
+                        with np.load(spec["labels_path"]) as data:
+                            labels[number] = {k: data[k] for k in data.files}
+                    else:
+                        total = measured_all[number]
+                        total["model"] += measured["model"]
+                        total["e2e"] += measured["e2e"]
+                        for stage, samples in measured["stages"].items():
+                            total["stages"][stage] += samples
+                        total["peak_rss_mb"] = max(total["peak_rss_mb"], measured["peak_rss_mb"])
             for number, (row, spec) in enumerate(jobs):
-                spec.update(camera=list(camera), frames=args.frames, warmup=args.warmup,
-                            labels_path=os.path.join(tmp, f"labels_{variant}_{number}.npz"))
-                print(f"  {row['variant']} {row['backend']} {row['precision']} ...", end=" ", flush=True)
-                measured = _run_worker(spec)
+                measured = measured_all[number]
                 row.update(status=measured["status"])
                 if measured["status"] != "ok":
                     row["reason"] = measured["reason"]
-                    print(f"{measured['status']}: {row['reason']}", flush=True)
                     results.append(row)
                     continue
                 row["model_ms"] = _summary(measured["model"])
@@ -339,9 +372,6 @@ def run(args: argparse.Namespace) -> int:
                     # What the engine adds, timed inside the same calls (robust to the machine's
                     # noise, unlike the difference of two separately timed medians).
                     row["engine_ms"] = row["stages_ms"]["preprocess"] + row["stages_ms"]["postprocess"]
-                with np.load(spec["labels_path"]) as data:
-                    labels[number] = {k: data[k] for k in data.files}
-                print(f"model {row['model_ms']['median']:.1f} ms, e2e {row['e2e_ms']['median']:.1f} ms", flush=True)
                 row["_job"] = number
                 results.append(row)
             _agreements([r for r in results if r["variant"] == variant], labels)
@@ -353,10 +383,11 @@ def run(args: argparse.Namespace) -> int:
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": _cpu_name(),
             "cpus": os.cpu_count(), "versions": _versions(), "camera": list(camera),
             "network": list(network), "resize": args.resize, "frames": args.frames, "warmup": args.warmup,
+            "rounds": args.rounds,
             "weights": args.weights or "random (no published weights offline; timings are unaffected, "
                                        "agreement figures are only indicative)",
             "outputs": "labels, color, overlay, drivable, confidence at camera resolution",
-            "method": "one process per configuration, run one after the other (runtimes' thread pools "
+            "method": "one process per configuration and round, rounds in alternating order (runtimes' thread pools "
                       "interfere when mixed in one process on few cores)",
             "omp_wait_policy": _worker_env()["OMP_WAIT_POLICY"],
             "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
