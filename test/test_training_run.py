@@ -25,16 +25,17 @@ from training.config import load_config  # noqa: E402
 from training.data import build_dataset  # noqa: E402
 from training.evaluate import evaluate, mean_iou  # noqa: E402
 
-# Measured on 2 CPU cores: after 120 steps the val mIoU of this run is ~0.3 (an untrained
-# model: ~0.02-0.04). The assertion leaves a wide margin for thread-count/BLAS differences.
-LEARNED_MIN_MIOU = 0.15
+# Measured on this project's 2-core CI machine (1 thread): after 100 steps of batch 4 the val mIoU
+# of this run is 0.195 (an untrained model: 0.001); ~27 s of CPU. The threshold leaves a wide
+# margin for BLAS/CPU differences.
+LEARNED_MIN_MIOU = 0.12
 
 
 def _tiny_config(data_root: Path, **sections: dict) -> dict:
     """The shipped synthetic recipe at test size: 256x128 scenes seen at ~half size."""
     config = load_config("synthetic")
     config["data"].update(root=str(data_root), crop=[64, 128], scale=[0.4, 0.6], workers=0)
-    config["train"].update(iters=120, batch_size=8, log_every=10, eval_every=120, ckpt_every=60,
+    config["train"].update(iters=100, batch_size=4, log_every=10, eval_every=100, ckpt_every=50,
                            tensorboard=False)
     config["optim"].update(warmup_iters=10)
     config["eval"].update(scale=0.5, batch_size=4)
@@ -56,8 +57,10 @@ def trained_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     from training.train import train
 
     run_dir = tmp_path_factory.mktemp("run")
+    # One thread: deterministic, and far faster than two when other processes compete for the
+    # cores (two OpenMP threads then spin-wait on each other: measured 5x slower here).
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     try:
         start = time.time()
         result = train(_tiny_config(synth_root), run_dir, device="cpu", quiet=True)
@@ -92,7 +95,7 @@ def test_a_short_cpu_run_learns_the_synthetic_scenes(trained_run, synth_root: Pa
     for name in ("config.yaml", "train.csv", "eval.csv", "log.jsonl", "last.pth", "best.pth"):
         assert (run_dir / name).is_file(), name
     rows = list(csv.DictReader(open(run_dir / "train.csv")))
-    assert [int(r["step"]) for r in rows] == list(range(10, 121, 10))
+    assert [int(r["step"]) for r in rows] == list(range(10, 101, 10))
     assert {"loss_out", "loss_aux0", "loss_aux1", "loss_detail_bce", "loss_detail_dice"} <= set(rows[0])
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
 
