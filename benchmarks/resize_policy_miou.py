@@ -55,6 +55,7 @@ def main() -> int:
     parser.add_argument("--resolution", default="256x128", help="network input WIDTHxHEIGHT")
     parser.add_argument("--seed", type=int, default=0, help="synth master seed (default 0)")
     parser.add_argument("--output", default="benchmarks/results/resize_policy_miou.json")
+    parser.add_argument("--note", help="describe the weights in the report (default: their path)")
     args = parser.parse_args()
     from training.synth import SPLITS, render_scene
 
@@ -86,7 +87,7 @@ def main() -> int:
     miou_ours, iou_ours = miou(conf_ours)
     miou_ref, iou_ref = miou(conf_ref)
     report = {
-        "weights": args.weights or "random (mIoU meaningless)", "variant": args.variant,
+        "weights": args.note or args.weights or "random (mIoU meaningless)", "variant": args.variant,
         "scenes": args.scenes, "camera": [width, height], "network": list(parse_resolution(args.resolution)),
         "miou_argmax_then_nearest": miou_ours, "miou_bilinear_logits_then_argmax": miou_ref,
         "miou_cost_points": (miou_ref - miou_ours) * 100, "label_agreement": float(np.mean(agree)),

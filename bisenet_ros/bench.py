@@ -232,9 +232,11 @@ def _worker(spec_json: str) -> int:
             if iteration >= spec["warmup"]:
                 out["model"].append(ms_model)
                 out["e2e"].append(ms_e2e)
-                for stage in out["stages"]:
-                    if not isinstance(result, dict):
+                if not isinstance(result, dict):
+                    for stage in out["stages"]:
                         out["stages"][stage].append(result.timings[stage])
+                    out.setdefault("engine_ms", []).append(
+                        result.timings["preprocess"] + result.timings["postprocess"])
             labels[str(index)] = result["labels"] if isinstance(result, dict) else result.labels
     np.savez_compressed(spec["labels_path"], **labels)
     out.update(status="ok", peak_rss_mb=_peak_rss_mb())
@@ -353,6 +355,7 @@ def run(args: argparse.Namespace) -> int:
                         total["e2e"] += measured["e2e"]
                         for stage, samples in measured["stages"].items():
                             total["stages"][stage] += samples
+                        total["engine_ms"] = total.get("engine_ms", []) + measured.get("engine_ms", [])
                         total["peak_rss_mb"] = max(total["peak_rss_mb"], measured["peak_rss_mb"])
             for number, (row, spec) in enumerate(jobs):
                 measured = measured_all[number]
@@ -371,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
                     row["stages_ms"] = {k: statistics.median(v) for k, v in measured["stages"].items()}
                     # What the engine adds, timed inside the same calls (robust to the machine's
                     # noise, unlike the difference of two separately timed medians).
-                    row["engine_ms"] = row["stages_ms"]["preprocess"] + row["stages_ms"]["postprocess"]
+                    row["engine_ms"] = _summary(measured["engine_ms"])
                 row["_job"] = number
                 results.append(row)
             _agreements([r for r in results if r["variant"] == variant], labels)
@@ -441,7 +444,7 @@ def format_table(report: dict[str, Any]) -> str:
         f"({meta['resize']}), {meta['cpu']} x{meta['cpus']}, median of {meta['frames']} frames; "
         f"load average {meta['load_average_before_after'][0]} -> {meta['load_average_before_after'][1]}",
         "",
-        "| variant | backend | precision | model ms | e2e ms | e2e - model ms | pre + post ms | peak RSS MB "
+        "| variant | backend | precision | model ms | e2e ms | e2e - model ms | pre + post ms (min) | peak RSS MB "
         "| speed-up vs baseline | labels = baseline | labels = fp32 |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -450,9 +453,14 @@ def format_table(report: dict[str, Any]) -> str:
             lines.append(f"| {row['variant']} | {row['backend']} | {row['precision']} | unavailable: "
                          f"{row['reason'][:90]} | | | | | | | |")
             continue
+        engine = "-"
+        if isinstance(row.get("engine_ms"), dict):
+            engine = f"{row['engine_ms']['median']:.1f} ({row['engine_ms']['min']:.1f})"
+        elif isinstance(row.get("engine_ms"), (int, float)):  # results written before the min was kept
+            engine = f"{row['engine_ms']:.1f}"
         lines.append(
             f"| {row['variant']} | {row['backend']} | {row['precision']} | {num(row['model_ms']['median'])} | "
-            f"{num(row['e2e_ms']['median'])} | {num(row['overhead_ms'])} | {num(row.get('engine_ms'))} | "
+            f"{num(row['e2e_ms']['median'])} | {num(row['overhead_ms'])} | {engine} | "
             f"{num(row.get('peak_rss_mb'), '{:.0f}')} | "
             f"{num(row.get('speedup_vs_baseline'), '{:.2f}x')} | {pct(row.get('agreement_vs_baseline'))} | "
             f"{pct(row.get('agreement_vs_fp32'))} |")
