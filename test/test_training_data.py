@@ -149,6 +149,13 @@ def test_every_shipped_config_loads_and_the_recipes_are_the_published_ones() -> 
     v2 = configs["bisenetv2_cityscapes"]
     assert (v2["data"]["crop"], v2["data"]["scale"], v2["train"]["batch_size"], v2["train"]["iters"],
             v2["optim"]["lr"]) == ([512, 1024], [0.25, 2.0], 16, 150000, 0.005)
+    # Every head named in a recipe exists in its model, so the 10x learning rate really applies.
+    from bisenet_ros.models import build_model
+
+    for cfg in configs.values():
+        if cfg["optim"]["head_lr_mult"] != 1.0:
+            children = {n for n, _ in build_model(cfg["model"]["variant"], aux=True).named_children()}
+            assert set(cfg["optim"]["head_modules"]) <= children, cfg["model"]["variant"]
     v1 = configs["bisenetv1_cityscapes"]
     assert (v1["train"]["iters"], v1["optim"]["lr"], v1["optim"]["head_lr_mult"]) == (80000, 0.01, 10.0)
     for name in ("stdc1_cityscapes", "stdc2_cityscapes"):

@@ -159,3 +159,10 @@ def test_warmup_poly_schedule(warmup: str) -> None:
     again = WarmupPoly(opt, total_iters=100, warmup_iters=10, warmup=warmup, warmup_ratio=0.1, power=0.9)
     again.load_state_dict(state)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.0)              # step 100: the end of the schedule
+
+
+def test_head_lr_for_missing_modules_is_an_error() -> None:
+    model = torch.nn.Sequential()
+    model.add_module("backbone", torch.nn.Conv2d(3, 4, 3))
+    with pytest.raises(ValueError, match="matches no submodule.*backbone"):
+        param_groups(model, lr=0.01, weight_decay=0.0, head_lr_mult=10, head_modules=["ffm"])

@@ -209,3 +209,27 @@ def test_torchrun_two_cpu_processes(synth_root: Path, tmp_path: Path) -> None:
     build_model("stdc1", 19, weights=run_dir / "last.pth")            # loads in bisenet_ros
     rows = list(csv.DictReader(open(run_dir / "eval.csv")))
     assert [int(r["step"]) for r in rows] == [3]                      # both val shards reduced once
+
+
+def test_imagenet_backbone_weights_load_strictly(tmp_path: Path) -> None:
+    from bisenet_ros.models import CheckpointError, build_model
+    from training.train import load_backbone_weights
+
+    # A torchvision-style ResNet-18 file (classifier included) for BiSeNetV1.
+    source = build_model("bisenetv1", aux=True).cp.backbone.state_dict()
+    resnet = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in source.items()}
+    torch.save({**resnet, "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}, tmp_path / "r18.pth")
+    model = build_model("bisenetv1", aux=True)
+    assert load_backbone_weights(model, tmp_path / "r18.pth") == len(resnet)
+    assert torch.equal(model.cp.backbone.conv1.weight, resnet["conv1.weight"])
+    # An STDC-Net ImageNet file: {"state_dict": {"module.features...": ...}} plus its classifier.
+    stdc = build_model("stdc1", aux=True)
+    net = {f"module.{k}": torch.randn_like(v) if v.is_floating_point() else v
+           for k, v in stdc.cp.backbone.state_dict().items()}
+    torch.save({"state_dict": {**net, "module.fc.weight": torch.zeros(1000, 1024)}}, tmp_path / "stdc.tar")
+    assert load_backbone_weights(stdc, tmp_path / "stdc.tar") == len(net)
+    # The STDC1 file does not fit STDC2: a clear error, no partial load.
+    with pytest.raises(CheckpointError, match="does not fit the stdc2 backbone"):
+        load_backbone_weights(build_model("stdc2", aux=True), tmp_path / "stdc.tar")
+    with pytest.raises(CheckpointError, match="no separate ImageNet backbone"):
+        load_backbone_weights(build_model("bisenetv2", aux=True), tmp_path / "r18.pth")

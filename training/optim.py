@@ -29,6 +29,10 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, head_lr_mu
         is_head = name.split(".", 1)[0] in heads
         decay = p.ndim > 1
         buckets.setdefault((is_head, decay), []).append(p)
+    if heads and not any(is_head for is_head, _ in buckets):
+        children = ", ".join(n for n, _ in model.named_children())
+        raise ValueError(f"optim.head_modules {sorted(heads)} matches no submodule of the model "
+                         f"(its top-level submodules: {children}); the {head_lr_mult}x head rate would not apply")
     groups = []
     for (is_head, decay), params in sorted(buckets.items()):
         mult = head_lr_mult if is_head else 1.0

@@ -178,7 +178,11 @@ def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume:
         last = run_dir / "last.pth"
         if last.is_file():
             ckpt = load_training_checkpoint(last)
-            config = load_config(ckpt["config"])
+            # The stored config decides everything that affects the steps; only where the data
+            # lives and how many loader processes read it may change between sessions.
+            stored = load_config(ckpt["config"])
+            stored["data"]["root"], stored["data"]["workers"] = config["data"]["root"], config["data"]["workers"]
+            config = stored
         elif main:
             print(f"--resume: {last} does not exist yet; starting from step 0", file=sys.stderr)
     config = load_config(dict(config))
@@ -345,8 +349,11 @@ def run(args: argparse.Namespace) -> int:
         run_dir = str(Path("runs") / Path(args.config).stem)
     if args.resume and (Path(run_dir) / "last.pth").is_file():
         config = load_config(load_training_checkpoint(Path(run_dir) / "last.pth")["config"])
-        if overrides:
-            print("--resume: the stored config is used; ignoring overrides " + " ".join(overrides), file=sys.stderr)
+        if args.data_root:
+            config["data"]["root"] = args.data_root
+        ignored = [o for o in overrides if not o.startswith("data.root=")]
+        if ignored:
+            print("--resume: the stored config is used; ignoring " + " ".join(ignored), file=sys.stderr)
     else:
         config = load_config(args.config, overrides)
     train(config, run_dir, resume=args.resume, device=args.device, workers=args.workers, quiet=args.quiet)
