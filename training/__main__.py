@@ -1,4 +1,4 @@
-"""``python -m training <command>``: synth, train, eval, export.
+"""``python -m training <command>``: synth, train, eval, export, drive.
 
 Run from a clone of the repository (the training package is not installed with the node)::
 
@@ -7,6 +7,7 @@ Run from a clone of the repository (the training package is not installed with t
     torchrun --nproc_per_node=8 -m training train --config bisenetv2_cityscapes --data-root /data/cityscapes
     python -m training eval runs/synth --multi-scale
     python -m training export runs/synth --out model.onnx
+    python -m training drive --out drive_bag --frames 80
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("training.train", "train a model (single process, or one per GPU under torchrun)"),
     "eval": ("training.evaluate", "evaluate a run or checkpoint: mIoU and per-class IoU"),
     "export": ("training.export", "export a trained run to the ONNX file the inference engine runs"),
+    "drive": ("training.drive", "record a synthetic drive (camera + ground truth) as a ROS 2 bag"),
 }
 
 
