@@ -137,3 +137,45 @@ def test_onnx_file_needs_an_onnx_backend(exported) -> None:
     assert read_onnx_info(exported).class_names == ["ground", "obstacle", "sky", "person", "vehicle"]
     with pytest.raises(ValueError, match="use backend='onnxruntime' or 'openvino'"):
         Segmenter(weights=exported, backend="torch")
+
+
+def test_tensorrt_provider_options(tmp_path) -> None:
+    # Cannot run here (no GPU): check the provider list that would be handed to onnxruntime.
+    from bisenet_ros.inference.backends.base import BackendError
+    from bisenet_ros.inference.backends.onnxruntime_backend import execution_providers
+
+    providers = execution_providers("tensorrt", "fp16", str(tmp_path / "trt"))
+    (trt, trt_options), (cuda, cuda_options), cpu = providers
+    assert (trt, cuda, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+    assert trt_options["trt_fp16_enable"] is True and trt_options["trt_engine_cache_enable"] is True
+    assert trt_options["trt_engine_cache_path"] == str(tmp_path / "trt")
+    assert trt_options["trt_timing_cache_enable"] is True and trt_options["device_id"] == 0
+    assert not (tmp_path / "trt").exists()   # created only once the provider is known to exist
+    assert execution_providers("tensorrt", "fp32", None)[0][1]["trt_fp16_enable"] is False
+    assert execution_providers("cuda:1", "fp32", None)[0] == ("CUDAExecutionProvider", {"device_id": 1})
+    assert execution_providers("cpu", "fp32", None) == ["CPUExecutionProvider"]
+    with pytest.raises(BackendError, match="needs device='tensorrt'"):
+        execution_providers("cuda", "fp16", None)
+
+
+def test_bench_command_smoke(tmp_path, capsys) -> None:
+    import json
+
+    from bisenet_ros.cli import main as cli_main
+
+    output = tmp_path / "bench.json"
+    code = cli_main(["bench", "--camera", "96x64", "--resolution", "64x32", "--backends", "torch,onnxruntime",
+                     "--precisions", "fp32,fp16", "--frames", "1", "--warmup", "0", "--rounds", "1",
+                     "--output", str(output), "--markdown", str(tmp_path / "bench.md")])
+    assert code == 0, capsys.readouterr().out
+    report = json.loads(output.read_text())
+    rows = {(r["backend"], r["precision"]): r for r in report["results"]}
+    assert rows[("torch", "fp16")]["status"] == "unavailable"      # fp16 needs a GPU
+    for key in (("torch", "fp32"), ("onnxruntime", "fp32")):
+        row = rows[key]
+        assert row["status"] == "ok", row
+        assert row["e2e_ms"]["median"] > 0 and row["peak_rss_mb"] > 50
+        assert 0.9 <= row["agreement_vs_baseline"] <= 1.0 and row["speedup_vs_baseline"] > 0
+    baseline = [r for r in report["results"] if r["backend"].startswith("baseline")]
+    assert baseline and baseline[0]["status"] == "ok"
+    assert "| bisenetv2 | onnxruntime | fp32 |" in (tmp_path / "bench.md").read_text()
