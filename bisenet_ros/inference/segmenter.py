@@ -274,7 +274,9 @@ class Segmenter:
             ``(fitted, blob, geometry)``: the ``net_h x net_w x 3`` uint8 fitted frame, the
             ``(1, 3, net_h, net_w)`` float32 network input (a reused buffer) and the geometry.
         """
-        frame = check_frame(frame, color_order)
+        return self._prepare(check_frame(frame, color_order), color_order)
+
+    def _prepare(self, frame: np.ndarray, color_order: str) -> tuple[np.ndarray, np.ndarray, FitGeometry]:
         geometry = self.geometry(frame.shape[1], frame.shape[0])
         fitted = fit_frame(frame, geometry, self._normalizer.pad_value(color_order))
         blob = self._normalizer(fitted, color_order, out=self._blob)
@@ -299,8 +301,8 @@ class Segmenter:
         """
         start = time.perf_counter()
         wanted = self._default_outputs if outputs is None else self._check_outputs(outputs)
-        fitted, blob, geometry = self.preprocess(frame, color_order)
-        frame = np.ascontiguousarray(frame)
+        frame = check_frame(frame, color_order)   # contiguous from here on (the overlay needs it)
+        fitted, blob, geometry = self._prepare(frame, color_order)
         t_pre = time.perf_counter()
         net = self.backend.run(blob)
         t_inf = time.perf_counter()
