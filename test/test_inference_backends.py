@@ -179,3 +179,22 @@ def test_bench_command_smoke(tmp_path, capsys) -> None:
     baseline = [r for r in report["results"] if r["backend"].startswith("baseline")]
     assert baseline and baseline[0]["status"] == "ok"
     assert "| bisenetv2 | onnxruntime | fp32 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_bench_agreements_compare_bf16_with_fp32_and_everything_with_the_baseline() -> None:
+    from bisenet_ros.bench import _agreements
+
+    base = np.zeros((4, 4), np.uint8)
+    half = base.copy()
+    half[:2] = 1
+    rows = [
+        {"backend": "openvino", "precision": "fp32", "status": "ok", "_job": 0, "e2e_ms": {"median": 50.0}},
+        {"backend": "openvino", "precision": "bf16", "status": "ok", "_job": 1, "e2e_ms": {"median": 25.0}},
+        {"backend": "baseline (eager torch, NumPy post)", "precision": "fp32", "status": "ok", "_job": 2,
+         "e2e_ms": {"median": 100.0}},
+    ]
+    labels = {0: {"0": base}, 1: {"0": half}, 2: {"0": base}}
+    _agreements(rows, labels)
+    assert rows[0]["agreement_vs_baseline"] == 1.0 and rows[0]["speedup_vs_baseline"] == 2.0
+    assert rows[1]["agreement_vs_fp32"] == 0.5 and rows[1]["speedup_vs_baseline"] == 4.0
+    assert "agreement_vs_fp32" not in rows[0]
