@@ -1,0 +1,30 @@
+"""The README's first quick-start command, shortened: scripts/demo.sh end to end (synthetic data,
+training, export, drive bag, replay, report) with a few training steps and frames."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), DEMO_TRAIN_ITERS="6", DEMO_SCENES="16", DEMO_VAL_SCENES="4",
+               DEMO_FRAMES="12")
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    demo = tmp_path / "demo"
+    assert f"Report:        {demo}/report/report.html" in done.stdout
+    metrics = json.loads((demo / "report" / "metrics.json").read_text())
+    assert metrics["frames"]["processed"] == 12
+    assert 0.0 <= metrics["evaluation"]["miou"] <= 1.0
+    assert (demo / "segmented_bag" / "metadata.yaml").is_file()
+    assert (demo / "stdc1_synthetic.onnx").is_file()
+    # A second run reuses the trained model instead of training again.
+    again = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "reusing the model trained on an earlier run" in again.stdout
