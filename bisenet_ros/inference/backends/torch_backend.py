@@ -5,8 +5,8 @@
 - channels_last memory format: oneDNN (CPU) and cuDNN (tensor cores) pick faster NHWC kernels.
 - The argmax (and the optional max-softmax confidence) are computed on the device, so only a
   uint8 label map is copied back to the host.
-- Conv -> BatchNorm pairs are folded into one convolution (inference-only arithmetic identity),
-  which removes about a fifth of the eager time of these networks on a CPU.
+- Conv -> BatchNorm pairs are folded into one convolution (inference-only arithmetic identity):
+  measured 5-10% less eager time for BiSeNetV2 at 1024x512 on this CPU.
 """
 from __future__ import annotations
 
