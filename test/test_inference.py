@@ -8,7 +8,6 @@ policies can be checked pixel by pixel.
 from __future__ import annotations
 
 import sys
-import warnings
 
 import cv2
 import numpy as np
