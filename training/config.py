@@ -50,6 +50,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "eval_every": 5000,            # 0 disables periodic evaluation
         "ckpt_every": 1000,            # last.pth is rewritten atomically every this many steps
         "tensorboard": True,
+        "cpu_threads": None,           # torch CPU threads when training on CPU (None: torch's default)
     },
     "loss": {
         "ohem_thresh": 0.7,            # keep pixels whose true-class probability is below this

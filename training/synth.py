@@ -181,10 +181,11 @@ def _ground(rng: np.random.Generator, cam: _Camera, img: np.ndarray, lab: np.nda
 
 
 def _facades(rng: np.random.Generator, cam: _Camera, img: np.ndarray, lab: np.ndarray,
-             st: _Street, zfar: float) -> list[tuple[float, float]]:
+             st: _Street, zfar: float) -> list[tuple[int, str]]:
     """Vertical planes along both sides of the street: buildings, walls, fences, hedges.
 
-    Returns the (side X, kind) of each side for later object placement.
+    Returns ``(sign, kind)`` per side (sign -1 = left, +1 = right; kind "buildings" or "park")
+    for the object placement.
     """
     h, w = lab.shape
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)

@@ -179,9 +179,10 @@ def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume:
         if last.is_file():
             ckpt = load_training_checkpoint(last)
             # The stored config decides everything that affects the steps; only where the data
-            # lives and how many loader processes read it may change between sessions.
+            # lives, how many loader processes read it and the CPU threads may change.
             stored = load_config(ckpt["config"])
             stored["data"]["root"], stored["data"]["workers"] = config["data"]["root"], config["data"]["workers"]
+            stored["train"]["cpu_threads"] = config["train"]["cpu_threads"]
             config = stored
         elif main:
             print(f"--resume: {last} does not exist yet; starting from step 0", file=sys.stderr)
@@ -192,6 +193,8 @@ def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume:
         dump_config(config, run_dir / "config.yaml")
     _barrier(world)
 
+    if dev.type == "cpu" and tcfg["cpu_threads"]:
+        torch.set_num_threads(int(tcfg["cpu_threads"]))
     seed = int(tcfg["seed"])
     torch.manual_seed(seed)  # model init; replaced by the checkpoint's RNG state on resume
     np.random.seed(seed)
@@ -323,7 +326,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available; "
                         "under torchrun each process uses cuda:LOCAL_RANK)")
     parser.add_argument("--workers", type=int, help="DataLoader workers per process (overrides data.workers)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per process (overrides train.cpu_threads)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any config override, e.g. train.eval_every=2000 (repeatable)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -331,9 +334,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``python -m training train``."""
+    overrides = list(args.overrides)
     if args.threads:
         torch.set_num_threads(args.threads)
-    overrides = list(args.overrides)
+        overrides.append(f"train.cpu_threads={args.threads}")
     for flag, key in (("data_root", "data.root"), ("iters", "train.iters"), ("batch_size", "train.batch_size"),
                       ("lr", "optim.lr"), ("backbone_weights", "model.backbone_weights"),
                       ("init_weights", "model.init_weights")):
@@ -351,7 +355,9 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(load_training_checkpoint(Path(run_dir) / "last.pth")["config"])
         if args.data_root:
             config["data"]["root"] = args.data_root
-        ignored = [o for o in overrides if not o.startswith("data.root=")]
+        if args.threads:
+            config["train"]["cpu_threads"] = args.threads
+        ignored = [o for o in overrides if not o.startswith(("data.root=", "train.cpu_threads="))]
         if ignored:
             print("--resume: the stored config is used; ignoring " + " ".join(ignored), file=sys.stderr)
     else:
