@@ -105,7 +105,8 @@ def test_eval_command_prints_the_iou_table(trained_run, capsys: pytest.CaptureFi
 
     run_dir, result, _ = trained_run
     json_path = run_dir / "metrics.json"
-    assert main(["eval", str(run_dir), "--scale", "0.5", "--workers", "0", "--json", str(json_path)]) == 0
+    assert main(["eval", str(run_dir), "--scale", "0.5", "--workers", "0", "--threads", "1",
+                 "--json", str(json_path)]) == 0
     out = capsys.readouterr().out
     assert "road" in out and "mIoU" in out
     import json
@@ -114,7 +115,7 @@ def test_eval_command_prints_the_iou_table(trained_run, capsys: pytest.CaptureFi
     assert metrics["miou"] == pytest.approx(result["best_miou"], abs=1e-6)
     assert np.array(metrics["confusion"]).shape == (19, 19)
     assert main(["eval", str(run_dir / "last.pth"), "--scales", "0.5", "0.75", "--flip", "--workers", "0",
-                 "--limit", "2"]) == 0
+                 "--limit", "2", "--threads", "1"]) == 0
     assert "+ flip" in capsys.readouterr().out
 
 
@@ -157,6 +158,7 @@ def _train_rows(run_dir: Path) -> list[list[str]]:
 def test_resume_after_sigkill_continues_with_identical_steps(synth_root: Path, tmp_path: Path) -> None:
     # BiSeNetV2: its dropout makes the torch RNG state part of what must be restored.
     config = _tiny_config(synth_root, model={"variant": "bisenetv2"},
+                          optim={"head_modules": ["head", "aux2", "aux3", "aux4", "aux5_4"]},
                           train={"iters": 12, "batch_size": 2, "log_every": 1, "eval_every": 6,
                                  "ckpt_every": 3, "tensorboard": True},
                           data={"workers": 1, "crop": [64, 96]})

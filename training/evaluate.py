@@ -166,6 +166,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip", action="store_true", help="add horizontal flips")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N images")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -193,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
     from training.config import load_config
     from training.data import build_dataset, dataset_class_set
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ckpt_path = resolve_checkpoint(args.target)
     ckpt = read_checkpoint(ckpt_path)
     stored = ckpt.get("config") if isinstance(ckpt, dict) else None
