@@ -11,6 +11,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from bisenet_ros.runtime import prefer_passive_openmp
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("bisenet_ros.commands.segment", "segment image files and write label maps and overlays"),
@@ -29,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    prefer_passive_openmp()  # before any command imports torch
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()

@@ -38,6 +38,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import LabelInfo, VisionClass
 
 from bisenet_ros import outputs
+from bisenet_ros.runtime import prefer_passive_openmp
 from bisenet_ros.codec import CodecError, decode_compressed, decode_image
 from bisenet_ros.pipeline import (
     LatestFrameSlot, NodeOptions, ParameterSpec, PipelineStats, all_parameters,
@@ -306,6 +307,7 @@ class SegmentationNode(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run bisenet_ros segmentation_node``; returns the exit status."""
+    prefer_passive_openmp()  # before the engine imports torch
     rclpy.init(args=args)
     node = None
     try:
