@@ -27,6 +27,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to the command module (imported only when chosen, so --help stays fast)."""
+    from bisenet_ros.runtime import prefer_passive_openmp
+
+    # Before torch is imported: sleeping, not spinning, OpenMP threads (see bisenet_ros.runtime);
+    # spinning threads made training steps several times slower on a busy 2-core machine.
+    prefer_passive_openmp()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
