@@ -109,7 +109,7 @@ class SegmenterConfig:
             data = yaml.safe_load(stream) or {}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping of option names to values")
-        data = _unwrap_ros_parameters(data)
+        data = unwrap_ros_parameters(data)
         data = {k: v for k, v in data.items() if k in cls.field_names() or k not in _NODE_ONLY_KEYS}
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
@@ -174,14 +174,15 @@ _NODE_ONLY_KEYS = frozenset({
 })
 
 
-def _unwrap_ros_parameters(data: dict[str, Any]) -> dict[str, Any]:
+def unwrap_ros_parameters(data: dict[str, Any]) -> dict[str, Any]:
+    """The parameter mapping of a ROS 2 parameter file, or ``data`` itself if it is a plain one."""
     # ROS 2 parameter files look like {node_name: {ros__parameters: {...}}} (possibly under a
     # namespace or the '/**' wildcard). Take the first ros__parameters block found.
     if "ros__parameters" in data:
         return dict(data["ros__parameters"])
     for value in data.values():
         if isinstance(value, dict):
-            inner = _unwrap_ros_parameters(value)
+            inner = unwrap_ros_parameters(value)
             if inner is not value:
                 return inner
     return data

@@ -38,11 +38,11 @@ from sensor_msgs.msg import CompressedImage, Image
 from vision_msgs.msg import LabelInfo, VisionClass
 
 from bisenet_ros import outputs
-from bisenet_ros.runtime import prefer_passive_openmp
 from bisenet_ros.codec import CodecError, decode_compressed, decode_image
 from bisenet_ros.pipeline import (
     LatestFrameSlot, NodeOptions, ParameterSpec, PipelineStats, all_parameters,
     config_from_parameters, frame_age_s, is_stale, node_options_from_parameters, stamp_to_ns)
+from bisenet_ros.runtime import prefer_passive_openmp
 
 # Throttle period of the per-frame warnings (malformed input, stale frames, engine errors):
 # a broken camera at 30 Hz must not flood the log, but the first occurrence is shown at once.

@@ -33,12 +33,8 @@ class TinyNet(nn.Module):
         return self.body(x)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny inputs: one thread is faster, and immune to OpenMP spin-waits on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _logits(model: nn.Module, x: np.ndarray) -> np.ndarray:

@@ -25,13 +25,8 @@ from bisenet_ros.models import Normalization
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)  # RGB -> classes 0, 1, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny inputs: one thread is faster, and immune to OpenMP spin-waits on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny inputs: one thread is faster, and immune to OpenMP spin-waits on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class ColourModel(nn.Module):

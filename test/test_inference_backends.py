@@ -20,13 +20,8 @@ RESOLUTION = (128, 64)
 ONNX_BACKENDS = [b for b in ("onnxruntime", "openvino") if importlib.util.find_spec(b) is not None]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny inputs: one thread is faster, and immune to OpenMP spin-waits on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny inputs: one thread is faster, and immune to OpenMP spin-waits on a busy machine.
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -94,12 +94,12 @@ def _node_options(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "config", None):
         import yaml
 
-        from bisenet_ros.config import _unwrap_ros_parameters
+        from bisenet_ros.config import unwrap_ros_parameters
 
         with open(args.config, encoding="utf-8") as stream:
             data = yaml.safe_load(stream) or {}
         if isinstance(data, dict):
-            data = _unwrap_ros_parameters(data)
+            data = unwrap_ros_parameters(data)
             for key in ("publish_confidence", "color_mask_encoding", "confidence_encoding"):
                 if key in data:
                     values[key] = data[key]
