@@ -662,3 +662,69 @@ def test_a_topic_with_no_decodable_frame_fails(tmp_path: Path, capsys: pytest.Ca
     err = capsys.readouterr().err
     assert "none of the camera messages could be decoded" in err and "SerdeError" in err
     assert read_bag(tmp_path / "out") == {}  # still a valid (empty) bag
+
+
+def test_big_images_written_to_mcap_byte_identical_to_rosbags_and_read_back(tmp_path: Path) -> None:
+    """OutputBag's MCAP fast path for big images (written straight to the file, no copies)
+    must write exactly the bytes rosbags' own writer writes: same chunks, message indexes,
+    chunk indexes and statistics; and AnyReader must read the very messages back."""
+    from rosbags.highlevel import AnyReader
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from bisenet_ros.replay.messages import make_header, make_image, typestore
+    from bisenet_ros.replay.writer import OutputBag, _mcap_writer_class, _qos
+
+    assert _mcap_writer_class().STORAGE_PLUGINS[StoragePlugin.MCAP] is not \
+        Writer.STORAGE_PLUGINS[StoragePlugin.MCAP]
+    rng = np.random.default_rng(0)
+    h, w = 1080, 1920
+    msgs = []  # (name, msg, timestamp): 1080p images, small ones before, between and after
+    for i, t in enumerate((5_000, 1_000, 9_000)):  # out of order: chunk/summary time ranges
+        header = make_header(t, "camera")
+        small = np.full((4, 6), i, np.uint8)
+        msgs.append(("drivable_mask", make_image(header, {
+            "height": 4, "width": 6, "encoding": "mono8", "step": 6, "data": small}), t))
+        msgs.append(("mask", make_image(header, {
+            "height": h, "width": w, "encoding": "mono8", "step": w,
+            "data": rng.integers(0, 19, (h, w), dtype=np.uint8)}), t))
+        msgs.append(("overlay", make_image(header, {
+            "height": h, "width": w, "encoding": "bgr8", "step": 3 * w,
+            "data": rng.integers(0, 255, (h, w, 3), dtype=np.uint8)}), t))
+        msgs.append(("confidence", make_image(header, {  # just under one chunk: via rosbags
+            "height": 1, "width": 2**20 - 200, "encoding": "mono8", "step": 2**20 - 200,
+            "data": np.full(2**20 - 200, i, np.uint8)}), t))
+    names = ["mask", "overlay", "drivable_mask", "confidence"]
+
+    out = OutputBag(tmp_path / "fast" / "bag")
+    out.open(names)
+    assert out._fast  # the direct path is on for this rosbags version
+    for name, msg, t in msgs:
+        out.write(name, msg, t)
+    out.close()
+
+    ref = Writer(tmp_path / "ref" / "bag", version=Writer.VERSION_LATEST,
+                 storage_plugin=StoragePlugin.MCAP)
+    ref.open()
+    conns = {name: ref.add_connection(out.topic(name), IMAGE, typestore=typestore(),
+                                      offered_qos_profiles=[_qos(latched=False, depth=1)])
+             for name in names}
+    for name, msg, t in msgs:
+        ref.write(conns[name], t, serialize(msg))
+    ref.close()
+    fast = (tmp_path / "fast/bag/bag.mcap").read_bytes()
+    assert fast == (tmp_path / "ref/bag/bag.mcap").read_bytes()
+
+    with AnyReader([tmp_path / "fast" / "bag"]) as reader:
+        got = [(c.topic, t, reader.deserialize(raw, c.msgtype))
+               for c, t, raw in reader.messages()]
+    want = sorted(((out.topic(n), t, m) for n, m, t in msgs), key=lambda x: x[1])
+    assert sorted((topic, t) for topic, t, _ in got) == sorted((topic, t) for topic, t, _ in want)
+    assert [t for _, t, _ in got] == sorted(t for _, t, _ in got)  # AnyReader: in time order
+    by_key = {(topic, t): m for topic, t, m in want}
+    for topic, t, m in got:
+        ref_msg = by_key[(topic, t)]
+        assert (m.height, m.width, m.encoding, m.step) == (
+            ref_msg.height, ref_msg.width, ref_msg.encoding, ref_msg.step)
+        assert m.header.stamp.sec == ref_msg.header.stamp.sec
+        assert m.header.stamp.nanosec == ref_msg.header.stamp.nanosec
+        np.testing.assert_array_equal(m.data, ref_msg.data.reshape(-1))

@@ -95,3 +95,23 @@ def serialize(msg: Any) -> bytes | memoryview:
 def deserialize(raw: bytes | memoryview, msgtype: str) -> Any:
     """CDR-deserialize raw bag data into a typestore message object."""
     return typestore().deserialize_cdr(raw, msgtype)
+
+
+def serialize_image_parts(msg: Any) -> tuple[bytes, np.ndarray] | None:
+    """CDR of a ``sensor_msgs/Image`` as ``(head, data)``: ``head + data`` is :func:`serialize`.
+
+    The pixel buffer is returned as is (no copy): the bag writer can write it straight to the
+    file. ``data`` is the message's last field and a ``uint8`` sequence, so its CDR is a 4-byte
+    length then the bytes, with no padding after; ``head`` is the CDR of the message with empty
+    data less that length, plus the real length. None when ``msg`` is not an Image with a
+    contiguous 1-D ``uint8`` array as data (then use :func:`serialize`).
+    """
+    data = getattr(msg, "data", None)
+    if (getattr(msg, "__msgtype__", None) != IMAGE or not isinstance(data, np.ndarray)
+            or data.dtype != np.uint8 or data.ndim != 1 or not data.flags.c_contiguous):
+        return None
+    empty = type(msg)(header=msg.header, height=msg.height, width=msg.width,
+                      encoding=msg.encoding, is_bigendian=msg.is_bigendian, step=msg.step,
+                      data=np.empty(0, np.uint8))
+    head = bytes(serialize(empty))
+    return head[:-4] + len(data).to_bytes(4, "little"), data

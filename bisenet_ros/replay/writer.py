@@ -10,12 +10,18 @@ The ``rosbags`` sqlite3 writer holds a thread-bound ``sqlite3`` connection: an
 """
 from __future__ import annotations
 
+import functools
 import shutil
+import struct
+from collections import defaultdict
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from bisenet_ros.replay.bag import TopicInfo
-from bisenet_ros.replay.messages import IMAGE, LABEL_INFO, serialize, typestore
+from bisenet_ros.replay.messages import (
+    IMAGE, LABEL_INFO, serialize, serialize_image_parts, typestore,
+)
 
 # Output name -> message type, in the order the node declares its publishers.
 OUTPUT_TYPES: dict[str, str] = {
@@ -28,6 +34,106 @@ OUTPUT_TYPES: dict[str, str] = {
 }
 STORAGES = ("mcap", "sqlite3")
 DEFAULT_NODE_NAME = "segmentation"  # the node's default name (bisenet_ros/node.py)
+
+
+# rosbags' MCAP writer closes a chunk once it holds more than this many bytes.
+_CHUNK_LIMIT = 2**20
+_MESSAGE_HEADER = struct.Struct("<BQHIQQ")  # opcode, record length, channel, sequence, times
+_CHUNK_HEADER = struct.Struct("<BQQQQIIQ")  # opcode, length, start, end, size, crc, "", size
+
+
+class _Parts:
+    """A serialized message in pieces (head + pixel buffer), only for :class:`_McapStorage`."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, *parts: Any) -> None:
+        self.parts = parts
+        self.size = sum(memoryview(p).nbytes for p in parts)
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
+
+
+@functools.lru_cache(maxsize=None)
+def _mcap_writer_class() -> Any:
+    """The ``rosbags`` writer with :class:`_McapStorage` (built on first use: lazy import)."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.rosbag2.storage_mcap import McapWriter
+
+    class _McapStorage(McapWriter):  # type: ignore[misc, valid-type]
+        """rosbags' MCAP storage writer, writing big messages without copying them.
+
+        rosbags builds each message record in a ``BytesIO``, copies it into the chunk's
+        ``BytesIO``, and on closing the chunk (once it exceeds 1 MiB) copies the chunk again twice
+        before the file write: five copies of every camera-sized image, each into freshly
+        ``mmap``'d memory (page faults), 15-34 ms per 6 MB image here. A message that would close
+        the chunk is written here straight to the file instead, with the pending chunk's bytes in
+        front of it: the same chunk record, message index, chunk index and statistics, byte
+        for byte, that rosbags writes (see test_replay). Uncompressed chunks only; anything
+        else goes through rosbags unchanged.
+        """
+
+        # The rosbags internals relied on (checked; rosbags 0.11 has them).
+        _ATTRS = ("bio", "chunk", "chunks", "compression", "channel_stats",
+                  "message_start_time", "message_end_time")
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            chunk = getattr(self, "chunk", None)
+            self.direct = (all(hasattr(self, a) for a in self._ATTRS)
+                           and isinstance(self.chunks, list)
+                           and isinstance(getattr(chunk, "bio", None), BytesIO)
+                           and isinstance(getattr(chunk, "msgs", None), dict))
+
+        def write(self, connection: Any, timestamp: int, data: Any) -> None:
+            parts = data.parts if isinstance(data, _Parts) else (data,)
+            size = data.size if isinstance(data, _Parts) else memoryview(data).nbytes
+            chunk = self.chunk
+            pending = chunk.bio.tell() if self.direct else 0
+            if not self.direct or self.compression or pending + 31 + size <= _CHUNK_LIMIT:
+                if isinstance(data, _Parts):
+                    data = data.join()
+                super().write(connection, timestamp, data)
+                return
+            # As McapWriter.write ...
+            self.message_start_time = min(timestamp, self.message_start_time)
+            self.message_end_time = max(timestamp, self.message_end_time)
+            self.channel_stats[connection.id] += 1
+            chunk.message_start_time = min(timestamp, chunk.message_start_time)
+            chunk.message_end_time = max(timestamp, chunk.message_end_time)
+            chunk.msgs[connection.id].append((timestamp, pending))
+            # ... then McapWriter.close_chunk, uncompressed, without building the chunk in memory.
+            chunk_size = pending + 31 + size
+            bio = self.bio
+            chunk_start = bio.tell()
+            bio.write(_CHUNK_HEADER.pack(0x06, 40 + chunk_size, chunk.message_start_time,
+                                         chunk.message_end_time, chunk_size, 0, 0, chunk_size))
+            with chunk.bio.getbuffer() as view:
+                bio.write(view)
+            bio.write(_MESSAGE_HEADER.pack(0x05, 22 + size, connection.id, 0, timestamp, timestamp))
+            for part in parts:
+                bio.write(part)
+            chunk_end = bio.tell()
+            offsets = []
+            for cid, msgs in chunk.msgs.items():
+                offsets.append((cid, bio.tell()))
+                index = [struct.pack("<BQHI", 0x07, 6 + 16 * len(msgs), cid, 16 * len(msgs))]
+                index += [struct.pack("<QQ", ts, offset) for ts, offset in msgs]
+                bio.write(b"".join(index))
+            rec = BytesIO()
+            rec.write(struct.pack("<QQQQI", chunk.message_start_time, chunk.message_end_time,
+                                  chunk_start, chunk_end - chunk_start, 10 * len(offsets)))
+            for cid, offset in offsets:
+                rec.write(struct.pack("<HQ", cid, offset))
+            rec.write(struct.pack("<QIQQ", bio.tell() - chunk_end, 0, chunk_size, chunk_size))
+            self.chunks.append(rec)
+            self.chunk = type(chunk)(2**63 - 1, 0, BytesIO(), defaultdict(list))
+
+    class _Writer(Writer):  # type: ignore[misc, valid-type]
+        STORAGE_PLUGINS = {**Writer.STORAGE_PLUGINS, StoragePlugin.MCAP: _McapStorage}
+
+    return _Writer
 
 
 class OutputExistsError(FileExistsError):
@@ -108,6 +214,7 @@ class OutputBag:
         self.counts: dict[str, int] = {}
         self._writer: Any = None
         self._connections: dict[str, Any] = {}
+        self._fast = False
 
     def topic(self, name: str) -> str:
         """Fully qualified topic for the output ``name``."""
@@ -118,9 +225,15 @@ class OutputBag:
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
+        if plugin == StoragePlugin.MCAP:
+            Writer = _mcap_writer_class()  # noqa: N806
         writer = Writer(self.path, version=Writer.VERSION_LATEST, storage_plugin=plugin)
         writer.open()
         self._writer = writer
+        # _Parts only where nothing but _McapStorage.write sees them (no per-message compression).
+        from rosbags.rosbag2.enums import CompressionMode
+        self._fast = (getattr(getattr(writer, "storage", None), "direct", False) is True
+                      and getattr(writer, "compression_mode", None) == CompressionMode.NONE)
         store = typestore()
         for name in outputs:
             if name not in OUTPUT_TYPES:
@@ -155,7 +268,14 @@ class OutputBag:
 
     def write(self, name: str, msg: Any, timestamp: int) -> None:
         """Serialize and write ``msg`` on output ``name`` at bag time ``timestamp`` (ns)."""
-        self._writer.write(self._connections[name], int(timestamp), serialize(msg))
+        data: Any = None
+        if self._fast:  # an image's pixels go to the MCAP file as they are, not copied
+            parts = serialize_image_parts(msg)
+            if parts is not None:
+                data = _Parts(*parts)
+        if data is None:
+            data = serialize(msg)
+        self._writer.write(self._connections[name], int(timestamp), data)
         self.counts[self.topic(name)] += 1
 
     def write_raw(self, topic: str, data: bytes | memoryview, timestamp: int) -> None:
