@@ -11,14 +11,8 @@ import torch
 
 from bisenet_ros.models import (CITYSCAPES_COINCHEUNG, IMAGENET, CheckpointError, Normalization, build_model,
                                 load_weights, make_checkpoint)
+from published import MANIFESTS, REFERENCE
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-MANIFESTS = {
-    "bisenetv1": "coincheung_bisenetv1.json",
-    "bisenetv2": "coincheung_bisenetv2.json",
-    "stdc1": "stdc1_seg.json",
-    "stdc2": "stdc2_seg.json",
-}
 PUBLISHED_FORMAT = {"bisenetv1": "coincheung", "bisenetv2": "coincheung", "stdc1": "stdc_seg", "stdc2": "stdc_seg"}
 UNUSED_GROUPS = ("backbone_unused_imagenet_head", "detail_head(conv_out_sp16)", "detail_head(conv_out_sp4)",
                  "detail_head(conv_out_sp2)")

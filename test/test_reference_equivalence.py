@@ -65,14 +65,8 @@ import torch
 import torch.nn.functional as F
 
 from bisenet_ros.models import build_model
+from published import MANIFESTS, REFERENCE
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-MANIFESTS = {
-    "bisenetv1": "coincheung_bisenetv1.json",
-    "bisenetv2": "coincheung_bisenetv2.json",
-    "stdc1": "stdc1_seg.json",
-    "stdc2": "stdc2_seg.json",
-}
 BN_EPS = 1e-5   # nn.BatchNorm2d and InPlaceABNSync defaults; no reference layer overrides it
 ABN_EPS = 1e-5  # InPlace-ABN: scale = |weight| + eps
 SIZE = (64, 128)            # a multiple of 32, as the reference code requires

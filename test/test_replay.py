@@ -405,33 +405,39 @@ sys.exit(main(sys.argv[1:], engine_factory=lambda cfg: KnownEngine(cfg, delay=0.
 """
 
 
-@pytest.mark.parametrize("sig,storage", [(signal.SIGINT, "mcap"), (signal.SIGTERM, "sqlite3")])
-def test_interrupted_run_closes_the_output_bag_with_every_processed_frame(
-        tmp_path: Path, sig: signal.Signals, storage: str) -> None:
-    total = 300
-    bag = write_image_bag(tmp_path / "in", [split_frame(0, seed=i % 7) for i in range(total)])
+def _start_interruptible_replay(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, Path, Path]:
+    """Start a 300-frame replay in a subprocess and wait until it is processing frames."""
+    bag = write_image_bag(tmp_path / "in", [split_frame(0, seed=i % 7) for i in range(300)])
     marker = tmp_path / "started"
     script = INTERRUPT_SCRIPT.format(test_dir=str(TEST_DIR), marker=str(marker))
     out, report = tmp_path / "out", tmp_path / "report"
     proc = subprocess.Popen(
-        [sys.executable, "-c", script, str(bag), "-o", str(out), "--storage", storage,
-         "--report", str(report), "--no-progress"],
+        [sys.executable, "-c", script, str(bag), "-o", str(out), *args, "--report", str(report),
+         "--no-progress"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"replay did not start: {proc.communicate()}")
+        time.sleep(0.05)
+    return proc, out, report
+
+
+@pytest.mark.parametrize("sig,storage", [(signal.SIGINT, "mcap"), (signal.SIGTERM, "sqlite3")])
+def test_interrupted_run_closes_the_output_bag_with_every_processed_frame(
+        tmp_path: Path, sig: signal.Signals, storage: str) -> None:
+    proc, out, report = _start_interruptible_replay(tmp_path, "--storage", storage)
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "replay did not start"
-            time.sleep(0.05)
         proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 128 + sig, stderr
     assert f"stopped by {sig.name}" in stderr
     masks = read_bag(out)["/segmentation/mask"]  # closed properly: rosbags reads it
-    assert 5 <= len(masks) < total
+    assert 5 <= len(masks) < 300
     assert [stamp_to_ns(m.header.stamp) for _, m in masks] == [frame_stamp(i) for i in range(len(masks))]
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["status"]["interrupted"] == sig.name
@@ -440,19 +446,8 @@ def test_interrupted_run_closes_the_output_bag_with_every_processed_frame(
 
 
 def test_a_second_ctrl_c_skips_the_report_but_still_closes_the_bag(tmp_path: Path) -> None:
-    bag = write_image_bag(tmp_path / "in", [split_frame(0, seed=i % 7) for i in range(300)])
-    marker = tmp_path / "started"
-    script = INTERRUPT_SCRIPT.format(test_dir=str(TEST_DIR), marker=str(marker))
-    out, report = tmp_path / "out", tmp_path / "report"
-    proc = subprocess.Popen([sys.executable, "-c", script, str(bag), "-o", str(out), "--report",
-                             str(report), "--no-progress"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc, out, report = _start_interruptible_replay(tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while not marker.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "replay did not start"
-            time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
         time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
