@@ -13,6 +13,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from bisenet_ros.pipeline import stamp_to_ns  # noqa: F401  (re-exported for the replay)
+
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 LABEL_INFO = "vision_msgs/msg/LabelInfo"
@@ -47,11 +49,6 @@ def typestore() -> Any:
     types.update(get_types_from_msg(LABEL_INFO_MSG, LABEL_INFO))
     store.register(types)
     return store
-
-
-def stamp_to_ns(stamp: Any) -> int:
-    """``builtin_interfaces/Time`` -> integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def make_header(stamp_ns: int, frame_id: str) -> Any:

@@ -17,28 +17,9 @@ import array
 import functools
 from typing import Any
 
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
-LABEL_INFO_MSG = """\
-std_msgs/Header header
-VisionClass[] class_map
-float32 threshold
-"""
-VISION_CLASS_MSG = """\
-uint16 class_id
-string class_name
-"""
-
-
-@functools.lru_cache(maxsize=1)
-def typestore() -> Any:
-    """The ROS 2 Humble typestore with vision_msgs LabelInfo/VisionClass registered."""
-    store = get_typestore(Stores.ROS2_HUMBLE)
-    types = {}
-    types.update(get_types_from_msg(VISION_CLASS_MSG, "vision_msgs/msg/VisionClass"))
-    types.update(get_types_from_msg(LABEL_INFO_MSG, "vision_msgs/msg/LabelInfo"))
-    store.register(types)
-    return store
+# The same typestore the replay writes bags with: Humble definitions plus vision_msgs
+# LabelInfo/VisionClass registered from their .msg text.
+from bisenet_ros.replay.messages import typestore
 
 
 _ZERO = {"bool": False, "string": "", "float32": 0.0, "float64": 0.0, "byte": b"\x00",
