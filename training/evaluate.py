@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bisenet_ros.replay.metrics import class_iou
 from training.losses import IGNORE_INDEX
 
 
@@ -37,12 +38,11 @@ def confusion_matrix(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
 
 
 def iou_from_confusion(conf: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Per-class IoU ``TP / (TP + FP + FN)``; NaN for classes absent from both GT and prediction."""
-    conf = np.asarray(conf, dtype=np.float64)
-    tp = np.diag(conf)
-    union = conf.sum(0) + conf.sum(1) - tp
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, tp / union, np.nan)
+    """Per-class IoU ``TP / (TP + FP + FN)``; NaN for classes absent from both GT and prediction.
+
+    The same definition as the replay's evaluation report (one implementation for both).
+    """
+    return class_iou(np.asarray(conf))
 
 
 def mean_iou(conf: torch.Tensor | np.ndarray) -> float:

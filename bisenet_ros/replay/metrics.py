@@ -24,6 +24,26 @@ import numpy as np
 IGNORE_ID = 255
 
 
+def class_iou(matrix: np.ndarray, unassigned: np.ndarray | None = None) -> np.ndarray:
+    """Per-class IoU ``TP / (TP + FP + FN)`` of a confusion matrix (rows: truth, cols: prediction).
+
+    Args:
+        matrix: ``(C, C)`` pixel counts.
+        unassigned: ``(C,)`` pixels of each true class predicted as no class at all (they are
+            false negatives of that class); None if there are none.
+
+    Returns:
+        ``(C,)`` float64 IoU, NaN where the class is neither in the truth nor predicted.
+    """
+    matrix = np.asarray(matrix, dtype=np.float64)
+    tp = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    if unassigned is not None:
+        union = union + unassigned
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / union, np.nan)
+
+
 class ConfusionMatrix:
     """Accumulates a ``num_classes x num_classes`` confusion matrix (rows: truth, cols: prediction).
 
@@ -68,9 +88,7 @@ class ConfusionMatrix:
 
     def iou(self) -> list[float | None]:
         """Per-class IoU (None where the class is neither in the truth nor predicted)."""
-        tp = np.diag(self.matrix).astype(np.float64)
-        union = self.matrix.sum(0) + self.matrix.sum(1) + self.unassigned - tp
-        return [float(t / u) if u > 0 else None for t, u in zip(tp, union)]
+        return [None if math.isnan(v) else float(v) for v in class_iou(self.matrix, self.unassigned)]
 
     def miou(self) -> float | None:
         values = [v for v in self.iou() if v is not None]
