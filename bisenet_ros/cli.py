@@ -1,6 +1,6 @@
 """The ``bisenet-ros`` command line.
 
-Each sub-command lives in its own module exposing ``add_arguments(parser)`` and
+Each sub-command lives in its own module of :mod:`bisenet_ros.commands` exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; it is imported only when chosen, so ``bisenet-ros --help`` stays fast and
 a missing optional dependency only affects the command that needs it.
 """
@@ -16,9 +16,9 @@ from bisenet_ros.runtime import prefer_passive_openmp
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("bisenet_ros.commands.segment", "segment image files and write label maps and overlays"),
-    "export": ("bisenet_ros.inference.export", "export a model to ONNX with its metadata embedded"),
-    "bench": ("bisenet_ros.bench", "benchmark backends and post-processing against the reference pipeline"),
-    "replay": ("bisenet_ros.replay.cli", "run a rosbag through the engine, write an output bag and a report"),
+    "export": ("bisenet_ros.commands.export", "export a model to ONNX with its metadata embedded"),
+    "bench": ("bisenet_ros.commands.bench", "benchmark backends and post-processing against the reference pipeline"),
+    "replay": ("bisenet_ros.commands.replay", "run a rosbag through the engine, write an output bag and a report"),
 }
 
 

@@ -177,7 +177,7 @@ def test_bench_command_smoke(tmp_path, capsys) -> None:
 
 
 def test_bench_agreements_compare_bf16_with_fp32_and_everything_with_the_baseline() -> None:
-    from bisenet_ros.bench import _agreements
+    from bisenet_ros.benchmark import _agreements
 
     base = np.zeros((4, 4), np.uint8)
     half = base.copy()

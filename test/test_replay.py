@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bisenet_ros.replay import cli
+from bisenet_ros.commands import replay as cli
 from bisenet_ros.replay.bag import BagError, InputBag, detect_storage
 from bisenet_ros.replay.bagtools import (
     BagMessage, frame_stamp, image_messages, write_bag, write_image_bag,
@@ -400,7 +400,7 @@ INTERRUPT_SCRIPT = """
 import sys
 sys.path.insert(0, {test_dir!r})
 from test_replay import KnownEngine
-from bisenet_ros.replay.cli import main
+from bisenet_ros.commands.replay import main
 sys.exit(main(sys.argv[1:], engine_factory=lambda cfg: KnownEngine(cfg, delay=0.03, marker={marker!r})))
 """
 

@@ -1,1 +1,4 @@
-"""Sub-commands of the ``bisenet-ros`` CLI that belong to no other sub-package."""
+"""The ``bisenet-ros`` sub-commands, one module each (``add_arguments(parser)``, ``run(args) -> int``).
+
+They parse the command line and call the library; no library module parses arguments.
+"""

@@ -1,6 +1,6 @@
 """Rosbag replay and evaluation without a ROS installation.
 
-``bisenet-ros replay INPUT_BAG --output OUTPUT_BAG`` (module :mod:`bisenet_ros.replay.cli`) runs
+``bisenet-ros replay INPUT_BAG --output OUTPUT_BAG`` (module :mod:`bisenet_ros.commands.replay`) runs
 every camera frame of a ROS 2 bag (sqlite3 or MCAP) through the same engine and message codec
 as the ROS node and writes the node's topics to a new bag, optionally with an evaluation report.
 

@@ -274,7 +274,7 @@ def _print_summary(result: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None, **kwargs: Any) -> int:
-    """Entry point for ``python -m bisenet_ros.replay.cli`` (same as ``bisenet-ros replay``)."""
+    """Entry point for ``python -m bisenet_ros.commands.replay`` (same as ``bisenet-ros replay``)."""
     parser = argparse.ArgumentParser(prog="bisenet-ros replay", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv), **kwargs)

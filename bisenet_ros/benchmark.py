@@ -1,4 +1,5 @@
-"""``bisenet-ros bench``: backends and post-processing against the reference pipeline, in one run.
+"""Benchmark of backends and post-processing against the reference pipeline, in one run
+(``bisenet-ros bench``, :mod:`bisenet_ros.commands.bench`).
 
 For each variant x backend x precision it measures, in one run and on the same generated frames:
 
@@ -22,7 +23,6 @@ Results: a table on stdout, JSON (``--output``) and optionally a markdown table 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -33,40 +33,54 @@ import sys
 import tempfile
 import time
 import warnings
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
-from bisenet_ros.config import parse_resolution
-
-DEFAULT_OUTPUT = os.path.join("bench_results", "bench.json")
 NUM_FRAMES = 3  # distinct generated frames, cycled
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``bisenet-ros bench``."""
-    parser.add_argument("--variants", default="bisenetv2", help="comma-separated model variants (default bisenetv2)")
-    parser.add_argument("--backends", default="torch,onnxruntime,openvino", help="comma-separated backends")
-    parser.add_argument("--precisions", default="fp32,bf16",
-                        help="comma-separated precisions; combinations a backend/CPU lacks are reported "
-                             "as unavailable (default fp32,bf16)")
-    parser.add_argument("--device", default="cpu", help="device for all backends (default cpu)")
-    parser.add_argument("--weights", default=None,
-                        help="checkpoint for the (single) variant; default random weights")
-    parser.add_argument("--camera", default="1920x1080", help="camera frame size WIDTHxHEIGHT (default 1920x1080)")
-    parser.add_argument("--resolution", default="1024x512", help="network input WIDTHxHEIGHT (default 1024x512)")
-    parser.add_argument("--resize", default="stretch", choices=("stretch", "letterbox"))
-    parser.add_argument("--frames", type=int, default=8, help="timed frames per configuration (default 8)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed frames per process first (default 2)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="split the frames over this many rounds of all configurations, in "
-                             "alternating order, against load drift (default 2)")
-    parser.add_argument("--num-threads", dest="num_threads", type=int, default=0,
-                        help="CPU threads per backend; 0 = backend default")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the reference pipeline")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"JSON results (default {DEFAULT_OUTPUT})")
-    parser.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+@dataclass
+class BenchOptions:
+    """What ``bisenet-ros bench`` measures (defaults as on its command line).
+
+    Attributes:
+        variants: Model variants to benchmark.
+        backends: Engine backends (``torch``, ``onnxruntime``, ``openvino``).
+        precisions: Precisions; combinations a backend/CPU lacks are reported as unavailable.
+        device: Device for all backends.
+        weights: Checkpoint for a single variant; None = shared random weights.
+        camera: Camera frame ``(width, height)`` in pixels.
+        network: Network input ``(width, height)`` in pixels.
+        resize: ``stretch`` or ``letterbox``.
+        frames: Timed frames per configuration.
+        warmup: Untimed frames per process first.
+        rounds: Rounds over all configurations, in alternating order.
+        num_threads: CPU threads per backend; 0 = backend default.
+        baseline: Whether to run the reference pipeline.
+    """
+
+    variants: list[str] = field(default_factory=lambda: ["bisenetv2"])
+    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime", "openvino"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    device: str = "cpu"
+    weights: str | None = None
+    camera: tuple[int, int] = (1920, 1080)
+    network: tuple[int, int] = (1024, 512)
+    resize: str = "stretch"
+    frames: int = 8
+    warmup: int = 2
+    rounds: int = 2
+    num_threads: int = 0
+    baseline: bool = True
+
+    def __post_init__(self) -> None:
+        if self.weights and len(self.variants) > 1:
+            raise ValueError("weights: a checkpoint belongs to one variant; benchmark a single variant with it")
+        if self.frames < 1 or self.warmup < 0 or self.rounds < 1:
+            raise ValueError(f"frames={self.frames}, warmup={self.warmup}, rounds={self.rounds}: expected "
+                             "frames >= 1, warmup >= 0, rounds >= 1")
 
 
 # ----------------------------------------------------------------------------- the baseline
@@ -154,11 +168,11 @@ def _export(weights: str, variant: str, resolution: tuple[int, int], directory: 
     return path
 
 
-def _segmenter_options(args: argparse.Namespace, variant: str, weights: str, backend: str,
+def _segmenter_options(options: BenchOptions, variant: str, weights: str, backend: str,
                        precision: str) -> dict[str, Any]:
     return {"variant": variant, "weights": weights, "backend": backend, "precision": precision,
-            "device": args.device, "resolution": parse_resolution(args.resolution), "resize": args.resize,
-            "confidence": True, "num_threads": args.num_threads}
+            "device": options.device, "resolution": options.network, "resize": options.resize,
+            "confidence": True, "num_threads": options.num_threads}
 
 
 def _cpu_name() -> str:
@@ -256,7 +270,7 @@ def _worker_env() -> dict[str, str]:
 
 def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     try:
-        proc = subprocess.run([sys.executable, "-m", "bisenet_ros.cli", "bench", "--worker", json.dumps(spec)],
+        proc = subprocess.run([sys.executable, "-m", "bisenet_ros.benchmark", json.dumps(spec)],
                               capture_output=True, text=True, timeout=1800, check=False, env=_worker_env())
     except subprocess.TimeoutExpired:
         return {"status": "error", "reason": "timed out after 30 minutes"}
@@ -282,28 +296,25 @@ def _peak_rss_mb() -> float:
 
 # ----------------------------------------------------------------------------- the run
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``bisenet-ros bench``."""
-    if args.worker:
-        return _worker(args.worker)
-    camera = parse_resolution(args.camera)
-    network = parse_resolution(args.resolution)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    if args.weights and len(variants) > 1:
-        print("bisenet-ros bench: error: --weights needs a single variant")
-        return 2
+def run_benchmark(options: BenchOptions, log: Callable[..., None] = print) -> dict[str, Any]:
+    """Measure every configuration of ``options``; returns the report (``meta`` and ``results``).
+
+    Args:
+        options: What to measure.
+        log: Progress printer (``print``-like; it gets ``end`` and ``flush`` keywords).
+    """
+    camera, network = options.camera, options.network
+    variants, backends, precisions = options.variants, options.backends, options.precisions
     load_before = os.getloadavg()
-    print(f"bench: {', '.join(variants)} | camera {camera[0]}x{camera[1]} -> network {network[0]}x{network[1]} | "
-          f"{args.frames} timed frames per configuration | {_cpu_name()}, {os.cpu_count()} CPUs | "
-          f"load {load_before[0]:.2f}", flush=True)
+    log(f"bench: {', '.join(variants)} | camera {camera[0]}x{camera[1]} -> network {network[0]}x{network[1]} | "
+        f"{options.frames} timed frames per configuration | {_cpu_name()}, {os.cpu_count()} CPUs | "
+        f"load {load_before[0]:.2f}", flush=True)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bisenet_bench_") as tmp:
         for variant in variants:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                weights = args.weights or _random_checkpoint(variant, tmp)
+                weights = options.weights or _random_checkpoint(variant, tmp)
                 onnx_weights = None
                 if any(b != "torch" for b in backends):
                     # The deploy path: ONNX backends run an exported file, without torch in the process.
@@ -311,20 +322,20 @@ def run(args: argparse.Namespace) -> int:
             jobs: list[tuple[dict[str, Any], dict[str, Any]]] = []
             for backend in backends:
                 for precision in precisions:
-                    options = _segmenter_options(args, variant, weights, backend, precision)
+                    engine_options = _segmenter_options(options, variant, weights, backend, precision)
                     if backend != "torch":
-                        options["weights"] = onnx_weights
-                    row = {"variant": variant, "backend": backend, "precision": precision, "device": args.device}
-                    jobs.append((row, {"kind": "engine", "options": options}))
-            if args.baseline:
+                        engine_options["weights"] = onnx_weights
+                    row = {"variant": variant, "backend": backend, "precision": precision, "device": options.device}
+                    jobs.append((row, {"kind": "engine", "options": engine_options}))
+            if options.baseline:
                 row = {"variant": variant, "backend": "baseline (eager torch, NumPy post)", "precision": "fp32",
                        "device": "cpu"}
                 jobs.append((row, {"kind": "baseline", "options": {"variant": variant, "weights": weights,
                                                                    "resolution": list(network)}}))
             labels: dict[int, dict[str, np.ndarray]] = {}
             measured_all: dict[int, dict[str, Any]] = {}
-            rounds = max(1, args.rounds)
-            per_round = max(1, -(-args.frames // rounds))
+            rounds = max(1, options.rounds)
+            per_round = max(1, -(-options.frames // rounds))
             for round_index in range(rounds):
                 # Alternate the order (A B C, C B A, ...) so that a load drift on the machine does
                 # not favour whichever configuration happens to run first.
@@ -334,16 +345,16 @@ def run(args: argparse.Namespace) -> int:
                 for number, (row, spec) in order:
                     if number in measured_all and measured_all[number]["status"] != "ok":
                         continue
-                    spec.update(camera=list(camera), frames=per_round, warmup=args.warmup,
+                    spec.update(camera=list(camera), frames=per_round, warmup=options.warmup,
                                 labels_path=os.path.join(tmp, f"labels_{variant}_{number}.npz"))
-                    print(f"  [{round_index + 1}/{rounds}] {row['variant']} {row['backend']} {row['precision']} ...",
+                    log(f"  [{round_index + 1}/{rounds}] {row['variant']} {row['backend']} {row['precision']} ...",
                           end=" ", flush=True)
                     measured = _run_worker(spec)
                     if measured["status"] != "ok":
-                        print(f"{measured['status']}: {measured['reason']}", flush=True)
+                        log(f"{measured['status']}: {measured['reason']}", flush=True)
                         measured_all[number] = measured
                         continue
-                    print(f"model {statistics.median(measured['model']):.1f} ms, "
+                    log(f"model {statistics.median(measured['model']):.1f} ms, "
                           f"e2e {statistics.median(measured['e2e']):.1f} ms", flush=True)
                     if number not in measured_all:
                         measured_all[number] = measured
@@ -385,9 +396,9 @@ def run(args: argparse.Namespace) -> int:
         "meta": {
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": _cpu_name(),
             "cpus": os.cpu_count(), "versions": _versions(), "camera": list(camera),
-            "network": list(network), "resize": args.resize, "frames": args.frames, "warmup": args.warmup,
-            "rounds": args.rounds,
-            "weights": args.weights or "random (no published weights offline; timings are unaffected, "
+            "network": list(network), "resize": options.resize, "frames": options.frames, "warmup": options.warmup,
+            "rounds": options.rounds,
+            "weights": options.weights or "random (no published weights offline; timings are unaffected, "
                                        "agreement figures are only indicative)",
             "outputs": "labels, color, overlay, drivable, confidence at camera resolution",
             "method": "one process per configuration and round, rounds in alternating order (runtimes' thread pools "
@@ -397,17 +408,7 @@ def run(args: argparse.Namespace) -> int:
         },
         "results": results,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w", encoding="utf-8") as stream:
-        json.dump(report, stream, indent=2)
-    table = format_table(report)
-    print(table)
-    print(f"wrote {args.output}")
-    if args.markdown:
-        with open(args.markdown, "w", encoding="utf-8") as stream:
-            stream.write(table + "\n")
-        print(f"wrote {args.markdown}")
-    return 0
+    return report
 
 
 def _agreements(rows: list[dict[str, Any]], labels: dict[int, dict[str, np.ndarray]]) -> None:
@@ -467,7 +468,6 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(prog="bisenet-ros bench")
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))
+if __name__ == "__main__":
+    # One benchmark configuration in a child process (see _run_worker): argv[1] is its JSON spec.
+    sys.exit(_worker(sys.argv[1]))

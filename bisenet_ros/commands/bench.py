@@ -1,0 +1,72 @@
+"""``bisenet-ros bench``: backends and post-processing against the reference pipeline, in one run.
+
+    bisenet-ros bench --variants bisenetv2,stdc1 --backends onnxruntime,openvino --markdown table.md
+
+What is measured and how: :mod:`bisenet_ros.benchmark`. Results: a table on stdout, JSON
+(``--output``) and optionally a markdown table (``--markdown``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from bisenet_ros.benchmark import BenchOptions, format_table, run_benchmark
+from bisenet_ros.config import parse_resolution
+
+DEFAULT_OUTPUT = os.path.join("bench_results", "bench.json")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bisenet-ros bench``."""
+    parser.add_argument("--variants", default="bisenetv2", help="comma-separated model variants (default bisenetv2)")
+    parser.add_argument("--backends", default="torch,onnxruntime,openvino", help="comma-separated backends")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="comma-separated precisions; combinations a backend/CPU lacks are reported "
+                             "as unavailable (default fp32,bf16)")
+    parser.add_argument("--device", default="cpu", help="device for all backends (default cpu)")
+    parser.add_argument("--weights", default=None,
+                        help="checkpoint for the (single) variant; default random weights")
+    parser.add_argument("--camera", default="1920x1080", help="camera frame size WIDTHxHEIGHT (default 1920x1080)")
+    parser.add_argument("--resolution", default="1024x512", help="network input WIDTHxHEIGHT (default 1024x512)")
+    parser.add_argument("--resize", default="stretch", choices=("stretch", "letterbox"))
+    parser.add_argument("--frames", type=int, default=8, help="timed frames per configuration (default 8)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed frames per process first (default 2)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="split the frames over this many rounds of all configurations, in "
+                             "alternating order, against load drift (default 2)")
+    parser.add_argument("--num-threads", dest="num_threads", type=int, default=0,
+                        help="CPU threads per backend; 0 = backend default")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the reference pipeline")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help=f"JSON results (default {DEFAULT_OUTPUT})")
+    parser.add_argument("--markdown", default=None, help="also write the table as markdown to this file")
+
+
+def _names(value: str) -> list[str]:
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``bisenet-ros bench``."""
+    try:
+        options = BenchOptions(
+            variants=_names(args.variants), backends=_names(args.backends), precisions=_names(args.precisions),
+            device=args.device, weights=args.weights, camera=parse_resolution(args.camera),
+            network=parse_resolution(args.resolution), resize=args.resize, frames=args.frames,
+            warmup=args.warmup, rounds=args.rounds, num_threads=args.num_threads, baseline=args.baseline)
+    except ValueError as exc:
+        print(f"bisenet-ros bench: error: {exc}", file=sys.stderr)
+        return 2
+    report = run_benchmark(options)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as stream:
+        json.dump(report, stream, indent=2)
+    table = format_table(report)
+    print(table)
+    print(f"wrote {args.output}")
+    if args.markdown:
+        with open(args.markdown, "w", encoding="utf-8") as stream:
+            stream.write(table + "\n")
+        print(f"wrote {args.markdown}")
+    return 0

@@ -1,0 +1,83 @@
+"""``bisenet-ros export``: export a model to ONNX with its metadata embedded.
+
+    bisenet-ros export --variant stdc1 --weights model_maxmIOU50.pth --resolution 1024x512 -o stdc1.onnx
+
+The file format (metadata, graph outputs) is described in :mod:`bisenet_ros.inference.export`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from bisenet_ros.inference.export import DEFAULT_OPSET, export_onnx_bytes, verify_export
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``bisenet-ros export``."""
+    from bisenet_ros.config import SegmenterConfig
+
+    helps = {f: SegmenterConfig.__dataclass_fields__[f].metadata["help"]
+             for f in ("variant", "weights", "num_classes", "class_set", "resolution")}
+    parser.add_argument("--config", help="YAML file with segmenter options (variant, weights, ...)")
+    parser.add_argument("--variant", help=helps["variant"] + " (default: bisenetv2)")
+    parser.add_argument("--weights", help=helps["weights"].replace(" or exported .onnx file", ""))
+    parser.add_argument("--num-classes", dest="num_classes", help=helps["num_classes"])
+    parser.add_argument("--class-set", dest="class_set", help=helps["class_set"])
+    parser.add_argument("--resolution", help=helps["resolution"] + " Fixed in the exported file "
+                        "unless --dynamic (default: 1024x512)")
+    parser.add_argument("-o", "--output", help="output .onnx file (default: <variant>_<W>x<H>.onnx)")
+    parser.add_argument("--no-argmax", dest="argmax", action="store_false",
+                        help="output the logits instead of uint8 labels (slower: argmax on the host)")
+    parser.add_argument("--confidence", action="store_true",
+                        help="also output the per-pixel confidence (max softmax probability)")
+    parser.add_argument("--dynamic", action="store_true",
+                        help="dynamic input height/width (TensorRT and OpenVINO run fastest with fixed sizes)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip comparing ONNX Runtime with PyTorch after export")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``bisenet-ros export``."""
+    from bisenet_ros.config import SegmenterConfig
+    from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
+
+    overrides = {k: getattr(args, k) for k in ("variant", "weights", "num_classes", "class_set", "resolution")
+                 if getattr(args, k, None) is not None}
+    try:
+        if args.config:
+            config = SegmenterConfig.from_yaml(args.config, **overrides)
+        else:
+            config = SegmenterConfig.from_dict(overrides)
+        if config.weights and config.weights.endswith(".onnx"):
+            raise ValueError(f"--weights {config.weights}: already an ONNX file; give a .pth checkpoint")
+        model = load_torch_model(config)
+        class_set = resolve_class_set(config, model)
+        data, info = export_onnx_bytes(model, resolution=config.resolution, class_set=class_set,
+                                       argmax=args.argmax, confidence=args.confidence,
+                                       dynamic=args.dynamic, opset=args.opset)
+    except ValueError as exc:  # CheckpointError included
+        print(f"bisenet-ros export: error: {exc}")
+        return 2
+    width, height = config.resolution
+    output = args.output or f"{config.variant}_{width}x{height}.onnx"
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    # Temp file + rename: an interrupted export never leaves a truncated .onnx behind.
+    partial = f"{output}.partial"
+    with open(partial, "wb") as stream:
+        stream.write(data)
+    os.replace(partial, output)
+    print(f"wrote {output} ({len(data) / 1e6:.1f} MB): {info.variant}, {info.num_classes} classes, "
+          f"input {'dynamic' if info.input_size is None else f'{width}x{height}'}, outputs {', '.join(info.outputs)}")
+    if args.verify:
+        score = verify_export(model, data, info)
+        if info.argmax_in_graph:
+            print(f"verified with onnxruntime: labels agree with PyTorch on {score * 100:.3f}% of pixels")
+            ok = score >= 0.999
+        else:
+            print(f"verified with onnxruntime: max |logits difference| vs PyTorch = {score:.2e}")
+            ok = score <= 1e-3
+        if not ok:
+            print("bisenet-ros export: error: ONNX Runtime does not reproduce PyTorch")
+            return 1
+    return 0
