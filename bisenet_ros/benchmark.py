@@ -230,7 +230,7 @@ def _worker(spec_json: str) -> int:
                 except (ImportError, BackendError, ValueError) as exc:
                     print(json.dumps({"status": "unavailable", "reason": str(exc).splitlines()[0]}))
                     return 0
-                out["engine"] = pipeline.describe()
+                out["engine"] = pipeline.provenance()
                 _, blob, _ = pipeline.preprocess(frames[0])
                 blob = blob.copy()
                 model_only = lambda: pipeline.backend.run(blob)  # noqa: E731

@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module of :mod:`bisenet_ros.commands` exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; it is imported only when chosen, so ``bisenet-ros --help`` stays fast and
-a missing optional dependency only affects the command that needs it.
+a missing optional dependency only affects the command that needs it. A user error (bad option,
+file or data; a missing package) ends as one line and exit status 1; ``--debug`` anywhere on the
+command line shows its traceback.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import importlib
 import sys
 from typing import Sequence
 
-from bisenet_ros.runtime import prefer_passive_openmp
+from bisenet_ros.runtime import pop_debug_flag, prefer_passive_openmp, run_command
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -33,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     prefer_passive_openmp()  # before any command imports torch
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = pop_debug_flag(argv)
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
         if argv and not argv[0].startswith("-"):
@@ -45,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"bisenet-ros {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
     args = parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    return run_command(f"bisenet-ros {name}", module.run, args, debug=debug)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,8 @@ class SegmentationNode(Node):
             self.get_logger().fatal(f"invalid parameter: {err}")
             raise ParameterError(str(err)) from err
 
+        from bisenet_ros.inference import engine_provenance
+
         if segmenter_factory is None:
             from bisenet_ros.inference import Segmenter as segmenter_factory
         self.get_logger().info(
@@ -144,6 +146,14 @@ class SegmentationNode(Node):
                 self.get_logger().fatal(f"the segmentation engine fails on a blank frame: {err}")
                 raise StartupError(str(err)) from err
 
+        # What actually runs (an .onnx file's own variant, size and classes win over the
+        # parameters): diagnostics report this, never the parameter defaults.
+        self.engine_info = engine_provenance(self.segmenter)
+        self.get_logger().info(
+            "engine: {variant} {res} ({num_classes} classes) on {backend}/{device} {precision}".format(
+                res="x".join(str(v) for v in self.engine_info.get("resolution") or ["?"]),
+                **{k: self.engine_info.get(k) for k in (
+                    "variant", "num_classes", "backend", "device", "precision")}))
         self.stats = PipelineStats()
         self._slot: LatestFrameSlot[Any] = LatestFrameSlot()
 
@@ -287,9 +297,9 @@ class SegmentationNode(Node):
                   outputs.ERROR: DiagnosticStatus.ERROR}
         status = DiagnosticStatus(
             level=levels[level], name=f"{self.get_fully_qualified_name()}: segmentation",
-            message=message, hardware_id=str(self.config.device),
+            message=message, hardware_id=str(self.engine_info.get("device") or self.config.device),
             values=[KeyValue(key=k, value=v)
-                    for k, v in outputs.diagnostic_values(snapshot, self.config)])
+                    for k, v in outputs.diagnostic_values(snapshot, self.engine_info)])
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [status]

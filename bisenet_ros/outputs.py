@@ -151,7 +151,8 @@ def diagnostic_level(stats: Mapping[str, Any]) -> tuple[int, str]:
     return OK, "segmenting"
 
 
-def diagnostic_values(stats: Mapping[str, Any], config: Any = None) -> list[tuple[str, str]]:
+def diagnostic_values(stats: Mapping[str, Any],
+                      engine: Mapping[str, Any] | None = None) -> list[tuple[str, str]]:
     """Diagnostics key/value pairs (``diagnostic_msgs/KeyValue``) for a stats snapshot.
 
     Keys: ``input_rate_hz``, ``output_rate_hz``, ``frames_received``, ``frames_processed``,
@@ -159,12 +160,14 @@ def diagnostic_values(stats: Mapping[str, Any], config: Any = None) -> list[tupl
     ``malformed``, ``errors``, ``latency_<stage>_ms`` (mean over the recent window, per engine
     stage plus ``decode``, ``publish`` and ``total``) and ``age_ms`` (frame stamp to publish).
 
-    With ``config`` (a ``SegmenterConfig``), ``variant``, ``backend``, ``device``, ``precision``
-    and ``resolution`` are appended, so a diagnostics viewer shows what is running.
+    With ``engine`` (the running engine's provenance,
+    :func:`bisenet_ros.inference.engine_provenance`), ``variant``, ``resolution``, ``num_classes``,
+    ``backend``, ``device``, ``precision`` (in effect) and ``weights_sha256`` are appended, so a
+    diagnostics viewer shows what is actually running, not what was configured.
 
     Args:
         stats: a :meth:`bisenet_ros.pipeline.PipelineStats.snapshot`.
-        config: optional ``SegmenterConfig`` of the running engine.
+        engine: optional provenance mapping of the running engine.
     """
     values: list[tuple[str, str]] = [
         ("input_rate_hz", f"{stats.get('input_rate_hz', 0.0):.2f}"),
@@ -177,8 +180,11 @@ def diagnostic_values(stats: Mapping[str, Any], config: Any = None) -> list[tupl
         values.append((f"latency_{stage}_ms", f"{ms:.2f}"))
     if stats.get("age_ms") is not None:
         values.append(("age_ms", f"{stats['age_ms']:.2f}"))
-    if config is not None:
-        values += [("variant", str(config.variant)), ("backend", str(config.backend)),
-                   ("device", str(config.device)), ("precision", str(config.precision)),
-                   ("resolution", "x".join(str(v) for v in config.resolution))]
+    if engine is not None:
+        for key in ("variant", "resolution", "num_classes", "backend", "device", "precision",
+                    "precision_reason", "weights_sha256"):
+            value = engine.get(key)
+            if value is None:
+                continue
+            values.append((key, "x".join(str(v) for v in value) if key == "resolution" else str(value)))
     return values

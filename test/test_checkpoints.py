@@ -138,8 +138,10 @@ def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "model_final_v2_city.pth"
     torch.save(make_checkpoint(build_model("bisenetv2")), path)
     path.write_bytes(path.read_bytes()[: 5000])  # truncated download
-    with pytest.raises(CheckpointError, match=r"model_final_v2_city\.pth: cannot be read"):
+    with pytest.raises(CheckpointError, match=r"model_final_v2_city\.pth: not a readable PyTorch "
+                       r"checkpoint \(5000 bytes\): the file is corrupt, truncated") as error:
         build_model("bisenetv2", weights=path)
+    assert "weights_only" not in str(error.value) and "Download it again" in str(error.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -155,8 +157,13 @@ class _Payload:
 def test_arbitrary_pickles_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"model": _Payload()}, path)
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="holds Python objects other than tensors") as error:
         build_model("bisenetv2", weights=path)
+    # PyTorch's own message advises re-running torch.load with weights_only=False, i.e. letting
+    # the file run code: ours must never pass that on.
+    message = str(error.value)
+    assert "weights_only" not in message and "can run arbitrary code" in message
+    assert "(it holds a print object)" in message  # names what the file holds
 
 
 def test_other_variant_names_both(tmp_path: Path) -> None:

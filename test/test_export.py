@@ -139,4 +139,4 @@ def test_export_command(tmp_path, capsys) -> None:
     assert result.labels.shape == (30, 50) and result.confidence.shape == (30, 50)
 
     assert cli_main(["export", "--weights", str(tmp_path / "missing.pth"), "-o", str(output)]) == 2
-    assert "no such file" in capsys.readouterr().out
+    assert "no such file" in capsys.readouterr().err  # errors go to stderr

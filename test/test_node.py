@@ -465,3 +465,26 @@ def test_docs_list_every_parameter_and_topic() -> None:
     for topic in ("~/mask", "~/color_mask", "~/overlay", "~/drivable_mask", "~/confidence",
                   "~/label_info", "/diagnostics"):
         assert f"`{topic}`" in doc, topic
+
+
+def test_diagnostics_name_the_model_that_runs(ros: Any, tmp_path: Path) -> None:
+    """An .onnx file's own variant and size win over the parameters; diagnostics say so."""
+    import torch
+
+    from bisenet_ros.config import SegmenterConfig
+    from bisenet_ros.inference import Segmenter
+    from bisenet_ros.inference.export import export_onnx
+    from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
+
+    torch.manual_seed(0)
+    config = SegmenterConfig(variant="stdc1")
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        model = load_torch_model(config)
+    onnx = tmp_path / "stdc1_64x32.onnx"
+    export_onnx(model, str(onnx), resolution=(64, 32), class_set=resolve_class_set(config, model))
+    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="128x64", weights=str(onnx),
+                    backend="onnxruntime")
+    status, values = _diagnostics(ros, node)
+    assert values["variant"] == "stdc1" and values["resolution"] == "64x32"
+    assert values["backend"] == "onnxruntime" and values["precision"] == "fp32"
+    assert len(values["weights_sha256"]) == 12 and status.hardware_id == "cpu"

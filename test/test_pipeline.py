@@ -81,11 +81,13 @@ def test_diagnostic_values_keys_and_format() -> None:
     stats = PipelineStats()
     stats.count("frames_received")
     stats.record_frame({"decode": 1.234, "inference": 50.0}, age_ms=None)
-    config = config_from_parameters({"resolution": "128x64", "variant": "stdc1"})
-    values = dict(outputs.diagnostic_values(stats.snapshot(), config))
+    engine = {"variant": "stdc1", "resolution": [128, 64], "num_classes": 19, "backend": "onnxruntime",
+              "device": "cpu", "precision": "fp32", "weights_sha256": "0123456789ab", "weights": None}
+    values = dict(outputs.diagnostic_values(stats.snapshot(), engine))
     assert values["latency_decode_ms"] == "1.23" and values["latency_inference_ms"] == "50.00"
     assert values["frames_processed"] == "1" and "age_ms" not in values
     assert values["variant"] == "stdc1" and values["resolution"] == "128x64"
+    assert values["num_classes"] == "19" and values["weights_sha256"] == "0123456789ab"
     assert all(isinstance(v, str) for v in values.values())
 
 

@@ -8,6 +8,8 @@ Run from a clone of the repository (the training package is not installed with t
     python -m training eval runs/synth --multi-scale
     python -m training export runs/synth --out model.onnx
     python -m training drive --out drive_bag --frames 80
+
+A user error ends as one line and exit status 1; add --debug for its traceback.
 """
 from __future__ import annotations
 
@@ -27,12 +29,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch to the command module (imported only when chosen, so --help stays fast)."""
-    from bisenet_ros.runtime import prefer_passive_openmp
+    from bisenet_ros.runtime import pop_debug_flag, prefer_passive_openmp, run_command
 
     # Before torch is imported: sleeping, not spinning, OpenMP threads (see bisenet_ros.runtime);
     # spinning threads made training steps several times slower on a busy 2-core machine.
     prefer_passive_openmp()
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = pop_debug_flag(argv)
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.splitlines()[2:]))
@@ -47,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = argparse.ArgumentParser(prog=f"python -m training {argv[0]}", description=COMMANDS[argv[0]][1])
     module.add_arguments(cmd)
     args = cmd.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    # A user error (no dataset there, a bad recipe value, a corrupt checkpoint) ends as one line
+    # and exit status 1; tracebacks are for bugs, or with --debug.
+    return run_command(f"python -m training {argv[0]}", module.run, args, debug=debug)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from bisenet_ros.inference.export import DEFAULT_OPSET, export_onnx_bytes, verify_export
 
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                                        argmax=args.argmax, confidence=args.confidence,
                                        dynamic=args.dynamic, opset=args.opset)
     except ValueError as exc:  # CheckpointError included
-        print(f"bisenet-ros export: error: {exc}")
+        print(f"bisenet-ros export: error: {exc}", file=sys.stderr)
         return 2
     width, height = config.resolution
     output = args.output or f"{config.variant}_{width}x{height}.onnx"
@@ -78,6 +79,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"verified with onnxruntime: max |logits difference| vs PyTorch = {score:.2e}")
             ok = score <= 1e-3
         if not ok:
-            print("bisenet-ros export: error: ONNX Runtime does not reproduce PyTorch")
+            print("bisenet-ros export: error: ONNX Runtime does not reproduce PyTorch", file=sys.stderr)
             return 1
     return 0

@@ -9,6 +9,6 @@ Importing this package imports NumPy and OpenCV only; torch, onnxruntime and ope
 when a backend that needs them is constructed.
 """
 from bisenet_ros.inference.backends.base import BackendError
-from bisenet_ros.inference.segmenter import OUTPUTS, SegmentationResult, Segmenter
+from bisenet_ros.inference.segmenter import OUTPUTS, SegmentationResult, Segmenter, engine_provenance
 
-__all__ = ["OUTPUTS", "BackendError", "SegmentationResult", "Segmenter"]
+__all__ = ["OUTPUTS", "BackendError", "SegmentationResult", "Segmenter", "engine_provenance"]

@@ -13,6 +13,7 @@ The Segmenter is not thread-safe (it reuses its input buffer): use one per threa
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 import time
@@ -107,6 +108,40 @@ def resolve_class_set(config: SegmenterConfig, model: Any = None) -> ClassSet:
     return load_class_set(config.class_set, config.num_classes)
 
 
+def file_digest(path: str | os.PathLike[str], length: int = 12) -> str:
+    """The first ``length`` hex digits of the SHA-256 of a file (identifies weights in reports).
+
+    Raises:
+        OSError: The file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def engine_provenance(engine: Any) -> dict[str, Any]:
+    """:meth:`Segmenter.provenance` of ``engine``; for another engine object (a test double, a
+    custom engine) what its ``config`` says, with the class count from its ``class_names``.
+
+    Returns:
+        A dict with at least ``variant``, ``resolution``, ``num_classes``, ``backend``, ``device``
+        and ``precision`` (None where the engine does not say).
+    """
+    provenance = getattr(engine, "provenance", None)
+    if callable(provenance):
+        return dict(provenance())
+    config = getattr(engine, "config", None)
+    names = getattr(engine, "class_names", None)
+    fields = ("variant", "resolution", "backend", "device", "precision", "resize", "weights")
+    out: dict[str, Any] = {name: getattr(config, name, None) for name in fields}
+    if out["resolution"] is not None:
+        out["resolution"] = list(out["resolution"])
+    out["num_classes"] = len(names) if names is not None else getattr(config, "num_classes", None)
+    return out
+
+
 class Segmenter:
     """Semantic segmentation of camera frames with a BiSeNet/STDC model on a chosen backend.
 
@@ -167,6 +202,7 @@ class Segmenter:
         self._warned_confidence = False
         width, height = config.resolution
         self._blob = np.empty((1, 3, height, width), dtype=np.float32)
+        self._provenance: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -253,6 +289,35 @@ class Segmenter:
         """One line for logs: variant, backend, device, precision, network size."""
         width, height = self.network_size
         return f"{self.config.variant} {width}x{height} on {self.backend.describe()} ({self.config.resize})"
+
+    def provenance(self) -> dict[str, Any]:
+        """What this engine actually runs, for reports, ``metrics.json``, diagnostics and the bench.
+
+        Every field comes from the engine as built: an ``.onnx`` file's own variant, input size and
+        classes win over the options it was built from, and ``precision`` is the backend's, i.e.
+        the precision in effect.
+
+        Returns:
+            ``variant``, ``resolution`` (``[width, height]`` of the network input, pixels),
+            ``num_classes``, ``class_set`` (name of the class list), ``backend``, ``device``,
+            ``precision``, ``runtime`` (the backend's own one-line description, e.g. the ONNX
+            Runtime execution provider), ``resize``, ``weights`` (path or None for random
+            weights), ``weights_sha256`` (first 12 hex digits of the file's SHA-256, or None).
+        """
+        if self._provenance is None:
+            weights = self.config.weights
+            self._provenance = {
+                "variant": self.config.variant, "resolution": list(self.network_size),
+                "num_classes": len(self.class_set.names), "class_set": self.class_set.name,
+                "backend": self.backend.name, "device": self.backend.device,
+                "precision": self.backend.precision, "runtime": self.backend.describe(),
+                "resize": self.config.resize, "weights": weights,
+                "weights_sha256": file_digest(weights) if weights else None,
+            }
+            reason = getattr(self, "precision_reason", None)
+            if reason:
+                self._provenance["precision_reason"] = reason
+        return dict(self._provenance)
 
     def geometry(self, frame_width: int, frame_height: int) -> FitGeometry:
         """How a frame of this size is placed in the network input (cached per size)."""

@@ -21,6 +21,7 @@ file, the detected format and the first offending keys.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import warnings
 from dataclasses import dataclass
@@ -103,18 +104,36 @@ def make_checkpoint(model: nn.Module, *, class_names: list[str] | None = None,
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Any:
-    """``torch.load`` with weights_only, turning every failure into a :class:`CheckpointError`."""
+    """``torch.load`` with weights_only, turning every failure into a :class:`CheckpointError`.
+
+    The message says what the file is not and how to get a good one. PyTorch's own text is not
+    passed on: for a file holding arbitrary Python objects it advises turning the safety check
+    off, which would let a downloaded file run code on the robot.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # zip/pickle/format errors all mean the same to the user
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": noise next to the error below.
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # zip/pickle/format errors: classified below
+        text = str(error)
+        if "Weights only load failed" in text or isinstance(error, pickle.UnpicklingError):
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f" (it holds a {found.group(1)} object)" if found else ""
+            raise CheckpointError(
+                f"{path}: holds Python objects other than tensors, numbers, strings, lists and "
+                f"dicts{what}, which bisenet_ros never unpickles because loading them can run "
+                "arbitrary code. Use a checkpoint saved as a plain state_dict (the published "
+                "BiSeNet/STDC release files are), or where the model was made save "
+                "torch.save(model.state_dict(), 'model.pth') and load that.") from None
+        size = os.path.getsize(path)
         raise CheckpointError(
-            f"{path}: cannot be read as a PyTorch checkpoint ({reason}). The file is corrupt, "
-            "truncated, not a .pth file, or holds pickled objects other than tensors (refused for "
-            "safety); re-download it or re-export it as a plain state_dict.") from error
+            f"{path}: not a readable PyTorch checkpoint ({size} bytes): the file is corrupt, "
+            "truncated or not a .pth file. Download it again (compare its size and checksum with "
+            "the publisher's) or re-export it.") from None
 
 
 def detect_format(checkpoint: Any, path: str = "<checkpoint>") -> tuple[str, str, dict[str, torch.Tensor], dict]:

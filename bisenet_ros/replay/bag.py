@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from bisenet_ros.replay.messages import IMAGE, IMAGE_TYPES
+from bisenet_ros.runtime import UserError
 
 LOG = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 STORAGE_SUFFIXES = {".mcap": "mcap", ".db3": "sqlite3"}
 
 
-class BagError(RuntimeError):
+class BagError(RuntimeError, UserError):
     """The input bag cannot be used at all (missing, not a bag, no image topic, ...)."""
 
 

@@ -30,14 +30,16 @@ from typing import Any, Iterator, Protocol, Sequence, TextIO
 import numpy as np
 
 from bisenet_ros import codec, outputs as node_outputs
+from bisenet_ros.inference.segmenter import engine_provenance
 from bisenet_ros.replay import metrics as M
 from bisenet_ros.replay.bag import BagError, InputBag, TopicInfo
 from bisenet_ros.replay.groundtruth import FolderLabels, StampMatcher
 from bisenet_ros.replay.messages import (
-    COMPRESSED_IMAGE, IMAGE, deserialize, make_header, make_image, make_label_info, stamp_to_ns,
+    COMPRESSED_IMAGE, IMAGE, deserialize, make_image, make_label_info, stamp_to_ns,
     typestore,
 )
 from bisenet_ros.replay.progress import Progress
+from bisenet_ros.runtime import UserError
 from bisenet_ros.replay.writer import DEFAULT_NODE_NAME, OutputBag, prepare_output_path
 
 # Exit statuses of a replay.
@@ -49,7 +51,7 @@ EXIT_SIGNAL_BASE = 128  # + signal number, as a shell reports a process ended by
 DEFAULT_OUTPUTS = ("mask", "color_mask", "overlay", "drivable_mask")
 
 
-class OutputError(RuntimeError):
+class OutputError(RuntimeError, UserError):
     """The output bag cannot be created (permissions, disk, path)."""
 
 
@@ -136,7 +138,9 @@ class ReplayResult:
     class_names: list[str] = dataclasses.field(default_factory=list)
     drivable_ids: list[int] = dataclasses.field(default_factory=list)
     config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    engine: dict[str, Any] = dataclasses.field(default_factory=dict)  # what actually ran
     frames_read: int = 0
+    unnormalized_stamps: int = 0  # image headers with nanosec outside 0..1e9-1, copied unchanged
     frames: list[FrameRecord] = dataclasses.field(default_factory=list)
     corrupt: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     corrupt_labels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -187,10 +191,14 @@ class _Frame:
     index: int
     bag_ns: int
     stamp_ns: int
-    frame_id: str
+    header: Any  # the input message's std_msgs/Header, copied onto every output as the node does
     image: np.ndarray
     color_order: str
     decode_ms: float
+
+    @property
+    def frame_id(self) -> str:
+        return str(self.header.frame_id)
 
 
 @dataclasses.dataclass
@@ -282,6 +290,9 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         result.drivable_ids = resolve_drivable_ids(config.drivable_classes, result.class_names)
     if config is not None and hasattr(config, "to_dict"):
         result.config = config.to_dict()
+    # Provenance from the engine that was built (an .onnx file overrides the configured variant,
+    # size and classes), never from the options it was asked for.
+    result.engine = engine_provenance(engine)
     for name in options.outputs:
         if name not in node_outputs.OUTPUT_TOPICS:
             raise ValueError(f"output {name!r}: expected some of {', '.join(node_outputs.OUTPUT_TOPICS)}")
@@ -309,6 +320,11 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         if owned:
             bag.close()
     result.damage = list(bag.damage) + result.damage
+    if result.unnormalized_stamps:
+        result.warnings.append(
+            f"{result.unnormalized_stamps} image message(s) carry a header stamp with nanosec outside "
+            "0..999999999 (not normalized by their recorder); the outputs copy them unchanged, as the "
+            "node does, so consumers can still pair them by exact stamp")
     result.warnings = list(dict.fromkeys(list(bag.warnings) + result.warnings))  # once each
     return result
 
@@ -492,8 +508,9 @@ def _read(bag: InputBag, image_topic: TopicInfo, copy: list[str], options: Repla
                     else:
                         image, order = codec.decode_image(msg)
                     item = _Frame(index, raw.timestamp, stamp_to_ns(msg.header.stamp),
-                                  str(msg.header.frame_id), image, order,
-                                  (time.perf_counter() - t0) * 1e3)
+                                  msg.header, image, order, (time.perf_counter() - t0) * 1e3)
+                    if not 0 <= msg.header.stamp.nanosec < 1_000_000_000:
+                        result.unnormalized_stamps += 1
                 except Exception as err:  # noqa: BLE001 - a bad message never aborts the run
                     result.corrupt.append({"index": index, "bag_ns": raw.timestamp,
                                            "reason": _reason(err)})
@@ -602,7 +619,10 @@ class _Sink:
     def frame(self, done: _Done) -> None:
         frame, res = done.frame, done.result
         t0 = time.perf_counter()
-        header = make_header(frame.stamp_ns, frame.frame_id)
+        # The input header bit for bit, as the node copies it: consumers pair the outputs with the
+        # camera image by exact stamp (message_filters ExactTime), so even a stamp that is not
+        # normalized (nanosec >= 1e9, as some recorders write) must come out unchanged.
+        header = frame.header
         if not self.label_info_written:
             # The node publishes the class map once, latched; a recording of it holds one message.
             info = node_outputs.label_info_fields(self.result.class_names)

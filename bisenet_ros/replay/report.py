@@ -84,7 +84,9 @@ def build_metrics(result: ReplayResult) -> dict[str, Any]:
         },
         "output": {"bag": str(opts.output), "storage": opts.storage, "closed": result.output_closed,
                    "messages": result.output_counts},
-        "engine": result.config,
+        # What ran (from the engine built), and the options it was built from.
+        "engine": result.engine,
+        "config": result.config,
         "status": {
             "exit_code": result.exit_code,
             "interrupted": result.interrupted,
@@ -251,6 +253,17 @@ def _fmt(value: Any, digits: int = 3, suffix: str = "") -> str:
     return f"{value}{suffix}"
 
 
+def model_summary(engine: dict[str, Any]) -> str:
+    """One line naming the model that ran, from an engine provenance dict
+    (:func:`bisenet_ros.inference.engine_provenance`)."""
+    weights = engine.get("weights") or "random weights"
+    if engine.get("weights_sha256"):
+        weights += f" (sha256 {engine['weights_sha256']})"
+    return (f"{engine.get('variant', '?')} at {'x'.join(map(str, engine.get('resolution') or ['?']))}, "
+            f"{engine.get('num_classes', '?')} classes, {engine.get('backend', '?')}/{engine.get('device', '?')} "
+            f"{engine.get('precision') or ''}, {weights}")
+
+
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -> str:
     out = ["<table>"]
     if header:
@@ -293,10 +306,7 @@ def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> 
         ("input", f"{inp['bag']} ({inp['storage']})"),
         ("camera topic", f"{inp['image_topic']} [{inp['image_type']}]"),
         ("output", f"{data['output']['bag']} ({data['output']['storage']})"),
-        ("model", f"{engine.get('variant', '?')} at "
-                  f"{'x'.join(map(str, engine.get('resolution') or ['?']))}, "
-                  f"{engine.get('backend', '?')}/{engine.get('device', '?')} "
-                  f"{engine.get('precision', '')}, weights {engine.get('weights') or 'random'}"),
+        ("model", model_summary(engine)),
         ("frames processed / in topic", f"{frames['processed']} / {inp['messages_in_topic']}"),
         ("corrupt messages skipped", frames["skipped_corrupt"]),
         ("bag frame rate", _fmt(inp["frame_rate_hz"], 2, " Hz")),

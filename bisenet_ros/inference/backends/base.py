@@ -17,8 +17,10 @@ from types import ModuleType
 
 import numpy as np
 
+from bisenet_ros.runtime import UserError
 
-class BackendError(RuntimeError):
+
+class BackendError(RuntimeError, UserError):
     """A backend cannot run as configured here (device, execution provider or precision missing).
 
     Raised at construction, never on the first frame. A missing Python package raises
