@@ -18,7 +18,9 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
-        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        # Parameter files, the recommended DDS configurations and the matching sysctl settings.
+        ("share/" + package_name + "/config",
+         glob("config/*.yaml") + glob("config/*.xml") + glob("config/*.conf")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -23,6 +23,8 @@ before inference, frames older than ``max_frame_age`` and malformed messages are
 from __future__ import annotations
 
 import array
+import os
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -43,10 +45,14 @@ from bisenet_ros.pipeline import (
     LatestFrameSlot, NodeOptions, ParameterSpec, PipelineStats, all_parameters,
     config_from_parameters, frame_age_s, is_stale, node_options_from_parameters, stamp_to_ns)
 from bisenet_ros.runtime import prefer_passive_openmp
+from bisenet_ros.transport import DDS_DOCS, FrameGapEstimator, dds_config_problems
 
 # Throttle period of the per-frame warnings (malformed input, stale frames, engine errors):
 # a broken camera at 30 Hz must not flood the log, but the first occurrence is shown at once.
 LOG_THROTTLE_S = 5.0
+# Frames lost in transport recur on every frame until the DDS configuration is fixed: say it
+# once, then at most every 30 s.
+TRANSPORT_LOG_THROTTLE_S = 30.0
 
 
 class StartupError(Exception):
@@ -145,6 +151,7 @@ class SegmentationNode(Node):
                 raise StartupError(str(err)) from err
 
         self.stats = PipelineStats()
+        self.frame_gaps = FrameGapEstimator()
         self._slot: LatestFrameSlot[Any] = LatestFrameSlot()
 
         # Outputs: reliable keep-last matches reliable and best-effort subscribers (rviz, planners).
@@ -179,6 +186,14 @@ class SegmentationNode(Node):
     def _on_image(self, msg: Any) -> None:
         """Subscription callback: keep only the newest message, decode nothing here."""
         self.stats.count("frames_received")
+        gap = self.frame_gaps.observe(stamp_to_ns(msg.header.stamp))
+        if gap is not None:
+            self.get_logger().warning(
+                f"{gap.missing} camera frame(s) never reached this node (header stamps "
+                f"{gap.gap_s * 1e3:.0f} ms apart, camera period {gap.period_s * 1e3:.0f} ms): "
+                "large images are being dropped by the DDS transport (or the driver); see "
+                f"{DDS_DOCS} (config/cyclonedds.xml, net.core.rmem_max)",
+                throttle_duration_sec=TRANSPORT_LOG_THROTTLE_S)
         if self._slot.put(msg):
             self.stats.count("dropped_superseded")
 
@@ -281,7 +296,7 @@ class SegmentationNode(Node):
         self._label_info_publisher.publish(msg)
 
     def _publish_diagnostics(self) -> None:
-        snapshot = self.stats.snapshot()
+        snapshot = {**self.stats.snapshot(), **self.frame_gaps.snapshot()}
         level, message = outputs.diagnostic_level(snapshot)
         levels = {outputs.OK: DiagnosticStatus.OK, outputs.WARN: DiagnosticStatus.WARN,
                   outputs.ERROR: DiagnosticStatus.ERROR}
@@ -308,6 +323,13 @@ class SegmentationNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run bisenet_ros segmentation_node``; returns the exit status."""
     prefer_passive_openmp()  # before the engine imports torch
+    # Before rclpy.init: a CycloneDDS that cannot read its configuration fails inside rcl with
+    # a long trace; say which file is missing in one line instead.
+    for variable, problem in dds_config_problems():
+        print(f"[segmentation_node] {problem}", file=sys.stderr)
+        if variable == "CYCLONEDDS_URI" and "cyclonedds" in os.environ.get(
+                "RMW_IMPLEMENTATION", ""):
+            return 1
     rclpy.init(args=args)
     node = None
     try:

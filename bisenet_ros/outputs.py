@@ -148,6 +148,9 @@ def diagnostic_level(stats: Mapping[str, Any]) -> tuple[int, str]:
         return WARN, f"{recent['malformed']} malformed message(s) skipped recently"
     if recent.get("dropped_stale", 0):
         return WARN, f"{recent['dropped_stale']} stale frame(s) dropped recently"
+    if stats.get("recent_lost_upstream", 0):
+        return WARN, (f"{stats['recent_lost_upstream']} camera frame(s) lost before the node "
+                      "recently (header stamp gaps): see docs/node.md#large-images-and-dds")
     return OK, "segmenting"
 
 
@@ -158,6 +161,10 @@ def diagnostic_values(stats: Mapping[str, Any], config: Any = None) -> list[tupl
     ``dropped_stale``, ``dropped_superseded`` (replaced by a newer frame before inference),
     ``malformed``, ``errors``, ``latency_<stage>_ms`` (mean over the recent window, per engine
     stage plus ``decode``, ``publish`` and ``total``) and ``age_ms`` (frame stamp to publish).
+    From the camera's header stamps (:class:`bisenet_ros.transport.FrameGapEstimator`, when its
+    snapshot is merged in): ``camera_rate_hz``, ``frames_lost_upstream`` (frames that never
+    reached the node, estimated from stamp gaps), ``frame_gaps`` and ``arrival_ratio`` (recent
+    received / (received + lost)).
 
     With ``config`` (a ``SegmenterConfig``), ``variant``, ``backend``, ``device``, ``precision``
     and ``resolution`` are appended, so a diagnostics viewer shows what is running.
@@ -177,6 +184,12 @@ def diagnostic_values(stats: Mapping[str, Any], config: Any = None) -> list[tupl
         values.append((f"latency_{stage}_ms", f"{ms:.2f}"))
     if stats.get("age_ms") is not None:
         values.append(("age_ms", f"{stats['age_ms']:.2f}"))
+    if "frames_lost_upstream" in stats:
+        rate, ratio = stats.get("camera_rate_hz"), stats.get("recent_arrival_ratio")
+        values += [("camera_rate_hz", "unknown" if rate is None else f"{rate:.2f}"),
+                   ("frames_lost_upstream", str(int(stats["frames_lost_upstream"]))),
+                   ("frame_gaps", str(int(stats.get("frame_gaps", 0)))),
+                   ("arrival_ratio", "unknown" if ratio is None else f"{ratio:.3f}")]
     if config is not None:
         values += [("variant", str(config.variant)), ("backend", str(config.backend)),
                    ("device", str(config.device)), ("precision", str(config.precision)),

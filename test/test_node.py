@@ -333,6 +333,37 @@ def test_diagnostics_content(ros: Any) -> None:
     assert mask
 
 
+def test_frames_lost_before_the_node_are_estimated_from_stamps(ros: Any) -> None:
+    # What the issue measured at 1080p: most camera frames never reach the node. The node sees
+    # only the survivors; the gaps in their header stamps (30 Hz camera) reveal the losses.
+    node = ros.make()
+    camera = ros.camera()
+    period, t0 = 33_333_333, 1_700_000_000 * 10**9
+    indices = list(range(12)) + [12 + 5 * k for k in range(1, 9)]  # then 4 of 5 lost (5 first)
+    for i in indices:
+        camera.publish(ros.image(stamp_ns=t0 + i * period))
+    wait_until(lambda: node.stats.counters["frames_received"] == len(indices))
+    status, values = _diagnostics(ros, node)
+    assert values["frames_lost_upstream"] == "33" and values["frame_gaps"] == "8"
+    assert values["camera_rate_hz"] == "30.00"
+    assert status.level == sys.modules["diagnostic_msgs.msg"].DiagnosticStatus.WARN
+    warnings = [m for m in ros.graph.messages("warning") if "never reached this node" in m]
+    assert len(warnings) == 1  # throttled: one line, pointing to the docs
+    assert "docs/node.md#large-images-and-dds" in warnings[0] and "5 camera frame(s)" in warnings[0]
+
+
+def test_missing_cyclonedds_config_is_one_line_at_start(
+        ros: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        tmp_path: Path) -> None:
+    ros.rclpy.try_shutdown()
+    monkeypatch.setenv("CYCLONEDDS_URI", f"file://{tmp_path}/cyclonedds.xml")
+    monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
+    assert ros.module.main([]) == 1
+    assert not ros.graph.initialized  # refused before rclpy.init
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path}/cyclonedds.xml" in err[0] and "CYCLONEDDS_URI" in err[0]
+
+
 # ----------------------------------------------------------------------------- parameters
 
 
