@@ -32,8 +32,9 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "segmentation_node = bisenet_ros.node:main",
-            "bisenet-ros = bisenet_ros.cli:main",
+            # Both check the interpreter's packages first (one clear line if it is the wrong one).
+            "segmentation_node = bisenet_ros.runtime:segmentation_node",
+            "bisenet-ros = bisenet_ros.runtime:bisenet_ros_cli",
         ],
     },
 )
