@@ -180,6 +180,52 @@ def test_only_outputs_with_subscribers_are_computed(ros: Any) -> None:
     assert not any(p.topic_name.endswith("/confidence") for p in node.publishers)
 
 
+def test_planner_topics_first_then_compressed_visualization(ros: Any) -> None:
+    node = ros.make(jpeg_quality=90)
+    order: list[str] = []
+    qos = sys.modules["rclpy.qos"]
+    listener = rclpy_double.Node("order_listener")
+    got: dict[str, list] = {}
+    for topic, msg_type in (("mask", "Image"), ("drivable_mask", "Image"), ("overlay", "Image"),
+                            ("overlay/compressed", "CompressedImage"),
+                            ("color_mask/compressed", "CompressedImage")):
+        got[topic] = []
+        listener.create_subscription(
+            rclpy_style_class(f"sensor_msgs/msg/{msg_type}"), f"/segmentation/{topic}",
+            lambda m, t=topic: (order.append(t), got[t].append(m)), qos.QoSProfile(depth=10))
+    ros.camera().publish(ros.image(stamp_ns=1_700_000_000_000_000_007))
+    wait_until(lambda: len(order) == 5)
+    assert order[:2] == ["mask", "drivable_mask"]  # what planners need goes out first
+    labels = node.segmenter.labels_for(FRAME)
+    overlay = image_to_array(got["overlay"][0])
+    jpeg, png = got["overlay/compressed"][0], got["color_mask/compressed"][0]
+    for msg in (jpeg, png):
+        assert msg.header.frame_id == "cam_front" and msg.header.stamp.nanosec == 7
+        _serializes(msg, "sensor_msgs/msg/CompressedImage")
+    assert jpeg.format == "bgr8; jpeg compressed bgr8" and png.format == "bgr8; png compressed bgr8"
+    # the overlay's pixels, JPEG-encoded at the configured quality
+    expected = cv2.imencode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].reshape(-1)
+    np.testing.assert_array_equal(np.frombuffer(jpeg.data, np.uint8), expected)
+    decoded = cv2.imdecode(np.frombuffer(png.data, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(decoded, node.segmenter.palette[:, ::-1][labels])  # exact
+    assert node.segmenter.calls[0]["outputs"] == {"drivable", "overlay", "color"}
+    _, values = _diagnostics(ros, node)
+    assert float(values["latency_publish_planner_ms"]) <= float(values["latency_publish_ms"])
+
+
+def test_visualization_rate_limits_only_the_visualization(ros: Any) -> None:
+    node = ros.make(visualization_rate=0.5)  # one visualization frame per 2 s
+    mask, drivable = ros.listen("/segmentation/mask"), ros.listen("/segmentation/drivable_mask")
+    overlay = ros.listen("/segmentation/overlay")
+    compressed = ros.listen("/segmentation/overlay/compressed", "sensor_msgs/msg/CompressedImage")
+    camera = ros.camera()
+    for i in range(4):
+        camera.publish(ros.image(frame_id=f"f{i}"))
+        wait_until(lambda: len(mask) == i + 1)
+    assert len(drivable) == 4 and len(overlay) == 1 and len(compressed) == 1
+    assert node.segmenter.calls[1]["outputs"] == {"drivable"}  # not even computed
+
+
 def test_label_info_is_latched_for_late_subscribers(ros: Any) -> None:
     node = ros.make(num_classes=4)
     late = ros.listen("/segmentation/label_info", "vision_msgs/msg/LabelInfo", transient=True)
@@ -393,6 +439,9 @@ def test_parameters_declared_once_with_descriptors(ros: Any) -> None:
     ({"overlay_alpha": 1}, "of type 'INTEGER', expecting type 'DOUBLE'"),
     ({"image_topic": " "}, "image_topic is empty"),
     ({"num_classes": 0}, "out of range"),
+    ({"visualization_rate": 0.0}, "visualization_rate=0.0: expected a rate in Hz > 0"),
+    ({"visualization_rate": -5.0}, "visualization_rate=-5.0: expected a rate in Hz > 0"),
+    ({"visualization_resolution": "full"}, "expected one of: camera, network"),
 ])
 def test_bad_parameter_is_a_clear_error_at_start(ros: Any, params: dict, match: str) -> None:
     with pytest.raises(ros.module.ParameterError) as info:
