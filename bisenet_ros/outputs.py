@@ -161,7 +161,12 @@ def compress_image(image: np.ndarray, color_order: str, codec: str, *,
     if codec == "jpeg":
         ok, buffer = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
     else:
-        ok, buffer = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, int(png_level)])
+        params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_level)]
+        if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.10
+            # The colour mask is flat regions: PNG's row prediction filters buy little there,
+            # and libpng's per-row choice among them took 3/4 of the time (1080p: 36 -> 11 ms).
+            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+        ok, buffer = cv2.imencode(".png", bgr, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {image.shape} image as {codec}")
     return {"format": f"{source_encoding}; {codec} compressed bgr8", "data": buffer.reshape(-1)}
