@@ -18,7 +18,9 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
-        ("share/" + package_name + "/config", glob("config/*.yaml")),
+        # Parameter files, the recommended DDS configurations and the matching sysctl settings.
+        ("share/" + package_name + "/config",
+         glob("config/*.yaml") + glob("config/*.xml") + glob("config/*.conf")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -30,8 +32,9 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "segmentation_node = bisenet_ros.node:main",
-            "bisenet-ros = bisenet_ros.cli:main",
+            # Both check the interpreter's packages first (one clear line if it is the wrong one).
+            "segmentation_node = bisenet_ros.runtime:segmentation_node",
+            "bisenet-ros = bisenet_ros.runtime:bisenet_ros_cli",
         ],
     },
 )

@@ -10,9 +10,10 @@ Subscribes:
     ``image`` (sensor_msgs/Image; or ``image/compressed``, sensor_msgs/CompressedImage, with
     ``use_compressed``), sensor-data QoS by default.
 Publishes:
-    ``~/mask`` (mono8 class ids), ``~/color_mask`` and ``~/overlay`` (bgr8 or rgb8),
-    ``~/drivable_mask`` (mono8, 255 = drivable), ``~/confidence`` (32FC1 or mono8, with
-    ``publish_confidence``), ``~/label_info`` (vision_msgs/LabelInfo, transient local) and
+    ``~/mask`` (mono8 class ids), ``~/drivable_mask`` (mono8, 255 = drivable), ``~/confidence``
+    (32FC1 or mono8, with ``publish_confidence``): first, on every frame; then, at most
+    ``visualization_rate`` per second, ``~/color_mask`` and ``~/overlay`` (bgr8 or rgb8) and
+    ``~/overlay/compressed`` (JPEG) and ``~/color_mask/compressed`` (PNG), ``~/label_info`` (vision_msgs/LabelInfo, transient local) and
     ``/diagnostics`` (diagnostic_msgs/DiagnosticArray).
 
 Latency never builds up: the subscription callback only stores the newest message in a one-slot
@@ -23,6 +24,8 @@ before inference, frames older than ``max_frame_age`` and malformed messages are
 from __future__ import annotations
 
 import array
+import os
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -40,13 +43,17 @@ from vision_msgs.msg import LabelInfo, VisionClass
 from bisenet_ros import outputs
 from bisenet_ros.codec import CodecError, decode_compressed, decode_image
 from bisenet_ros.pipeline import (
-    LatestFrameSlot, NodeOptions, ParameterSpec, PipelineStats, all_parameters,
+    LatestFrameSlot, NodeOptions, ParameterSpec, PipelineStats, RateLimiter, all_parameters,
     config_from_parameters, frame_age_s, is_stale, node_options_from_parameters, stamp_to_ns)
 from bisenet_ros.runtime import prefer_passive_openmp
+from bisenet_ros.transport import DDS_DOCS, FrameGapEstimator, dds_config_problems
 
 # Throttle period of the per-frame warnings (malformed input, stale frames, engine errors):
 # a broken camera at 30 Hz must not flood the log, but the first occurrence is shown at once.
 LOG_THROTTLE_S = 5.0
+# Frames lost in transport recur on every frame until the DDS configuration is fixed: say it
+# once, then at most every 30 s.
+TRANSPORT_LOG_THROTTLE_S = 30.0
 
 
 class StartupError(Exception):
@@ -155,6 +162,7 @@ class SegmentationNode(Node):
                 **{k: self.engine_info.get(k) for k in (
                     "variant", "num_classes", "backend", "device", "precision")}))
         self.stats = PipelineStats()
+        self.frame_gaps = FrameGapEstimator()
         self._slot: LatestFrameSlot[Any] = LatestFrameSlot()
 
         # Outputs: reliable keep-last matches reliable and best-effort subscribers (rviz, planners).
@@ -163,6 +171,11 @@ class SegmentationNode(Node):
         topics = [t for t in outputs.OUTPUT_TOPICS
                   if t != "confidence" or self.options.publish_confidence]
         self._image_publishers = {t: self.create_publisher(Image, f"~/{t}", out_qos) for t in topics}
+        # image_transport "compressed" names (<topic>/compressed): rviz and image_transport
+        # subscribers pick them up as the compressed transport of ~/overlay and ~/color_mask.
+        self._image_publishers.update({t: self.create_publisher(CompressedImage, f"~/{t}", out_qos)
+                                       for t in outputs.COMPRESSED_TOPICS})
+        self._visualization_limiter = RateLimiter(self.options.visualization_rate)
         # Transient local: a subscriber starting later still receives the class map.
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
@@ -189,6 +202,14 @@ class SegmentationNode(Node):
     def _on_image(self, msg: Any) -> None:
         """Subscription callback: keep only the newest message, decode nothing here."""
         self.stats.count("frames_received")
+        gap = self.frame_gaps.observe(stamp_to_ns(msg.header.stamp))
+        if gap is not None:
+            self.get_logger().warning(
+                f"{gap.missing} camera frame(s) never reached this node (header stamps "
+                f"{gap.gap_s * 1e3:.0f} ms apart, camera period {gap.period_s * 1e3:.0f} ms): "
+                "large images are being dropped by the DDS transport (or the driver); see "
+                f"{DDS_DOCS} (config/cyclonedds.xml, net.core.rmem_max)",
+                throttle_duration_sec=TRANSPORT_LOG_THROTTLE_S)
         if self._slot.put(msg):
             self.stats.count("dropped_superseded")
 
@@ -208,17 +229,26 @@ class SegmentationNode(Node):
 
     # -- processing -------------------------------------------------------------------------
 
-    def _wanted_topics(self) -> list[str]:
-        # The mask is always published (planners rely on it); other outputs only cost time when
-        # somebody listens.
-        return [t for t, pub in self._image_publishers.items()
-                if t == "mask" or pub.get_subscription_count() > 0]
+    def _wanted_topics(self) -> tuple[list[str], list[str]]:
+        """Planner topics and visualization topics to build for this frame.
+
+        The mask is always published (planners rely on it); other outputs only cost time when
+        somebody listens, and visualization topics at most ``visualization_rate`` times a second.
+        """
+        wanted = [t for t, pub in self._image_publishers.items()
+                  if t == "mask" or pub.get_subscription_count() > 0]
+        planner = [t for t in outputs.PLANNER_TOPICS if t in wanted]
+        visual = [t for t in outputs.VISUALIZATION_TOPICS if t in wanted]
+        if visual and not self._visualization_limiter.ready():
+            visual = []
+        return planner, visual
 
     def process(self, msg: Any) -> bool:
         """Segment one message and publish the outputs; returns whether anything was published.
 
-        Never raises on bad input: stale, malformed and failing frames are logged (throttled)
-        and counted in ``/diagnostics``.
+        ``~/mask`` and ``~/drivable_mask`` are built and published first; the visualization
+        topics (raw and compressed) follow. Never raises on bad input: stale, malformed and
+        failing frames are logged (throttled) and counted in ``/diagnostics``.
         """
         stamp_ns = stamp_to_ns(msg.header.stamp)
         now_ns = self.get_clock().now().nanoseconds
@@ -238,10 +268,10 @@ class SegmentationNode(Node):
                                       throttle_duration_sec=LOG_THROTTLE_S)
             return False
         decoded = time.perf_counter()
-        topics = self._wanted_topics()
+        planner, visual = self._wanted_topics()
         try:
             result = self.segmenter(frame, color_order=color_order,
-                                    outputs=outputs.engine_outputs_for(topics))
+                                    outputs=outputs.engine_outputs_for(planner + visual))
         except ValueError as err:  # the engine's "bad frame" error (e.g. an empty or huge image)
             self.stats.count("malformed")
             self.get_logger().warning(f"skipping a frame the engine rejects: {err}",
@@ -253,31 +283,51 @@ class SegmentationNode(Node):
                                     throttle_duration_sec=LOG_THROTTLE_S)
             return False
         inferred = time.perf_counter()
-        fields = outputs.result_to_image_fields(
-            result, color_order, color_encoding=self.options.color_mask_encoding,
-            confidence_encoding=self.options.confidence_encoding, topics=topics)
-        for topic, image_fields in fields.items():
-            self._image_publishers[topic].publish(self._image_message(msg.header, image_fields))
+        image_options = {"color_encoding": self.options.color_mask_encoding,
+                         "confidence_encoding": self.options.confidence_encoding}
+        for topic, fields in outputs.result_to_image_fields(
+                result, color_order, topics=planner, **image_options).items():
+            self._image_publishers[topic].publish(self._image_message(msg.header, fields))
+        planned = time.perf_counter()
+        if visual:
+            for topic, fields in outputs.result_to_image_fields(
+                    result, color_order, topics=visual, **image_options).items():
+                self._image_publishers[topic].publish(self._image_message(msg.header, fields))
+            for topic, fields in outputs.result_to_compressed_fields(
+                    result, color_order, color_encoding=self.options.color_mask_encoding,
+                    jpeg_quality=self.options.jpeg_quality, topics=visual).items():
+                self._image_publishers[topic].publish(
+                    self._compressed_message(msg.header, fields))
         done = time.perf_counter()
         engine = dict(getattr(result, "timings", None) or {})
         if "total" in engine:  # 'total' below is the node's (decode to publish)
             engine["engine"] = engine.pop("total")
         timings = {"decode": (decoded - start) * 1e3, **engine,
+                   "publish_planner": (planned - inferred) * 1e3,
                    "publish": (done - inferred) * 1e3, "total": (done - start) * 1e3}
         age = frame_age_s(stamp_ns, self.get_clock().now().nanoseconds)
         self.stats.record_frame(timings, None if age is None else age * 1e3)
         return True
 
     @staticmethod
-    def _image_message(header: Any, fields: dict[str, Any]) -> Image:
+    def _pixels(buffer: Any) -> array.array:
+        # rclpy's generated setter takes array.array('B') as is (a NumPy array is rejected, a
+        # list or bytes is checked element by element); frombytes is a single memcpy, the one
+        # copy of the pixels this node makes (rclpy's C conversion at publish makes its own).
+        data = array.array("B")
+        data.frombytes(buffer)
+        return data
+
+    def _image_message(self, header: Any, fields: dict[str, Any]) -> Image:
         msg = Image(header=header, height=fields["height"], width=fields["width"],
                     encoding=fields["encoding"], is_bigendian=fields["is_bigendian"],
                     step=fields["step"])
-        # rclpy takes array.array('B') without a per-element check (a NumPy array is rejected,
-        # a list or bytes is checked element by element); frombytes is a single memcpy.
-        data = array.array("B")
-        data.frombytes(fields["data"])
-        msg.data = data
+        msg.data = self._pixels(fields["data"])
+        return msg
+
+    def _compressed_message(self, header: Any, fields: dict[str, Any]) -> CompressedImage:
+        msg = CompressedImage(header=header, format=fields["format"])
+        msg.data = self._pixels(fields["data"])
         return msg
 
     # -- metadata and diagnostics -----------------------------------------------------------
@@ -291,7 +341,7 @@ class SegmentationNode(Node):
         self._label_info_publisher.publish(msg)
 
     def _publish_diagnostics(self) -> None:
-        snapshot = self.stats.snapshot()
+        snapshot = {**self.stats.snapshot(), **self.frame_gaps.snapshot()}
         level, message = outputs.diagnostic_level(snapshot)
         levels = {outputs.OK: DiagnosticStatus.OK, outputs.WARN: DiagnosticStatus.WARN,
                   outputs.ERROR: DiagnosticStatus.ERROR}
@@ -318,6 +368,13 @@ class SegmentationNode(Node):
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run bisenet_ros segmentation_node``; returns the exit status."""
     prefer_passive_openmp()  # before the engine imports torch
+    # Before rclpy.init: a CycloneDDS that cannot read its configuration fails inside rcl with
+    # a long trace; say which file is missing in one line instead.
+    for variable, problem in dds_config_problems():
+        print(f"[segmentation_node] {problem}", file=sys.stderr)
+        if variable == "CYCLONEDDS_URI" and "cyclonedds" in os.environ.get(
+                "RMW_IMPLEMENTATION", ""):
+            return 1
     rclpy.init(args=args)
     node = None
     try:

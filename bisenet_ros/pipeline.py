@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Deque, Generic, Mapping, TypeVar
 
 __all__ = [
-    "LatestFrameSlot", "RateMeter", "PipelineStats", "stamp_to_ns", "frame_age_s", "is_stale",
+    "LatestFrameSlot", "RateLimiter", "RateMeter", "PipelineStats", "stamp_to_ns", "frame_age_s", "is_stale",
     "ParameterSpec", "NODE_PARAMETERS", "QOS_PROFILES", "NodeOptions", "config_parameters",
     "all_parameters", "node_options_from_parameters", "config_from_parameters",
 ]
@@ -94,6 +95,36 @@ def is_stale(stamp_ns: int, now_ns: int, max_age_s: float) -> bool:
         return False
     age = frame_age_s(stamp_ns, now_ns)
     return age is not None and age > max_age_s
+
+
+class RateLimiter:
+    """Lets events through at most ``rate_hz`` times per second, on an even grid.
+
+    A 30 Hz camera with a 10 Hz limit passes every third frame. A frame arriving slightly early
+    (a tenth of the period, camera jitter) still passes, so jitter does not halve the rate; a
+    source slower than the limit passes every event.
+
+    Args:
+        rate_hz: the most events per second (> 0).
+    """
+
+    def __init__(self, rate_hz: float) -> None:
+        if not rate_hz > 0:
+            raise ValueError(f"rate {rate_hz!r} Hz: expected > 0")
+        self.period_s = 1.0 / rate_hz
+        self._slack_s = 0.1 * self.period_s
+        self._next_s: float | None = None
+
+    def ready(self, now_s: float | None = None) -> bool:
+        """Whether an event at ``now_s`` (seconds, monotonic; default now) may go through."""
+        now = time.monotonic() if now_s is None else now_s
+        if self._next_s is not None and now + self._slack_s < self._next_s:
+            return False
+        # Keep the grid while events come regularly (no drift from late ones); restart it after
+        # a pause, so a pause never saves up a burst.
+        restart = self._next_s is None or now > self._next_s + self.period_s
+        self._next_s = (now if restart else self._next_s) + self.period_s
+        return True
 
 
 class RateMeter:
@@ -249,11 +280,17 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Encoding of ~/color_mask and ~/overlay: bgr8 or rgb8.", choices=("bgr8", "rgb8")),
     ParameterSpec("diagnostics_period", 1.0,
                   "Seconds between /diagnostics messages.", float_range=(0.05, 60.0)),
+    ParameterSpec("visualization_rate", 10.0,
+                  "Most messages per second on the visualization topics (~/overlay, "
+                  "~/color_mask and their /compressed); must be > 0. ~/mask and "
+                  "~/drivable_mask are never limited."),
+    ParameterSpec("jpeg_quality", 80,
+                  "JPEG quality of ~/overlay/compressed (1..100).", int_range=(1, 100)),
 )
 
 _CONFIG_CHOICES = {
     "resize": "RESIZE_POLICIES", "backend": "BACKENDS", "precision": "PRECISIONS",
-    "output_resolution": "OUTPUT_RESOLUTIONS",
+    "output_resolution": "OUTPUT_RESOLUTIONS", "visualization_resolution": "OUTPUT_RESOLUTIONS",
 }
 _CONFIG_INT_RANGES = {"num_classes": (1, 255), "num_threads": (0, 1024)}
 _CONFIG_FLOAT_RANGES = {"overlay_alpha": (0.0, 1.0)}
@@ -304,6 +341,8 @@ class NodeOptions:
     confidence_encoding: str = "32FC1"
     color_mask_encoding: str = "bgr8"
     diagnostics_period: float = 1.0
+    visualization_rate: float = 10.0
+    jpeg_quality: int = 80
 
     @property
     def input_topic(self) -> str:
@@ -331,6 +370,10 @@ def node_options_from_parameters(values: Mapping[str, Any]) -> NodeOptions:
         value = values.get(spec.name, spec.default)
         _check(spec, value)
         kwargs[spec.name] = value
+    rate = kwargs["visualization_rate"]
+    if not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"parameter visualization_rate={rate!r}: expected a rate in Hz > 0 "
+                         "(e.g. 10.0); to stop a visualization topic, do not subscribe to it")
     if not str(kwargs["image_topic"]).strip():
         raise ValueError("parameter image_topic is empty: name the camera topic, e.g. "
                          "'/camera/image_raw' (or remap 'image')")

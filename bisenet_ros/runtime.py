@@ -1,10 +1,18 @@
-"""Process-level behaviour: settings made before the heavy libraries are imported, and how the
-command-line entry points end on a user error."""
+"""Process-level settings and checks that must come before the heavy libraries are imported, and
+how the command-line entry points end on a user error.
+
+The installed commands (``segmentation_node``, ``bisenet-ros``) start here: their scripts run
+whatever ``python3`` is first on ``PATH`` (``[build_scripts] executable = /usr/bin/env python3``
+in setup.cfg), and when that is not the environment holding the requirements the user gets one
+line naming the interpreter, the missing modules and the fix, not a ModuleNotFoundError trace.
+"""
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 
 def prefer_passive_openmp() -> None:
@@ -67,3 +75,66 @@ def run_command(prog: str, run: Callable[[Any], Any], args: Any, *, debug: bool 
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{prog}: error: {message} (--debug shows the traceback)", file=sys.stderr)
         return 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points: check the interpreter first, so a wrong `python3` is one clear line
+# ---------------------------------------------------------------------------------------------
+
+#: Modules every command needs at start (requirements.txt); the backends (torch, onnxruntime,
+#: openvino) are checked when the configured one is loaded, with its own message.
+REQUIREMENTS: tuple[str, ...] = ("numpy", "cv2", "yaml")
+#: What the node needs from ROS 2 (rclpy and the message packages of package.xml).
+ROS_REQUIREMENTS: tuple[str, ...] = ("rclpy", "sensor_msgs", "vision_msgs", "diagnostic_msgs")
+
+
+def missing_modules(names: Iterable[str]) -> list[str]:
+    """The top-level modules of ``names`` this interpreter cannot import (nothing is imported)."""
+    missing = []
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a broken parent package, or a stub without a spec
+            found = name in sys.modules
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def environment_error(program: str, missing: Sequence[str]) -> str:
+    """One line saying which interpreter runs, what it lacks and how to fix it.
+
+    Args:
+        program: the command that is starting (``segmentation_node``, ``bisenet-ros``).
+        missing: module names from :func:`missing_modules` (not empty).
+    """
+    interpreter = f"{sys.executable} (Python {sys.version.split()[0]}, prefix {sys.prefix})"
+    fixes = []
+    if set(missing) - set(ROS_REQUIREMENTS):
+        fixes.append("activate the virtual environment with the requirements (source "
+                     "<venv>/bin/activate) before ros2 run/launch, and if this interpreter comes "
+                     "from a fixed #! line, rebuild with that environment (python -m colcon build)")
+    if set(missing) & set(ROS_REQUIREMENTS):
+        fixes.append("source /opt/ros/$ROS_DISTRO/setup.bash and install/setup.bash (a virtual "
+                     "environment must come from the system python3 with --system-site-packages)")
+    return (f"{program}: {interpreter} cannot import {', '.join(missing)}: "
+            + "; ".join(fixes) + "; see README, 'Installing into a ROS 2 workspace'")
+
+
+def _start(program: str, target: str, needs: Sequence[str]) -> int:
+    missing = missing_modules(needs)
+    if missing:
+        print(environment_error(program, missing), file=sys.stderr)
+        return 1
+    module, _, function = target.partition(":")
+    return int(getattr(importlib.import_module(module), function)() or 0)
+
+
+def segmentation_node() -> int:
+    """Entry point of ``ros2 run bisenet_ros segmentation_node`` (see :func:`bisenet_ros.node.main`)."""
+    return _start("segmentation_node", "bisenet_ros.node:main", REQUIREMENTS + ROS_REQUIREMENTS)
+
+
+def bisenet_ros_cli() -> int:
+    """Entry point of ``bisenet-ros`` (see :func:`bisenet_ros.cli.main`)."""
+    return _start("bisenet-ros", "bisenet_ros.cli:main", REQUIREMENTS)

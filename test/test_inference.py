@@ -131,6 +131,21 @@ def test_letterbox_network_resolution_marks_padding() -> None:
     assert result.overlay.shape == (64, 128, 3) and (result.color[:, :left] == 0).all()
 
 
+def test_network_resolution_visualization_with_camera_labels() -> None:
+    # Labels for planners at camera size, the pictures for people at the network's (content).
+    frame, expected = make_scene(200, 120, [(0, 0, 200, 60, RED)], background=GREEN)
+    seg = segmenter(resize="letterbox", visualization_resolution="network")
+    result = seg(frame, color_order="rgb")
+    width, height = seg.geometry(120, 200).content_size
+    assert result.labels.shape == (200, 120) and result.drivable.shape == (200, 120)
+    assert result.color.shape == result.overlay.shape == (height, width, 3)  # no padding
+    left = result.color[:, : width // 2 - 1].reshape(-1, 3)
+    assert (left == seg.palette[0]).all()  # class 0 colour, rgb order as the input
+    full = segmenter(resize="letterbox")(frame, color_order="rgb")
+    assert full.color.shape == (200, 120, 3)
+    np.testing.assert_array_equal(full.labels, result.labels)
+
+
 # ----------------------------------------------------------------------------- outputs
 
 def test_color_mask_and_overlay_are_exact_for_a_known_label_map() -> None:

@@ -88,7 +88,7 @@ def test_documented_command_starts_the_node_with_its_parameters(launch: Any) -> 
     assert (node.package, node.executable, node.name) == ("bisenet_ros", "segmentation_node",
                                                           "segmentation")
     setup = (ROOT / "setup.py").read_text()
-    assert "segmentation_node = bisenet_ros.node:main" in setup
+    assert "segmentation_node = bisenet_ros.runtime:segmentation_node" in setup
     assert node.parameters[0] == str(ROOT / "config" / "stdc1.yaml")
     values = effective_parameters(node)
     config = config_from_parameters(values)

@@ -180,6 +180,52 @@ def test_only_outputs_with_subscribers_are_computed(ros: Any) -> None:
     assert not any(p.topic_name.endswith("/confidence") for p in node.publishers)
 
 
+def test_planner_topics_first_then_compressed_visualization(ros: Any) -> None:
+    node = ros.make(jpeg_quality=90)
+    order: list[str] = []
+    qos = sys.modules["rclpy.qos"]
+    listener = rclpy_double.Node("order_listener")
+    got: dict[str, list] = {}
+    for topic, msg_type in (("mask", "Image"), ("drivable_mask", "Image"), ("overlay", "Image"),
+                            ("overlay/compressed", "CompressedImage"),
+                            ("color_mask/compressed", "CompressedImage")):
+        got[topic] = []
+        listener.create_subscription(
+            rclpy_style_class(f"sensor_msgs/msg/{msg_type}"), f"/segmentation/{topic}",
+            lambda m, t=topic: (order.append(t), got[t].append(m)), qos.QoSProfile(depth=10))
+    ros.camera().publish(ros.image(stamp_ns=1_700_000_000_000_000_007))
+    wait_until(lambda: len(order) == 5)
+    assert order[:2] == ["mask", "drivable_mask"]  # what planners need goes out first
+    labels = node.segmenter.labels_for(FRAME)
+    overlay = image_to_array(got["overlay"][0])
+    jpeg, png = got["overlay/compressed"][0], got["color_mask/compressed"][0]
+    for msg in (jpeg, png):
+        assert msg.header.frame_id == "cam_front" and msg.header.stamp.nanosec == 7
+        _serializes(msg, "sensor_msgs/msg/CompressedImage")
+    assert jpeg.format == "bgr8; jpeg compressed bgr8" and png.format == "bgr8; png compressed bgr8"
+    # the overlay's pixels, JPEG-encoded at the configured quality
+    expected = cv2.imencode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].reshape(-1)
+    np.testing.assert_array_equal(np.frombuffer(jpeg.data, np.uint8), expected)
+    decoded = cv2.imdecode(np.frombuffer(png.data, np.uint8), cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(decoded, node.segmenter.palette[:, ::-1][labels])  # exact
+    assert node.segmenter.calls[0]["outputs"] == {"drivable", "overlay", "color"}
+    _, values = _diagnostics(ros, node)
+    assert float(values["latency_publish_planner_ms"]) <= float(values["latency_publish_ms"])
+
+
+def test_visualization_rate_limits_only_the_visualization(ros: Any) -> None:
+    node = ros.make(visualization_rate=0.5)  # one visualization frame per 2 s
+    mask, drivable = ros.listen("/segmentation/mask"), ros.listen("/segmentation/drivable_mask")
+    overlay = ros.listen("/segmentation/overlay")
+    compressed = ros.listen("/segmentation/overlay/compressed", "sensor_msgs/msg/CompressedImage")
+    camera = ros.camera()
+    for i in range(4):
+        camera.publish(ros.image(frame_id=f"f{i}"))
+        wait_until(lambda: len(mask) == i + 1)
+    assert len(drivable) == 4 and len(overlay) == 1 and len(compressed) == 1
+    assert node.segmenter.calls[1]["outputs"] == {"drivable"}  # not even computed
+
+
 def test_label_info_is_latched_for_late_subscribers(ros: Any) -> None:
     node = ros.make(num_classes=4)
     late = ros.listen("/segmentation/label_info", "vision_msgs/msg/LabelInfo", transient=True)
@@ -333,6 +379,37 @@ def test_diagnostics_content(ros: Any) -> None:
     assert mask
 
 
+def test_frames_lost_before_the_node_are_estimated_from_stamps(ros: Any) -> None:
+    # What the issue measured at 1080p: most camera frames never reach the node. The node sees
+    # only the survivors; the gaps in their header stamps (30 Hz camera) reveal the losses.
+    node = ros.make()
+    camera = ros.camera()
+    period, t0 = 33_333_333, 1_700_000_000 * 10**9
+    indices = list(range(12)) + [12 + 5 * k for k in range(1, 9)]  # then 4 of 5 lost (5 first)
+    for i in indices:
+        camera.publish(ros.image(stamp_ns=t0 + i * period))
+    wait_until(lambda: node.stats.counters["frames_received"] == len(indices))
+    status, values = _diagnostics(ros, node)
+    assert values["frames_lost_upstream"] == "33" and values["frame_gaps"] == "8"
+    assert values["camera_rate_hz"] == "30.00"
+    assert status.level == sys.modules["diagnostic_msgs.msg"].DiagnosticStatus.WARN
+    warnings = [m for m in ros.graph.messages("warning") if "never reached this node" in m]
+    assert len(warnings) == 1  # throttled: one line, pointing to the docs
+    assert "docs/node.md#large-images-and-dds" in warnings[0] and "5 camera frame(s)" in warnings[0]
+
+
+def test_missing_cyclonedds_config_is_one_line_at_start(
+        ros: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+        tmp_path: Path) -> None:
+    ros.rclpy.try_shutdown()
+    monkeypatch.setenv("CYCLONEDDS_URI", f"file://{tmp_path}/cyclonedds.xml")
+    monkeypatch.setenv("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
+    assert ros.module.main([]) == 1
+    assert not ros.graph.initialized  # refused before rclpy.init
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{tmp_path}/cyclonedds.xml" in err[0] and "CYCLONEDDS_URI" in err[0]
+
+
 # ----------------------------------------------------------------------------- parameters
 
 
@@ -362,6 +439,9 @@ def test_parameters_declared_once_with_descriptors(ros: Any) -> None:
     ({"overlay_alpha": 1}, "of type 'INTEGER', expecting type 'DOUBLE'"),
     ({"image_topic": " "}, "image_topic is empty"),
     ({"num_classes": 0}, "out of range"),
+    ({"visualization_rate": 0.0}, "visualization_rate=0.0: expected a rate in Hz > 0"),
+    ({"visualization_rate": -5.0}, "visualization_rate=-5.0: expected a rate in Hz > 0"),
+    ({"visualization_resolution": "full"}, "expected one of: camera, network"),
 ])
 def test_bad_parameter_is_a_clear_error_at_start(ros: Any, params: dict, match: str) -> None:
     with pytest.raises(ros.module.ParameterError) as info:

@@ -12,7 +12,7 @@ import pytest
 from bisenet_ros import outputs
 from bisenet_ros.codec import image_to_array
 from bisenet_ros.pipeline import (
-    LatestFrameSlot, PipelineStats, RateMeter, config_from_parameters, frame_age_s, is_stale,
+    LatestFrameSlot, PipelineStats, RateLimiter, RateMeter, config_from_parameters, frame_age_s, is_stale,
     node_options_from_parameters, stamp_to_ns)
 
 
@@ -157,3 +157,52 @@ def test_engine_outputs_for_topics_and_label_info() -> None:
         outputs.engine_outputs_for(["labels"])
     info = outputs.label_info_fields(["road", "sidewalk"])
     assert info == {"class_map": [(0, "road"), (1, "sidewalk")], "threshold": 0.0}
+
+
+@pytest.mark.parametrize("camera_hz, limit_hz, jitter_s, expected_hz", [
+    (30.0, 10.0, 0.0, 10.0),     # every third frame
+    (30.0, 10.0, 0.002, 10.0),   # driver jitter does not lower the rate
+    (15.0, 10.0, 0.0, 10.0),     # not a divisor: still 10 Hz on average
+    (4.0, 10.0, 0.0, 4.0),       # a slower camera passes every frame
+])
+def test_rate_limiter_on_frame_sequences(camera_hz, limit_hz, jitter_s, expected_hz) -> None:
+    limiter = RateLimiter(limit_hz)
+    rng = np.random.default_rng(0)
+    times = np.arange(0, 20, 1 / camera_hz) + rng.uniform(-jitter_s, jitter_s, int(20 * camera_hz + 1))[
+        : len(np.arange(0, 20, 1 / camera_hz))]
+    passed = [t for t in times if limiter.ready(float(t))]
+    assert len(passed) / 20 == pytest.approx(expected_hz, rel=0.03)
+    passed = np.array(passed)
+    per_second = [np.count_nonzero((passed >= t) & (passed < t + 1.0)) for t in passed]
+    assert max(per_second) <= limit_hz + 1  # no burst in any one-second window
+
+
+def test_rate_limiter_after_a_pause_and_bad_rates() -> None:
+    limiter = RateLimiter(10.0)
+    assert limiter.ready(0.0) and not limiter.ready(0.05) and limiter.ready(0.1)
+    assert limiter.ready(5.0) and not limiter.ready(5.033)  # no saved-up burst after a pause
+    for rate in (0.0, -1.0):
+        with pytest.raises(ValueError, match="expected > 0"):
+            RateLimiter(rate)
+    with pytest.raises(ValueError, match="visualization_rate=0.0: expected a rate in Hz > 0"):
+        node_options_from_parameters({"visualization_rate": 0.0})
+    assert node_options_from_parameters({"visualization_rate": 2.5}).visualization_rate == 2.5
+
+
+@pytest.mark.parametrize("order, encoding", [("bgr", "bgr8"), ("rgb", "rgb8"), ("rgb", "bgr8")])
+def test_compressed_visualization_fields(order: str, encoding: str) -> None:
+    import cv2
+
+    result = _result(order)
+    fields = outputs.result_to_compressed_fields(result, order, color_encoding=encoding)
+    assert set(fields) == {"overlay/compressed", "color_mask/compressed"}
+    # image_transport's format string: "<raw encoding>; <codec> compressed bgr8"
+    assert fields["overlay/compressed"]["format"] == f"{encoding}; jpeg compressed bgr8"
+    assert fields["color_mask/compressed"]["format"] == f"{encoding}; png compressed bgr8"
+    png = cv2.imdecode(fields["color_mask/compressed"]["data"], cv2.IMREAD_COLOR)
+    np.testing.assert_array_equal(png, PALETTE_RGB[:, ::-1][LABELS])  # lossless, BGR data
+    assert outputs.engine_outputs_for(["mask", "overlay/compressed"]) == {"overlay"}
+    only = outputs.result_to_compressed_fields(result, order, topics=["mask", "overlay/compressed"])
+    assert set(only) == {"overlay/compressed"}
+    with pytest.raises(ValueError, match="codec 'webp'"):
+        outputs.compress_image(result.color, order, "webp")

@@ -16,7 +16,7 @@ import pytest
 from ros_double import launch_double
 
 ROOT = Path(__file__).resolve().parents[1]
-EXTERNAL = {"cd", "git", "rosdep", "colcon", "source"}
+EXTERNAL = {"cd", "git", "rosdep", "colcon", "source", "touch"}
 EXTERNAL_ROS2 = {"bag", "topic", "run", "node", "pkg"}
 
 
@@ -76,8 +76,15 @@ def check_command(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if words[0] == "ros2":
         assert words[1] in EXTERNAL_ROS2, command
         return
-    if words[:4] == ["python3", "-m", "pip", "install"]:
+    if words[0] in ("python", "python3") and words[1:4] == ["-m", "pip", "install"]:
         assert (ROOT / words[-1].split("/", 2)[-1]).is_file() or words[-1] == "requirements.txt"
+        return
+    if words[0] in ("python", "python3") and words[1:3] == ["-m", "venv"]:
+        # The ROS 2 way: the environment must see the ROS Python packages (issue 10).
+        assert "--system-site-packages" in words, f"`{command}` hides the ROS 2 Python packages"
+        return
+    if words[:3] == ["python", "-m", "colcon"]:
+        assert words[3] == "build", command  # colcon from the active environment
         return
     assert words[0] in EXTERNAL, f"README command not exercised by any test: {command}"
 

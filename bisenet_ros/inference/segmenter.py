@@ -418,7 +418,16 @@ class Segmenter:
                 result.confidence = post.mark_padding(confidence_net, geometry, 0.0)
         else:
             result.labels = post.to_camera(labels_net, geometry)
-            if "color" in wanted or "overlay" in wanted:
+            if ("color" in wanted or "overlay" in wanted) and (
+                    self.config.visualization_resolution == "network"):
+                # For people only: the network-sized picture (content region, no letterbox
+                # padding) costs a quarter of the camera-sized one at 1080p to build and encode.
+                color = post.colorize(post.crop_to_content(labels_net, geometry), lut)
+                result.color = color if "color" in wanted else None
+                if "overlay" in wanted:
+                    result.overlay = post.blend(post.crop_to_content(fitted, geometry), color,
+                                                self.config.overlay_alpha)
+            elif "color" in wanted or "overlay" in wanted:
                 # Colour the small network-resolution map, then resize: identical pixels (nearest
                 # only copies), a sixth of the LUT work at 1080p.
                 color = post.to_camera(post.colorize(post.crop_to_content(labels_net, geometry), lut),
