@@ -53,6 +53,7 @@ __all__ = [
     "BevError", "CameraModel", "Pose", "GridSpec", "GroundLookup", "BevProjector",
     "DISTORTION_MODELS", "MAX_GRID_CELLS", "FREE", "OCCUPIED", "UNKNOWN", "vote_table",
     "label_lut", "quaternion_to_matrix", "rpy_to_matrix", "OPTICAL_IN_BODY", "grid_image",
+    "occupancy_grid_fields",
 ]
 
 #: Distortion models understood (``sensor_msgs/distortion_models.hpp`` names).
@@ -605,3 +606,22 @@ def grid_image(grid: np.ndarray, cell_pixels: int = 1) -> np.ndarray:
         picture = cv2.resize(picture, None, fx=cell_pixels, fy=cell_pixels,
                              interpolation=cv2.INTER_NEAREST)
     return picture
+
+
+def occupancy_grid_fields(values: np.ndarray, grid: GridSpec) -> dict[str, Any]:
+    """The ``nav_msgs/OccupancyGrid`` fields of a grid (the caller adds the header and builds
+    its own message class, as for images).
+
+    Returns:
+        ``{"resolution", "width", "height", "origin_position": (x, y, z),
+        "origin_orientation": (x, y, z, w), "data"}`` with ``data`` a contiguous (width * height,)
+        int8 array, row-major from the origin (row = y index).
+    """
+    values = np.asarray(values)
+    if values.shape != (grid.height, grid.width) or values.dtype != np.int8:
+        raise BevError(f"grid values {values.shape} {values.dtype}: expected int8 of shape "
+                       f"{(grid.height, grid.width)}")
+    return {"resolution": float(grid.resolution), "width": grid.width, "height": grid.height,
+            "origin_position": tuple(float(v) for v in grid.origin),
+            "origin_orientation": (0.0, 0.0, 0.0, 1.0),
+            "data": np.ascontiguousarray(values).reshape(-1)}
