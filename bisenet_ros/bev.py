@@ -41,6 +41,7 @@ samples) from a 1920x1080 label map is about a millisecond per frame on one core
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 from pathlib import Path
@@ -559,31 +560,46 @@ class GroundLookup:
 
 
 class BevProjector:
-    """Grids from label maps, rebuilding the :class:`GroundLookup` only when its inputs change.
+    """Grids from label maps, building a :class:`GroundLookup` only for new inputs.
 
     Args:
         grid: The grid.
         drivable_ids: Class ids counted as drivable.
         ignore_ids: Class ids never counted (255 never is, always).
+        cache_size: Lookups kept, least recently used dropped first (1 for a fixed camera; more
+            when the calibration alternates, e.g. a zoom lens, or label maps of two sizes).
     """
 
     def __init__(self, grid: GridSpec, drivable_ids: Iterable[int],
-                 ignore_ids: Iterable[int] = ()) -> None:
+                 ignore_ids: Iterable[int] = (), cache_size: int = 1) -> None:
         self.grid = grid
         self.lut = label_lut(drivable_ids, ignore_ids)
-        self._lookup: GroundLookup | None = None
-        self._key: tuple[Any, ...] | None = None
+        self.cache_size = max(1, int(cache_size))
+        # key -> lookup, or the BevError its inputs raise (kept too: not retried every frame)
+        self._lookups: collections.OrderedDict[tuple[Any, ...], GroundLookup | BevError] = (
+            collections.OrderedDict())
         self.rebuilds = 0
 
     def lookup(self, camera: CameraModel, pose: Pose, mask_shape: tuple[int, int]) -> GroundLookup:
         """The lookup for these inputs (cached; raises :class:`BevError` like GroundLookup)."""
         key = (camera.key, pose.key, tuple(mask_shape[:2]))
-        if self._lookup is None or key != self._key:
-            self._lookup, self._key = None, None
-            self._lookup = GroundLookup(camera, pose, self.grid, mask_shape[:2])
-            self._key = key
-            self.rebuilds += 1
-        return self._lookup
+        found = self._lookups.get(key)
+        if found is not None:
+            self._lookups.move_to_end(key)
+            if isinstance(found, BevError):
+                raise found  # a camera that sees no ground is not re-projected every frame
+            return found
+        self.rebuilds += 1
+        try:
+            lookup: GroundLookup | BevError = GroundLookup(camera, pose, self.grid, mask_shape[:2])
+        except BevError as err:
+            lookup = err
+        self._lookups[key] = lookup
+        while len(self._lookups) > self.cache_size:
+            self._lookups.popitem(last=False)
+        if isinstance(lookup, BevError):
+            raise lookup
+        return lookup
 
     def __call__(self, labels: np.ndarray, camera: CameraModel, pose: Pose,
                  lut: np.ndarray | None = None) -> np.ndarray:

@@ -18,6 +18,7 @@ from bisenet_ros.pipeline import stamp_to_ns  # noqa: F401  (re-exported for the
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 LABEL_INFO = "vision_msgs/msg/LabelInfo"
+OCCUPANCY_GRID = "nav_msgs/msg/OccupancyGrid"
 VISION_CLASS = "vision_msgs/msg/VisionClass"
 IMAGE_TYPES = frozenset({IMAGE, COMPRESSED_IMAGE})
 
@@ -82,6 +83,21 @@ def make_label_info(header: Any, class_map: Mapping[int, str] | list[tuple[int, 
     items = class_map.items() if isinstance(class_map, Mapping) else class_map
     classes = [types[VISION_CLASS](class_id=int(i), class_name=str(n)) for i, n in items]
     return types[LABEL_INFO](header=header, class_map=classes, threshold=float(threshold))
+
+
+def make_occupancy_grid(stamp_ns: int, frame_id: str, fields: Mapping[str, Any]) -> Any:
+    """A ``nav_msgs/OccupancyGrid`` from :func:`bisenet_ros.bev.occupancy_grid_fields`
+    (``info.map_load_time`` = the stamp, as the node sets it)."""
+    types = typestore().types
+    header = make_header(stamp_ns, frame_id)
+    position = types["geometry_msgs/msg/Point"](*fields["origin_position"])
+    orientation = types["geometry_msgs/msg/Quaternion"](*fields["origin_orientation"])
+    info = types["nav_msgs/msg/MapMetaData"](
+        map_load_time=header.stamp, resolution=float(fields["resolution"]),
+        width=int(fields["width"]), height=int(fields["height"]),
+        origin=types["geometry_msgs/msg/Pose"](position=position, orientation=orientation))
+    data = np.ascontiguousarray(np.asarray(fields["data"], dtype=np.int8).reshape(-1))
+    return types[OCCUPANCY_GRID](header=header, info=info, data=data)
 
 
 def serialize(msg: Any) -> bytes | memoryview:
