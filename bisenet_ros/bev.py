@@ -53,7 +53,7 @@ import numpy as np
 __all__ = [
     "BevError", "CameraModel", "Pose", "GridSpec", "GroundLookup", "BevProjector",
     "DISTORTION_MODELS", "MAX_GRID_CELLS", "FREE", "OCCUPIED", "UNKNOWN", "vote_table",
-    "label_lut", "quaternion_to_matrix", "rpy_to_matrix", "OPTICAL_IN_BODY", "grid_image",
+    "label_lut", "quaternion_to_matrix", "matrix_to_quaternion", "rpy_to_matrix", "OPTICAL_IN_BODY", "grid_image",
     "occupancy_grid_fields",
 ]
 
@@ -102,6 +102,25 @@ def quaternion_to_matrix(quaternion: Sequence[float]) -> np.ndarray:
         [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
         [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
         [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def matrix_to_quaternion(rotation: np.ndarray) -> tuple[float, float, float, float]:
+    """Unit quaternion ``(x, y, z, w)`` of a (3, 3) rotation matrix (Shepperd's method: the
+    branch on the largest diagonal term keeps it accurate near 180 degrees)."""
+    r = np.asarray(rotation, dtype=np.float64)
+    trace = r[0, 0] + r[1, 1] + r[2, 2]
+    if trace > 0:
+        s = 2.0 * math.sqrt(trace + 1.0)
+        q = [(r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s, s / 4]
+    else:
+        i = int(np.argmax(np.diag(r)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * math.sqrt(max(1.0 + r[i, i] - r[j, j] - r[k, k], 1e-300))
+        q = [0.0, 0.0, 0.0, (r[k, j] - r[j, k]) / s]
+        q[i] = s / 4
+        q[j] = (r[j, i] + r[i, j]) / s
+        q[k] = (r[k, i] + r[i, k]) / s
+    return (float(q[0]), float(q[1]), float(q[2]), float(q[3]))
 
 
 def rpy_to_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:

@@ -159,11 +159,14 @@ def test_binning_and_roi_follow_camerainfo() -> None:
 def test_tf_style_pose_equals_the_mount_pose() -> None:
     mount = bev.Pose.from_mount(**MOUNT)
     # The same rotation as a quaternion (x, y, z, w), as tf2 delivers it.
-    r = mount.rotation
-    w = math.sqrt(max(0.0, 1 + r[0, 0] + r[1, 1] + r[2, 2])) / 2
-    q = ((r[2, 1] - r[1, 2]) / (4 * w), (r[0, 2] - r[2, 0]) / (4 * w), (r[1, 0] - r[0, 1]) / (4 * w), w)
-    pose = bev.Pose.from_transform(mount.translation, q)
+    pose = bev.Pose.from_transform(mount.translation, bev.matrix_to_quaternion(mount.rotation))
     np.testing.assert_allclose(pose.rotation, mount.rotation, atol=1e-12)
+    # Round trips, including rotations near 180 degrees (the other branches of the conversion).
+    for rpy in [(math.pi - 1e-3, 0.2, 0.1), (0.1, math.pi / 2, -0.3), (0.0, 0.0, math.pi),
+                (1.0, -0.5, 2.5)]:
+        r = bev.rpy_to_matrix(*rpy)
+        np.testing.assert_allclose(bev.quaternion_to_matrix(bev.matrix_to_quaternion(r)), r,
+                                   atol=1e-12)
     # Optical z (forward) of a level camera is the body x axis; optical y (down) is -z.
     level = bev.Pose.from_mount(0, 0, 1, 0, 0, 0)
     np.testing.assert_allclose(level.rotation[:, 2], [1, 0, 0], atol=1e-12)

@@ -14,7 +14,6 @@ import pytest
 
 from bisenet_ros import bev
 from ros_double.messages import rclpy_style_class
-from ros_double.tf2_double import _matrix_to_quaternion
 from test_node import _diagnostics, ros, wait_until  # noqa: F401  (ros is a fixture)
 
 WIDTH, HEIGHT = 64, 48
@@ -49,7 +48,7 @@ def tf_message(stamp_ns: int = 0, parent: str = "base_link", child: str = "cam_f
     t = transform.transform.translation
     t.x, t.y, t.z = (float(v) for v in pose.translation)
     q = transform.transform.rotation
-    q.x, q.y, q.z, q.w = _matrix_to_quaternion(pose.rotation)
+    q.x, q.y, q.z, q.w = bev.matrix_to_quaternion(pose.rotation)
     msg = rclpy_style_class("tf2_msgs/msg/TFMessage")()
     msg.transforms = [transform]
     return msg

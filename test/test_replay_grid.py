@@ -13,7 +13,7 @@ import pytest
 from bisenet_ros import bev
 from bisenet_ros.replay.bagtools import BagMessage, frame_stamp, write_image_bag
 from bisenet_ros.replay.grid import TransformTree
-from bisenet_ros.replay.messages import make_header, typestore
+from bisenet_ros.replay.messages import make_camera_info, make_header, make_tf_message
 from test_replay import H, W, read_bag, run_cli
 
 K = [60.0, 0.0, 64.0, 0.0, 60.0, 20.0, 0.0, 0.0, 1.0]
@@ -22,44 +22,21 @@ GRID_ARGS = ["--image-topic", "/camera/image_raw", "--grid-resolution", "0.25", 
              "--grid-max-range", "18"]
 
 
-def _quaternion(rotation: np.ndarray) -> tuple[float, float, float, float]:
-    from ros_double.tf2_double import _matrix_to_quaternion
-
-    return _matrix_to_quaternion(rotation)
-
-
-def transform(parent: str, child: str, xyz: tuple[float, ...], rotation: np.ndarray,
-              stamp_ns: int = 0) -> Any:
-    types = typestore().types
-    q = _quaternion(rotation)
-    return types["geometry_msgs/msg/TransformStamped"](
-        header=make_header(stamp_ns, parent), child_frame_id=child,
-        transform=types["geometry_msgs/msg/Transform"](
-            translation=types["geometry_msgs/msg/Vector3"](*xyz),
-            rotation=types["geometry_msgs/msg/Quaternion"](*q)))
-
-
 def tf_static() -> BagMessage:
     # A chain, as robot_state_publisher publishes it: base_link -> camera_link -> optical frame.
-    msg = typestore().types["tf2_msgs/msg/TFMessage"](transforms=[
-        transform("base_link", "camera_link", MOUNT_XYZ, bev.rpy_to_matrix(*MOUNT_RPY)),
-        transform("camera_link", "camera_optical", (0.0, 0.0, 0.0), bev.OPTICAL_IN_BODY)])
+    msg = make_tf_message([
+        ("base_link", "camera_link", MOUNT_XYZ,
+         bev.matrix_to_quaternion(bev.rpy_to_matrix(*MOUNT_RPY))),
+        ("camera_link", "camera_optical", (0.0, 0.0, 0.0),
+         bev.matrix_to_quaternion(bev.OPTICAL_IN_BODY))])
     return BagMessage("/tf_static", "tf2_msgs/msg/TFMessage", frame_stamp(0) - 1, msg)
 
 
 def camera_infos(count: int) -> list[BagMessage]:
-    types = typestore().types
-    out = []
-    for index in range(count):
-        stamp = frame_stamp(index)
-        msg = types["sensor_msgs/msg/CameraInfo"](
-            header=make_header(stamp, "camera_optical"), height=H, width=W,
-            distortion_model="plumb_bob", d=np.zeros(5), k=np.array(K), r=np.eye(3).ravel(),
-            p=np.array([60.0, 0, 64, 0, 0, 60, 20, 0, 0, 0, 1, 0]), binning_x=0, binning_y=0,
-            roi=types["sensor_msgs/msg/RegionOfInterest"](
-                x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
-        out.append(BagMessage("/camera/camera_info", "sensor_msgs/msg/CameraInfo", stamp + 1, msg))
-    return out
+    return [BagMessage("/camera/camera_info", "sensor_msgs/msg/CameraInfo", frame_stamp(i) + 1,
+                       make_camera_info(make_header(frame_stamp(i), "camera_optical"),
+                                        width=W, height=H, k=K))
+            for i in range(count)]
 
 
 def ground_labels(half_width: float) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from bisenet_ros.bev import Pose
+from bisenet_ros.bev import Pose, matrix_to_quaternion
 from ros_double import rclpy_double
 from ros_double.messages import rclpy_style_class
 
@@ -158,7 +158,7 @@ class Buffer:
         t = msg.transform.translation
         t.x, t.y, t.z = (float(v) for v in pose.translation)
         q = msg.transform.rotation
-        q.x, q.y, q.z, q.w = _matrix_to_quaternion(pose.rotation)
+        q.x, q.y, q.z, q.w = matrix_to_quaternion(pose.rotation)
         return msg
 
     def can_transform(self, target_frame: str, source_frame: str, time: Any,
@@ -169,23 +169,6 @@ class Buffer:
         except TransformException as err:
             return (False, str(err)) if return_debug_tuple else False
         return (True, "") if return_debug_tuple else True
-
-
-def _matrix_to_quaternion(r: np.ndarray) -> tuple[float, float, float, float]:
-    # Shepperd's method, branch on the largest diagonal term for accuracy.
-    trace = r[0, 0] + r[1, 1] + r[2, 2]
-    if trace > 0:
-        s = 2.0 * np.sqrt(trace + 1.0)
-        return ((r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s, s / 4)
-    i = int(np.argmax(np.diag(r)))
-    j, k = (i + 1) % 3, (i + 2) % 3
-    s = 2.0 * np.sqrt(1.0 + r[i, i] - r[j, j] - r[k, k])
-    q = [0.0, 0.0, 0.0, 0.0]
-    q[i] = s / 4
-    q[j] = (r[j, i] + r[i, j]) / s
-    q[k] = (r[k, i] + r[i, k]) / s
-    q[3] = (r[k, j] - r[j, k]) / s
-    return tuple(float(v) for v in q)  # type: ignore[return-value]
 
 
 class TransformListener:
