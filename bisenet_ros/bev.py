@@ -72,6 +72,7 @@ _IGNORE = 255
 # Ground points closer than this to the camera's image plane are not projected (they would land
 # at infinity, or behind the camera).
 _MIN_DEPTH_M = 0.05
+_PROJECT_CHUNK = 16384  # points per cv2.projectPoints call
 
 #: Rotation of the optical frame (z forward, x right, y down) in the camera body frame
 #: (x forward, y left, z up), REP-103: columns are the optical axes in body coordinates (the
@@ -377,17 +378,22 @@ class CameraModel:
             valid &= np.arctan(r) < limit
         else:
             valid &= r < limit
-        if np.any(valid):
-            chosen = np.ascontiguousarray(points[valid])
-            zero = np.zeros(3)
+        chosen = np.ascontiguousarray(points[valid])
+        projected = np.empty((len(chosen), 2))
+        zero = np.zeros(3)
+        # In chunks: OpenCV's Python binding always computes the (2N x 15) Jacobian too, which
+        # for a whole grid at once is hundreds of MB of memory traffic (2.5x slower here).
+        for start in range(0, len(chosen), _PROJECT_CHUNK):
+            part = chosen[start:start + _PROJECT_CHUNK]
             if self.rectified:
-                projected, _ = cv2.projectPoints(chosen, zero, zero, self.p[:, :3], None)
+                out, _ = cv2.projectPoints(part, zero, zero, self.p[:, :3], None)
             elif self.distortion_model == "equidistant":
-                projected, _ = cv2.fisheye.projectPoints(chosen.reshape(1, -1, 3), zero, zero,
-                                                         self.k, self.d)
+                out, _ = cv2.fisheye.projectPoints(part.reshape(1, -1, 3), zero, zero, self.k,
+                                                   self.d)
             else:
-                projected, _ = cv2.projectPoints(chosen, zero, zero, self.k, self.d)
-            uv[valid] = projected.reshape(-1, 2)
+                out, _ = cv2.projectPoints(part, zero, zero, self.k, self.d)
+            projected[start:start + len(part)] = out.reshape(-1, 2)
+        uv[valid] = projected
         uv[:, 0] = (uv[:, 0] - self.roi[0]) / self.binning_x
         uv[:, 1] = (uv[:, 1] - self.roi[1]) / self.binning_y
         return uv, valid
