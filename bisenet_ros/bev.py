@@ -170,8 +170,10 @@ class Pose:
 
     @property
     def key(self) -> tuple[float, ...]:
-        """Values rounded to 1e-6 (m, rad): poses with equal keys share a lookup."""
-        return tuple(np.round(np.concatenate([self.rotation.ravel(), self.translation]), 6))
+        """Rotation entries rounded to 1e-4 (about 0.1 mrad: 3 mm at 30 m) and translation to
+        1 mm: poses with equal keys share a lookup, so tf jitter far below a grid cell does not
+        rebuild it every frame."""
+        return (tuple(np.round(self.rotation.ravel(), 4)) + tuple(np.round(self.translation, 3)))
 
 
 # ------------------------------------------------------------------------------ camera model

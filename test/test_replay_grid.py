@@ -147,3 +147,22 @@ def test_transform_tree_chains_and_reports_missing_frames() -> None:
     np.testing.assert_allclose(inverse.compose(pose).rotation, np.eye(3), atol=1e-9)
     with pytest.raises(bev.BevError, match="'odom' is not in the bag"):
         tree.lookup("odom", "camera_optical")
+
+
+def test_grid_parameters_from_the_node_parameter_file_and_the_command_line(tmp_path: Path) -> None:
+    import argparse
+
+    from bisenet_ros.config import config_from_args
+    from bisenet_ros.replay import cli
+
+    params = tmp_path / "node.yaml"
+    params.write_text("segmentation:\n  ros__parameters:\n    grid_resolution: 0.5\n"
+                      "    grid_frame: base_footprint\n    grid_max_range: 12.0\n")
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    for argv, resolution in (([], 0.5), (["--grid-resolution", "0.2"], 0.2)):
+        args = parser.parse_args(["in", "-o", "out", "--config", str(params), *argv])
+        options, _ = cli.build_options(args, config_from_args(args))
+        assert (options.grid.resolution, options.grid.frame_id, options.grid.max_range) == (
+            resolution, "base_footprint", 12.0)
+        assert options.write_grid and options.camera_pose is None

@@ -117,17 +117,7 @@ def _grid_options(args: argparse.Namespace) -> Any:
     """The grid parameters: the node's (``--config``) with the command line winning."""
     from bisenet_ros.pipeline import GRID_PARAMETERS, grid_options_from_parameters
 
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        import yaml
-
-        from bisenet_ros.config import unwrap_ros_parameters
-
-        with open(args.config, encoding="utf-8") as stream:
-            data = yaml.safe_load(stream) or {}
-        if isinstance(data, dict):
-            data = unwrap_ros_parameters(data)
-            values.update({s.name: data[s.name] for s in GRID_PARAMETERS if s.name in data})
+    values = _config_file_values(args, [spec.name for spec in GRID_PARAMETERS])
     extent = getattr(args, "grid_extent", None) or [None] * 4
     for key, value in (("grid_frame", args.grid_frame), ("grid_resolution", args.grid_resolution),
                        ("grid_x_min", extent[0]), ("grid_x_max", extent[1]),
@@ -141,21 +131,26 @@ def _grid_options(args: argparse.Namespace) -> Any:
     return grid_options_from_parameters(values, image_topic="image")
 
 
+def _config_file_values(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
+    """The values of ``keys`` in the --config file (a node parameter file), if any."""
+    if not getattr(args, "config", None):
+        return {}
+    import yaml
+
+    from bisenet_ros.config import unwrap_ros_parameters
+
+    with open(args.config, encoding="utf-8") as stream:
+        data = yaml.safe_load(stream) or {}
+    if not isinstance(data, dict):
+        return {}
+    data = unwrap_ros_parameters(data)
+    return {key: data[key] for key in keys if key in data}
+
+
 def _node_options(args: argparse.Namespace) -> dict[str, Any]:
     """Node-only options from --config (a node parameter file) with the command line winning."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        import yaml
-
-        from bisenet_ros.config import unwrap_ros_parameters
-
-        with open(args.config, encoding="utf-8") as stream:
-            data = yaml.safe_load(stream) or {}
-        if isinstance(data, dict):
-            data = unwrap_ros_parameters(data)
-            for key in ("publish_confidence", "color_mask_encoding", "confidence_encoding"):
-                if key in data:
-                    values[key] = data[key]
+    values = _config_file_values(
+        args, ["publish_confidence", "color_mask_encoding", "confidence_encoding"])
     for key in ("publish_confidence", "color_mask_encoding", "confidence_encoding", "node_name"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
