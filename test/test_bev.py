@@ -48,7 +48,10 @@ def pixel_rays(camera: bev.CameraModel, shape: tuple[int, int]) -> np.ndarray:
     v_img = (v + 0.5) * img_h / rows - 0.5
     full = np.stack([u_img * camera.binning_x + camera.roi[0],
                      v_img * camera.binning_y + camera.roi[1]], axis=-1).reshape(-1, 1, 2)
-    if camera.distortion_model == "equidistant":
+    if camera.rectified:  # image_rect: P, no distortion
+        p = camera.p
+        normalized = (full.reshape(-1, 2) - p[:2, 2]) / np.array([p[0, 0], p[1, 1]])
+    elif camera.distortion_model == "equidistant":
         normalized = cv2.fisheye.undistortPoints(full, camera.k, camera.d)
     else:
         normalized = cv2.undistortPoints(full, camera.k, camera.d)
@@ -89,8 +92,9 @@ def iou_within(grid_values: np.ndarray, pose: bev.Pose, spec: bev.GridSpec,
 
 
 def project(info: dict, shape: tuple[int, int] | None = None, grid: bev.GridSpec = GRID,
+            rectified: bool = False,
             **kwargs: object) -> tuple[np.ndarray, bev.Pose, bev.CameraModel, np.ndarray]:
-    camera = bev.CameraModel.from_camera_info(info)
+    camera = bev.CameraModel.from_camera_info(info, rectified=rectified)
     pose = bev.Pose.from_mount(**MOUNT)
     shape = shape or camera.image_size[::-1]
     labels, above = render_labels(camera, pose, shape, **kwargs)
@@ -99,7 +103,7 @@ def project(info: dict, shape: tuple[int, int] | None = None, grid: bev.GridSpec
 
 
 @pytest.mark.parametrize("case", ["pinhole", "pinhole_network_resolution", "fisheye",
-                                  "rational_polynomial"])
+                                  "rational_polynomial", "rectified"])
 def test_projected_grid_matches_the_ground_polygon(case: str) -> None:
     if case == "fisheye":
         info, shape = fisheye_info(), None
@@ -107,9 +111,12 @@ def test_projected_grid_matches_the_ground_polygon(case: str) -> None:
         info = pinhole_info(distortion_model="rational_polynomial",
                             d=[-0.1, 0.02, 0.001, -0.001, 0.001, 0.02, -0.003, 0.001])
         shape = None
+    elif case == "rectified":  # P differs from K: a rectified image has its own intrinsics
+        info = pinhole_info(p=[450.0, 0, 310.0, 0, 0, 455.0, 250.0, 0, 0, 0, 1, 0])
+        shape = None
     else:
         info, shape = pinhole_info(), ((256, 512) if case.endswith("resolution") else None)
-    grid, pose, _, above = project(info, shape)
+    grid, pose, _, above = project(info, shape, rectified=case == "rectified")
     assert above.any(), "the test camera must see the sky, or the horizon check is vacuous"
     iou = iou_within(grid, pose, GRID)
     print(f"{case}: bird's-eye IoU {iou:.4f}")
