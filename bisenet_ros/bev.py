@@ -54,7 +54,7 @@ __all__ = [
     "BevError", "CameraModel", "Pose", "GridSpec", "GroundLookup", "BevProjector",
     "DISTORTION_MODELS", "MAX_GRID_CELLS", "FREE", "OCCUPIED", "UNKNOWN", "vote_table",
     "label_lut", "quaternion_to_matrix", "matrix_to_quaternion", "rpy_to_matrix", "OPTICAL_IN_BODY", "grid_image",
-    "occupancy_grid_fields",
+    "occupancy_grid_fields", "label_window",
 ]
 
 #: Distortion models understood (``sensor_msgs/distortion_models.hpp`` names).
@@ -509,6 +509,8 @@ class GroundLookup:
         mask_shape: ``(rows, cols)`` of the label maps to project; when it differs from the
             camera's image size (e.g. labels at the network's resolution) pixel coordinates are
             scaled (pixel centres aligned).
+        window: ``(x0, y0, width, height)``: the part of the label map the camera image fills
+            (a letterboxed network-resolution map: see :func:`label_window`); None: all of it.
 
     Raises:
         BevError: the camera is not above the ground plane, or no grid cell is visible (a camera
@@ -516,7 +518,8 @@ class GroundLookup:
     """
 
     def __init__(self, camera: CameraModel, pose: Pose, grid: GridSpec,
-                 mask_shape: tuple[int, int]) -> None:
+                 mask_shape: tuple[int, int],
+                 window: tuple[int, int, int, int] | None = None) -> None:
         self.camera, self.pose, self.grid = camera, pose, grid
         self.mask_shape = (int(mask_shape[0]), int(mask_shape[1]))
         height = float(pose.translation[2]) - grid.ground_height
@@ -533,9 +536,10 @@ class GroundLookup:
         uv, valid = camera.project(cam_points)
         img_w, img_h = camera.image_size
         rows, cols = self.mask_shape
+        x0, y0, win_w, win_h = window if window is not None else (0, 0, cols, rows)
         # Image pixel -> mask pixel with pixel centres aligned, then nearest.
-        u = np.rint((uv[:, 0] + 0.5) * (cols / img_w) - 0.5)
-        v = np.rint((uv[:, 1] + 0.5) * (rows / img_h) - 0.5)
+        u = np.rint(x0 + (uv[:, 0] + 0.5) * (win_w / img_w) - 0.5)
+        v = np.rint(y0 + (uv[:, 1] + 0.5) * (win_h / img_h) - 0.5)
         with np.errstate(invalid="ignore"):
             valid &= (u >= 0) & (u < cols) & (v >= 0) & (v < rows)
         # Integer map for cv2.remap (CV_16SC2): invalid samples point outside the mask and read
@@ -607,9 +611,10 @@ class BevProjector:
             collections.OrderedDict())
         self.rebuilds = 0
 
-    def lookup(self, camera: CameraModel, pose: Pose, mask_shape: tuple[int, int]) -> GroundLookup:
+    def lookup(self, camera: CameraModel, pose: Pose, mask_shape: tuple[int, int],
+               window: tuple[int, int, int, int] | None = None) -> GroundLookup:
         """The lookup for these inputs (cached; raises :class:`BevError` like GroundLookup)."""
-        key = (camera.key, pose.key, tuple(mask_shape[:2]))
+        key = (camera.key, pose.key, tuple(mask_shape[:2]), window)
         found = self._lookups.get(key)
         if found is not None:
             self._lookups.move_to_end(key)
@@ -618,7 +623,8 @@ class BevProjector:
             return found
         self.rebuilds += 1
         try:
-            lookup: GroundLookup | BevError = GroundLookup(camera, pose, self.grid, mask_shape[:2])
+            lookup: GroundLookup | BevError = GroundLookup(camera, pose, self.grid,
+                                                           mask_shape[:2], window)
         except BevError as err:
             lookup = err
         self._lookups[key] = lookup
@@ -629,10 +635,35 @@ class BevProjector:
         return lookup
 
     def __call__(self, labels: np.ndarray, camera: CameraModel, pose: Pose,
-                 lut: np.ndarray | None = None) -> np.ndarray:
-        """Grid (height, width) int8 of ``labels`` (uint8 class ids); see :meth:`GroundLookup.apply`."""
+                 lut: np.ndarray | None = None,
+                 window: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Grid (height, width) int8 of ``labels`` (uint8 class ids); see :meth:`GroundLookup.apply`
+        (``window``: see :class:`GroundLookup`)."""
         labels = np.ascontiguousarray(labels)
-        return self.lookup(camera, pose, labels.shape).apply(labels, self.lut if lut is None else lut)
+        lookup = self.lookup(camera, pose, labels.shape, window)
+        return lookup.apply(labels, self.lut if lut is None else lut)
+
+
+def label_window(frame_shape: Sequence[int], label_shape: Sequence[int],
+                 resize: str) -> tuple[int, int, int, int] | None:
+    """Where the camera frame lies in an engine label map, for :class:`GroundLookup`.
+
+    Args:
+        frame_shape: ``(rows, cols)`` of the camera frame.
+        label_shape: ``(rows, cols)`` of the label map.
+        resize: The engine's ``resize`` policy (``stretch`` or ``letterbox``).
+
+    Returns:
+        None when the label map covers the frame whole (camera resolution, or ``stretch``), else
+        the letterbox content rectangle ``(x0, y0, width, height)`` the engine used.
+    """
+    if tuple(frame_shape[:2]) == tuple(label_shape[:2]) or resize != "letterbox":
+        return None
+    from bisenet_ros.inference.preprocess import fit_geometry  # the engine's own placement
+
+    geometry = fit_geometry((int(frame_shape[1]), int(frame_shape[0])),
+                            (int(label_shape[1]), int(label_shape[0])), "letterbox")
+    return (*geometry.offset, *geometry.content_size)
 
 
 def grid_image(grid: np.ndarray, cell_pixels: int = 1) -> np.ndarray:

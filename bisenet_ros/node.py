@@ -309,7 +309,7 @@ class SegmentationNode(Node):
         grid_ms = {}
         if self._grid_publisher.get_subscription_count() > 0:
             grid_start = time.perf_counter()
-            if self.publish_grid(msg.header, result.labels):
+            if self.publish_grid(msg.header, result.labels, frame.shape):
                 grid_ms["grid"] = (time.perf_counter() - grid_start) * 1e3
         done = time.perf_counter()
         engine = dict(getattr(result, "timings", None) or {})
@@ -386,9 +386,10 @@ class SegmentationNode(Node):
         self._camera_model = (info, model)
         return model
 
-    def publish_grid(self, header: Any, labels: np.ndarray) -> bool:
-        """Project ``labels`` onto the ground and publish ``~/drivable_grid``; False (logged,
-        counted in diagnostics) without CameraInfo, transform or usable geometry."""
+    def publish_grid(self, header: Any, labels: np.ndarray, frame_shape: tuple[int, ...]) -> bool:
+        """Project ``labels`` (of a camera frame of ``frame_shape``) onto the ground and publish
+        ``~/drivable_grid``; False (logged, counted in diagnostics) without CameraInfo, transform
+        or usable geometry."""
         camera = self._current_camera()
         if camera is None:
             return False
@@ -397,7 +398,9 @@ class SegmentationNode(Node):
             self._grid_problem("grid_no_transform", str(problem))
             return False
         try:
-            values = self._bev(np.asarray(labels), camera, pose)
+            labels = np.asarray(labels)
+            window = bev.label_window(frame_shape, labels.shape, self.config.resize)
+            values = self._bev(labels, camera, pose, window=window)
         except bev.BevError as err:
             self._grid_problem("grid_invalid", str(err))
             return False

@@ -242,3 +242,19 @@ def test_calibration_yaml(tmp_path: Path) -> None:
     bad.write_text("foo: 1\n")
     with pytest.raises(bev.BevError, match="not a camera_calibration YAML"):
         bev.CameraModel.from_calibration_yaml(bad)
+
+
+def test_letterboxed_network_labels_use_the_engine_placement() -> None:
+    # A 640x480 frame letterboxed into a 512x256 network map: content 341x256 at x 85.
+    camera = bev.CameraModel.from_camera_info(pinhole_info())
+    pose = bev.Pose.from_mount(**MOUNT)
+    labels, _ = render_labels(camera, pose, (256, 341))
+    boxed = np.full((256, 512), 255, np.uint8)
+    window = bev.label_window((480, 640), boxed.shape, "letterbox")
+    assert window == (85, 0, 341, 256)
+    boxed[:, 85:85 + 341] = labels
+    projector = bev.BevProjector(GRID, drivable_ids=[DRIVABLE], cache_size=2)
+    grid = projector(boxed, camera, pose, window=window)
+    assert iou_within(grid, pose, GRID) >= 0.95
+    assert bev.label_window((480, 640), (256, 512), "stretch") is None
+    assert bev.label_window((480, 640), (480, 640), "letterbox") is None

@@ -208,11 +208,14 @@ class GridStage:
     Args:
         source: Camera model and pose.
         drivable_ids: Class ids that are drivable.
+        resize: The engine's resize policy (a letterboxed network-resolution label map).
         cache_size: Lookups kept (one per distinct calibration, pose and label-map size).
     """
 
-    def __init__(self, source: GridSource, drivable_ids: Iterable[int], cache_size: int = 16) -> None:
+    def __init__(self, source: GridSource, drivable_ids: Iterable[int], *, resize: str = "stretch",
+                 cache_size: int = 16) -> None:
         self.source = source
+        self.resize = resize
         self.projector = bev.BevProjector(source.grid, drivable_ids, cache_size=cache_size)
         self.frames: dict[int, tuple[str, np.ndarray]] = {}  # stamp -> (frame_id, pred grid)
         self._recent: collections.deque[int] = collections.deque(maxlen=64)
@@ -223,17 +226,20 @@ class GridStage:
         self.evaluated = 0
         self.picture: tuple[np.ndarray, np.ndarray | None] | None = None
 
-    def _grid(self, labels: np.ndarray, stamp_ns: int, frame_id: str) -> np.ndarray | None:
+    def _grid(self, labels: np.ndarray, stamp_ns: int, frame_id: str,
+              window: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
         try:
             return self.projector(labels, self.source.camera_at(stamp_ns),
-                                  self.source.pose_for(frame_id))
+                                  self.source.pose_for(frame_id), window=window)
         except bev.BevError as err:
             self.problems[str(err)] += 1
             return None
 
-    def frame(self, stamp_ns: int, frame_id: str, labels: np.ndarray) -> Any:
+    def frame(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
+              frame_shape: tuple[int, ...]) -> Any:
         """The OccupancyGrid message of a frame (typestore), or None (the cause is counted)."""
-        values = self._grid(labels, stamp_ns, frame_id)
+        values = self._grid(labels, stamp_ns, frame_id,
+                            bev.label_window(frame_shape, labels.shape, self.resize))
         if values is None:
             return None
         if len(self._recent) == self._recent.maxlen:

@@ -359,7 +359,8 @@ def _setup_grid(bag: InputBag, image_topic: TopicInfo, options: ReplayOptions,
     if source is None:
         result.warnings.append(str(problem))
     else:
-        result.grid = GridStage(source, result.drivable_ids)
+        result.grid = GridStage(source, result.drivable_ids,
+                                resize=str(result.config.get("resize", "stretch")))
 
 
 def open_input(options: ReplayOptions) -> InputBag:
@@ -655,7 +656,8 @@ class _Sink:
         labels = np.asarray(res.labels)
         if self.result.grid is not None:
             t0 = time.perf_counter()
-            grid_msg = self.result.grid.frame(frame.stamp_ns, frame.frame_id, labels)
+            grid_msg = self.result.grid.frame(frame.stamp_ns, frame.frame_id, labels,
+                                              frame.image.shape)
             if grid_msg is not None:
                 self.out.write("drivable_grid", grid_msg, frame.bag_ns)
             done.timings["grid"] = (time.perf_counter() - t0) * 1e3
