@@ -33,11 +33,11 @@ from typing import Any, Callable
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
-from nav_msgs.msg import OccupancyGrid
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -306,7 +306,7 @@ class SegmentationNode(Node):
             confidence_encoding=self.options.confidence_encoding, topics=topics)
         for topic, image_fields in fields.items():
             self._image_publishers[topic].publish(self._image_message(msg.header, image_fields))
-        grid_ms = {}
+        grid_ms: dict[str, float] = {}
         if self._grid_publisher.get_subscription_count() > 0:
             grid_start = time.perf_counter()
             if self.publish_grid(msg.header, result.labels, frame.shape):
