@@ -177,6 +177,10 @@ _NODE_ONLY_KEYS = frozenset({
     "qos", "qos_depth", "max_frame_age", "publish_confidence", "color_mask_encoding",
     "use_compressed", "image_topic", "compressed_topic", "confidence_encoding", "use_sim_time",
     "diagnostics_period", "visualization_rate", "jpeg_quality",
+    # the drivable grid (bisenet_ros.pipeline.GRID_PARAMETERS)
+    "camera_info_topic", "rectified_input", "grid_frame", "grid_resolution", "grid_x_min",
+    "grid_x_max", "grid_y_min", "grid_y_max", "grid_max_range", "grid_ground_height",
+    "use_static_camera_pose", "static_camera_pose",
 })
 
 

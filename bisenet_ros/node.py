@@ -11,10 +11,13 @@ Subscribes:
     ``use_compressed``), sensor-data QoS by default.
 Publishes:
     ``~/mask`` (mono8 class ids), ``~/drivable_mask`` (mono8, 255 = drivable), ``~/confidence``
-    (32FC1 or mono8, with ``publish_confidence``): first, on every frame; then, at most
-    ``visualization_rate`` per second, ``~/color_mask`` and ``~/overlay`` (bgr8 or rgb8) and
-    ``~/overlay/compressed`` (JPEG) and ``~/color_mask/compressed`` (PNG), ``~/label_info`` (vision_msgs/LabelInfo, transient local) and
-    ``/diagnostics`` (diagnostic_msgs/DiagnosticArray).
+    (32FC1 or mono8, with ``publish_confidence``) and ``~/drivable_grid`` (nav_msgs/OccupancyGrid
+    in ``grid_frame``, only while somebody subscribes: the drivable area projected onto the ground
+    with the camera's ``camera_info`` and its tf pose, :mod:`bisenet_ros.bev`): first, on every
+    frame; then, at most ``visualization_rate`` per second, ``~/color_mask`` and ``~/overlay`` (bgr8
+    or rgb8), ``~/overlay/compressed`` (JPEG) and ``~/color_mask/compressed`` (PNG);
+    ``~/label_info`` (vision_msgs/LabelInfo, transient local) and ``/diagnostics``
+    (diagnostic_msgs/DiagnosticArray).
 
 Latency never builds up: the subscription callback only stores the newest message in a one-slot
 buffer, and a worker thread runs inference on whatever is newest when it is free. Frames replaced
@@ -30,21 +33,29 @@ import threading
 import time
 from typing import Any, Callable
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from nav_msgs.msg import OccupancyGrid
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from tf2_ros import TransformException
+from tf2_ros.buffer import Buffer
+from tf2_ros.transform_listener import TransformListener
 from vision_msgs.msg import LabelInfo, VisionClass
 
-from bisenet_ros import outputs
+from bisenet_ros import bev, outputs
 from bisenet_ros.codec import CodecError, decode_compressed, decode_image
+from bisenet_ros.labels import make_class_set
 from bisenet_ros.pipeline import (
     LatestFrameSlot, NodeOptions, ParameterSpec, PipelineStats, RateLimiter, all_parameters,
-    config_from_parameters, frame_age_s, is_stale, node_options_from_parameters, stamp_to_ns)
+    config_from_parameters, frame_age_s, grid_options_from_parameters, is_stale,
+    node_options_from_parameters, stamp_to_ns)
 from bisenet_ros.runtime import prefer_passive_openmp
 from bisenet_ros.transport import DDS_DOCS, FrameGapEstimator, dds_config_problems
 
@@ -90,6 +101,51 @@ def input_qos(options: NodeOptions) -> QoSProfile:
                       reliability=reliability, durability=DurabilityPolicy.VOLATILE)
 
 
+class CameraPoseLookup:
+    """tf2 behind one call: the pose of an image's optical frame in the grid frame.
+
+    The seam between tf2 and the ROS-free :mod:`bisenet_ros.bev`: a tf2 ``Buffer`` fed by a
+    ``TransformListener`` (``/tf`` and ``/tf_static``) on the node, looked up at the image's stamp
+    (a stamp of 0 asks for the latest), with the ``static_camera_pose`` fallback.
+
+    Args:
+        node: The node the listener subscribes with.
+        grid_frame: Target frame (``grid_frame``).
+        fallback: Pose used when tf has no transform (``use_static_camera_pose``), or None.
+    """
+
+    def __init__(self, node: Node, grid_frame: str, fallback: bev.Pose | None) -> None:
+        self.grid_frame = grid_frame
+        self.fallback = fallback
+        self.buffer = Buffer()
+        self.listener = TransformListener(self.buffer, node)
+        self._logger = node.get_logger()
+        self._fallback_logged = False
+
+    def pose(self, frame_id: str, stamp_ns: int) -> tuple[bev.Pose | None, str | None]:
+        """``(pose, None)``, or ``(None, why)`` when there is no transform and no fallback."""
+        if not frame_id:
+            problem = "the image header has an empty frame_id; the camera driver must set it"
+        else:
+            try:
+                msg = self.buffer.lookup_transform(self.grid_frame, frame_id,
+                                                   Time(nanoseconds=max(stamp_ns, 0)))
+                t, q = msg.transform.translation, msg.transform.rotation
+                return bev.Pose.from_transform((t.x, t.y, t.z), (q.x, q.y, q.z, q.w)), None
+            except TransformException as err:
+                problem = (f"no transform from {frame_id!r} to {self.grid_frame!r} at the image "
+                           f"stamp ({type(err).__name__}: {err}); publish the camera mount on "
+                           "/tf_static (robot_state_publisher) or set use_static_camera_pose")
+            except bev.BevError as err:
+                problem = f"the transform from {frame_id!r} to {self.grid_frame!r} is invalid: {err}"
+        if self.fallback is None:
+            return None, problem
+        if not self._fallback_logged:
+            self._logger.warning(f"{problem}; using static_camera_pose instead")
+            self._fallback_logged = True
+        return self.fallback, None
+
+
 class SegmentationNode(Node):
     """Semantic segmentation of a camera stream with BiSeNet V1/V2 or STDC.
 
@@ -119,6 +175,7 @@ class SegmentationNode(Node):
             raise ParameterError(str(err)) from err
         try:
             self.options = node_options_from_parameters(values)
+            self.grid_options = grid_options_from_parameters(values, self.options.image_topic)
             self.config = config_from_parameters(
                 values, publish_confidence=self.options.publish_confidence)
         except ValueError as err:
@@ -188,6 +245,7 @@ class SegmentationNode(Node):
         self._decode = decode_compressed if self.options.use_compressed else decode_image
         self._subscription = self.create_subscription(
             msg_type, self.options.input_topic, self._on_image, input_qos(self.options))
+        self._setup_grid(input_qos(self.options))
         self._diagnostics_timer = self.create_timer(
             self.options.diagnostics_period, self._publish_diagnostics)
 
@@ -289,6 +347,11 @@ class SegmentationNode(Node):
                 result, color_order, topics=planner, **image_options).items():
             self._image_publishers[topic].publish(self._image_message(msg.header, fields))
         planned = time.perf_counter()
+        grid_ms: dict[str, float] = {}
+        if self._grid_publisher.get_subscription_count() > 0:
+            grid_start = time.perf_counter()
+            if self.publish_grid(msg.header, result.labels, frame.shape):
+                grid_ms["grid"] = (time.perf_counter() - grid_start) * 1e3
         if visual:
             for topic, fields in outputs.result_to_image_fields(
                     result, color_order, topics=visual, **image_options).items():
@@ -302,7 +365,7 @@ class SegmentationNode(Node):
         engine = dict(getattr(result, "timings", None) or {})
         if "total" in engine:  # 'total' below is the node's (decode to publish)
             engine["engine"] = engine.pop("total")
-        timings = {"decode": (decoded - start) * 1e3, **engine,
+        timings = {"decode": (decoded - start) * 1e3, **engine, **grid_ms,
                    "publish_planner": (planned - inferred) * 1e3,
                    "publish": (done - inferred) * 1e3, "total": (done - start) * 1e3}
         age = frame_age_s(stamp_ns, self.get_clock().now().nanoseconds)
@@ -329,6 +392,94 @@ class SegmentationNode(Node):
         msg = CompressedImage(header=header, format=fields["format"])
         msg.data = self._pixels(fields["data"])
         return msg
+
+    # -- bird's-eye drivable grid -------------------------------------------------------------
+
+    def _setup_grid(self, qos: QoSProfile) -> None:
+        opts = self.grid_options
+        try:
+            class_set = make_class_set(self.segmenter.class_names)
+            drivable = np.flatnonzero(class_set.mask_lut(self.config.drivable_classes))
+        except ValueError as err:  # the engine resolves the same names; only a stand-in can differ
+            self.get_logger().warning(f"drivable_classes cannot be resolved for the grid: {err}")
+            drivable = np.zeros(0, dtype=np.int64)
+        self._bev = bev.BevProjector(opts.grid, drivable.tolist())
+        self._camera_info: Any = None
+        self._camera_model: tuple[Any, bev.CameraModel] | None = None
+        self._grid_logged: dict[str, float] = {}
+        self._camera_poses = CameraPoseLookup(self, opts.grid.frame_id, opts.static_pose)
+        self._grid_publisher = self.create_publisher(
+            OccupancyGrid, "~/drivable_grid",
+            QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                       reliability=ReliabilityPolicy.RELIABLE))
+        self._camera_info_subscription = self.create_subscription(
+            CameraInfo, opts.camera_info_topic, self._on_camera_info, qos)
+
+    def _on_camera_info(self, msg: Any) -> None:
+        self._camera_info = msg  # one reference assignment: safe against the worker thread
+
+    def _grid_problem(self, counter: str, message: str) -> None:
+        self.stats.count(counter)
+        # Throttled per cause (rclpy throttles per call site, which would let one cause hide
+        # another): the first occurrence of each is shown at once.
+        now = time.monotonic()
+        if now - self._grid_logged.get(counter, -1e18) >= LOG_THROTTLE_S:
+            self._grid_logged[counter] = now
+            self.get_logger().warning(f"no ~/drivable_grid: {message}")
+
+    def _current_camera(self) -> bev.CameraModel | None:
+        info = self._camera_info
+        if info is None:
+            self._grid_problem("grid_no_camera_info", f"no CameraInfo received on "
+                               f"{self._camera_info_subscription.topic_name} yet (remap "
+                               "camera_info or set camera_info_topic)")
+            return None
+        if self._camera_model is not None and self._camera_model[0] is info:
+            return self._camera_model[1]
+        try:
+            model = bev.CameraModel.from_camera_info(info,
+                                                     rectified=self.grid_options.rectified_input)
+        except bev.BevError as err:
+            self._grid_problem("grid_invalid", f"CameraInfo on "
+                               f"{self._camera_info_subscription.topic_name}: {err}")
+            return None
+        self._camera_model = (info, model)
+        return model
+
+    def publish_grid(self, header: Any, labels: np.ndarray, frame_shape: tuple[int, ...]) -> bool:
+        """Project ``labels`` (of a camera frame of ``frame_shape``) onto the ground and publish
+        ``~/drivable_grid``; False (logged, counted in diagnostics) without CameraInfo, transform
+        or usable geometry."""
+        camera = self._current_camera()
+        if camera is None:
+            return False
+        pose, problem = self._camera_poses.pose(header.frame_id, stamp_to_ns(header.stamp))
+        if pose is None:
+            self._grid_problem("grid_no_transform", str(problem))
+            return False
+        try:
+            labels = np.asarray(labels)
+            window = bev.label_window(frame_shape, labels.shape, self.config.resize)
+            values = self._bev(labels, camera, pose, window=window)
+        except bev.BevError as err:
+            self._grid_problem("grid_invalid", str(err))
+            return False
+        fields = bev.occupancy_grid_fields(values, self._bev.grid)
+        msg = OccupancyGrid()
+        msg.header.stamp = header.stamp
+        msg.header.frame_id = self._bev.grid.frame_id
+        msg.info.map_load_time = header.stamp
+        msg.info.resolution = fields["resolution"]
+        msg.info.width, msg.info.height = fields["width"], fields["height"]
+        position, orientation = msg.info.origin.position, msg.info.origin.orientation
+        position.x, position.y, position.z = fields["origin_position"]
+        orientation.x, orientation.y, orientation.z, orientation.w = fields["origin_orientation"]
+        data = array.array("b")  # int8[]: like uint8[], array.array is taken without a copy per item
+        data.frombytes(fields["data"].tobytes())
+        msg.data = data
+        self._grid_publisher.publish(msg)
+        self.stats.count("grid_published")
+        return True
 
     # -- metadata and diagnostics -----------------------------------------------------------
 

@@ -250,7 +250,9 @@ def diagnostic_values(stats: Mapping[str, Any],
 
     Keys: ``input_rate_hz``, ``output_rate_hz``, ``frames_received``, ``frames_processed``,
     ``dropped_stale``, ``dropped_superseded`` (replaced by a newer frame before inference),
-    ``malformed``, ``errors``, ``latency_<stage>_ms`` (mean over the recent window, per engine
+    ``malformed``, ``errors``, ``grid_published``, ``grid_no_camera_info``,
+    ``grid_no_transform``, ``grid_invalid`` (frames without ``~/drivable_grid``, by cause),
+    ``latency_<stage>_ms`` (mean over the recent window, per engine
     stage plus ``decode``, ``publish`` and ``total``) and ``age_ms`` (frame stamp to publish).
     From the camera's header stamps (:class:`bisenet_ros.transport.FrameGapEstimator`, when its
     snapshot is merged in): ``camera_rate_hz``, ``frames_lost_upstream`` (frames that never
@@ -272,6 +274,9 @@ def diagnostic_values(stats: Mapping[str, Any],
     ]
     for key in ("frames_received", "frames_processed", "dropped_stale", "dropped_superseded",
                 "malformed", "errors"):
+        values.append((key, str(int(stats.get(key, 0)))))
+    # The drivable grid: published, and frames without a grid by cause (pipeline.GRID_COUNTERS).
+    for key in ("grid_published", "grid_no_camera_info", "grid_no_transform", "grid_invalid"):
         values.append((key, str(int(stats.get(key, 0)))))
     for stage, ms in stats.get("latency_ms", {}).items():
         values.append((f"latency_{stage}_ms", f"{ms:.2f}"))

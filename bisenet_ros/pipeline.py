@@ -26,6 +26,7 @@ __all__ = [
     "LatestFrameSlot", "RateLimiter", "RateMeter", "PipelineStats", "stamp_to_ns", "frame_age_s", "is_stale",
     "ParameterSpec", "NODE_PARAMETERS", "QOS_PROFILES", "NodeOptions", "config_parameters",
     "all_parameters", "node_options_from_parameters", "config_from_parameters",
+    "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
 ]
 
 T = TypeVar("T")
@@ -148,8 +149,10 @@ class RateMeter:
         return (len(self._times) - 1) / span if span > 0 else 0.0
 
 
+#: Counters of the drivable grid: grids published, frames without one and why.
+GRID_COUNTERS = ("grid_published", "grid_no_camera_info", "grid_no_transform", "grid_invalid")
 _COUNTERS = ("frames_received", "frames_processed", "dropped_stale", "dropped_superseded",
-             "malformed", "errors")
+             "malformed", "errors") + GRID_COUNTERS
 
 
 class PipelineStats:
@@ -224,8 +227,8 @@ QOS_PROFILES = ("sensor_data", "reliable", "system_default")
 class ParameterSpec:
     """One ROS parameter of the node: its ROS-typed default, help text and constraints.
 
-    ``default`` has the type the ROS parameter is declared with (str, int, float, bool or
-    list[str]); rclpy rejects an override of another type at launch.
+    ``default`` has the type the ROS parameter is declared with (str, int, float, bool,
+    list[str] or list[float]); rclpy rejects an override of another type at launch.
     """
 
     name: str
@@ -323,8 +326,8 @@ def config_parameters() -> tuple[ParameterSpec, ...]:
 
 
 def all_parameters() -> tuple[ParameterSpec, ...]:
-    """Every parameter the node declares: segmenter options first, then node options."""
-    return config_parameters() + NODE_PARAMETERS
+    """Every parameter the node declares: segmenter options, node options, then the grid's."""
+    return config_parameters() + NODE_PARAMETERS + GRID_PARAMETERS
 
 
 @dataclass(frozen=True)
@@ -401,3 +404,103 @@ def config_from_parameters(values: Mapping[str, Any], *, publish_confidence: boo
     if publish_confidence:
         options["confidence"] = True
     return SegmenterConfig.from_dict(options)
+
+
+# ---------------------------------------------------------------------------------------------
+# The bird's-eye drivable grid (~/drivable_grid, see bisenet_ros.bev and docs/node.md).
+# ---------------------------------------------------------------------------------------------
+
+_METRES = (-10000.0, 10000.0)
+
+#: Parameters of the drivable grid (keep in sync with ``bisenet_ros.config._NODE_ONLY_KEYS``).
+GRID_PARAMETERS: tuple[ParameterSpec, ...] = (
+    ParameterSpec("camera_info_topic", "",
+                  "sensor_msgs/CameraInfo topic of the camera; empty: 'camera_info' beside the "
+                  "image topic, as image_transport names it (remapping 'camera_info' works too)."),
+    ParameterSpec("rectified_input", False,
+                  "The images are rectified (image_rect): project with CameraInfo P, no "
+                  "distortion. False: raw images, K and D."),
+    ParameterSpec("grid_frame", "base_link",
+                  "Frame of ~/drivable_grid (x forward, y left, z up); the camera pose is looked "
+                  "up in tf from the image's frame_id to this frame."),
+    ParameterSpec("grid_resolution", 0.1, "Cell size of ~/drivable_grid, metres.",
+                  float_range=(0.01, 10.0)),
+    ParameterSpec("grid_x_min", 0.0, "Rear edge of the grid in grid_frame (x of its origin), m.",
+                  float_range=_METRES),
+    ParameterSpec("grid_x_max", 40.0, "Front edge of the grid in grid_frame, metres.",
+                  float_range=_METRES),
+    ParameterSpec("grid_y_min", -20.0, "Right edge of the grid in grid_frame (y of its origin), m.",
+                  float_range=_METRES),
+    ParameterSpec("grid_y_max", 20.0, "Left edge of the grid in grid_frame, metres.",
+                  float_range=_METRES),
+    ParameterSpec("grid_max_range", 30.0,
+                  "Cells farther than this from the point below the camera are unknown (-1), m.",
+                  float_range=(0.1, 10000.0)),
+    ParameterSpec("grid_ground_height", 0.0, "Height of the ground plane in grid_frame, metres.",
+                  float_range=(-100.0, 100.0)),
+    ParameterSpec("use_static_camera_pose", False,
+                  "When tf has no transform from the image frame to grid_frame, use "
+                  "static_camera_pose instead of publishing no grid."),
+    ParameterSpec("static_camera_pose", [0.0, 0.0, 1.5, 0.0, 0.0, 0.0],
+                  "Fallback camera mount in grid_frame: [x, y, z, roll, pitch, yaw] (metres, "
+                  "radians; pitch > 0 looks down) of the camera body (x forward, y left, z up); "
+                  "the optical frame is derived from it as REP-103 defines."),
+)
+
+
+@dataclass(frozen=True)
+class GridOptions:
+    """Validated grid parameters (see :data:`GRID_PARAMETERS`).
+
+    Attributes:
+        grid: The :class:`bisenet_ros.bev.GridSpec`.
+        camera_info_topic: CameraInfo topic (already resolved beside the image topic).
+        rectified_input: Project with P (rectified images).
+        static_pose: The fallback :class:`bisenet_ros.bev.Pose` of the optical frame, or None.
+    """
+
+    grid: Any
+    camera_info_topic: str
+    rectified_input: bool
+    static_pose: Any
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The CameraInfo topic beside ``image_topic`` (image_transport's rule): the image topic's
+    namespace plus ``camera_info``, e.g. ``/cam/image_raw`` -> ``/cam/camera_info``."""
+    head, _, _ = image_topic.rstrip("/").rpartition("/")
+    return f"{head}/camera_info" if head or image_topic.startswith("/") else "camera_info"
+
+
+def grid_options_from_parameters(values: Mapping[str, Any], image_topic: str) -> GridOptions:
+    """Validate the grid parameters.
+
+    Args:
+        values: parameter name -> value (missing names take their defaults).
+        image_topic: the node's image topic (for the default CameraInfo topic).
+
+    Raises:
+        ValueError: naming the parameter and what is expected (``BevError`` is a ValueError).
+    """
+    from bisenet_ros import bev
+
+    merged = {}
+    for spec in GRID_PARAMETERS:
+        value = values.get(spec.name, spec.default)
+        _check(spec, value)
+        merged[spec.name] = value
+    grid = bev.GridSpec(
+        frame_id=str(merged["grid_frame"]), resolution=float(merged["grid_resolution"]),
+        x_min=float(merged["grid_x_min"]), x_max=float(merged["grid_x_max"]),
+        y_min=float(merged["grid_y_min"]), y_max=float(merged["grid_y_max"]),
+        max_range=float(merged["grid_max_range"]),
+        ground_height=float(merged["grid_ground_height"]))
+    static_pose = None
+    if merged["use_static_camera_pose"]:
+        mount = [float(v) for v in merged["static_camera_pose"]]
+        if len(mount) != 6:
+            raise ValueError(f"parameter static_camera_pose={mount}: expected [x, y, z, roll, "
+                             "pitch, yaw] (6 numbers, metres and radians)")
+        static_pose = bev.Pose.from_mount(*mount)
+    topic = str(merged["camera_info_topic"]).strip() or camera_info_topic(image_topic)
+    return GridOptions(grid, topic, bool(merged["rectified_input"]), static_pose)

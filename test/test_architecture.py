@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ROS_MODULES = {
     "rclpy", "sensor_msgs", "std_msgs", "vision_msgs", "diagnostic_msgs", "builtin_interfaces",
     "cv_bridge", "rosidl_runtime_py", "launch", "launch_ros", "launch_testing", "rcl_interfaces",
+    "tf2_ros", "tf2_py", "tf2_msgs", "nav_msgs", "geometry_msgs",
 }
 ROS_ADAPTERS = {ROOT / "bisenet_ros" / "node.py"}
 

@@ -21,6 +21,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     metrics = json.loads((demo / "report" / "metrics.json").read_text())
     assert metrics["frames"]["processed"] == 12
     assert 0.0 <= metrics["evaluation"]["miou"] <= 1.0
+    # The drive records camera_info and /tf_static: the replay writes the grid and its IoU.
+    birds_eye = metrics["birds_eye"]
+    assert birds_eye["topic_messages"] == 12 and birds_eye["frames_evaluated"] == 12
+    assert 0.0 <= birds_eye["drivable_iou"] <= 1.0
+    assert "alt='drivable grid'" in (demo / "report" / "report.html").read_text()
     assert (demo / "segmented_bag" / "metadata.yaml").is_file()
     assert (demo / "stdc1_synthetic.onnx").is_file()
     # A second run reuses the trained model instead of training again.

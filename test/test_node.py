@@ -22,7 +22,7 @@ import pytest
 
 from bisenet_ros.codec import image_to_array
 from bisenet_ros.config import _NODE_ONLY_KEYS
-from bisenet_ros.pipeline import NODE_PARAMETERS, all_parameters
+from bisenet_ros.pipeline import GRID_PARAMETERS, NODE_PARAMETERS, all_parameters
 from ros_double import rclpy_double
 from ros_double.fake_engine import FakeSegmenter
 from ros_double.messages import rclpy_style_class, to_store_message, typestore
@@ -423,7 +423,8 @@ def test_parameters_declared_once_with_descriptors(ros: Any) -> None:
     assert node.descriptors["num_classes"].integer_range[0].to_value == 255
     assert "letterbox" in node.descriptors["resize"].additional_constraints
     # node-only keys are exactly what config.py lets through from a shared parameter file
-    assert {s.name for s in NODE_PARAMETERS} | {"use_sim_time"} == set(_NODE_ONLY_KEYS)
+    assert ({s.name for s in NODE_PARAMETERS + GRID_PARAMETERS} | {"use_sim_time"}
+            == set(_NODE_ONLY_KEYS))
     assert node.config.resolution == (128, 64)
     assert any("randomly initialised" in m for m in ros.graph.messages("warning"))
 

@@ -373,7 +373,8 @@ def _tree(rng: np.random.Generator, cam: _Camera, img, lab, xc: float, z: float)
         _fill_ellipse(img, lab, (cx, cy), (r, r * 0.9), np.clip(leaf + rng.integers(-20, 20, 3), 0, 255), VEGETATION)
 
 
-def render_scene(seed: int | tuple[int, ...], height: int = 256, width: int = 512
+def render_scene(seed: int | tuple[int, ...], height: int = 256, width: int = 512,
+                 camera: tuple[float, float, float, float] | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Render one street scene.
 
@@ -382,6 +383,10 @@ def render_scene(seed: int | tuple[int, ...], height: int = 256, width: int = 51
             always gives the same scene.
         height: image height in pixels.
         width: image width in pixels.
+        camera: ``(f, cx, cy, h)``: focal length and principal point in pixels, height above the
+            ground in metres of the level pinhole camera (optical axis horizontal, ``cy`` is the
+            horizon row); None draws them at random from the seed. The rest of the scene is the
+            same either way.
 
     Returns:
         ``(image, label_ids)``: an ``(H, W, 3) uint8`` RGB image and an ``(H, W) uint8`` map of
@@ -390,15 +395,18 @@ def render_scene(seed: int | tuple[int, ...], height: int = 256, width: int = 51
     rng = np.random.default_rng(seed)
     # inf/NaN depths above the horizon are masked out below; silence their arithmetic warnings.
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        return _render(rng, height, width)
+        return _render(rng, height, width, camera)
 
 
-def _render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+def _render(rng: np.random.Generator, height: int, width: int,
+            camera: tuple[float, float, float, float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     img = np.zeros((height, width, 3), np.float32)
     lab = np.zeros((height, width), np.uint8)
     f = width * rng.uniform(0.85, 1.15)
     cam = _Camera(f=f, cx=width * rng.uniform(0.42, 0.58), cy=height * rng.uniform(0.38, 0.5),
                   h=rng.uniform(1.3, 1.7))
+    if camera is not None:  # drawn above all the same, so the rest of the scene is unchanged
+        cam = _Camera(*(float(v) for v in camera))
 
     n_lanes = int(rng.choice([1, 2, 2, 3, 4]))
     lane_w = rng.uniform(2.8, 3.6)

@@ -73,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "the file names when they all have one, else by order)")
     gt.add_argument("--label-tolerance-ms", type=float, default=1.0,
                     help="largest stamp difference for timestamp matching (default 1 ms)")
+    add_grid_arguments(parser)
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--max-frames", type=int, default=None,
                            help="stop after this many camera messages")
@@ -88,21 +89,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(engine)
 
 
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the bird's-eye drivable grid (``.../drivable_grid``; see docs/replay.md)."""
+    group = parser.add_argument_group(
+        "drivable grid (written whenever the bag's camera_info and tf, or these options, give a "
+        "camera model and pose; grid_* keys of --config are read too)")
+    group.add_argument("--camera-info", metavar="YAML", type=Path,
+                       help="camera_calibration YAML file (wins over the bag's camera_info)")
+    group.add_argument("--camera-pose", nargs=6, type=float,
+                       metavar=("X", "Y", "Z", "ROLL", "PITCH", "YAW"),
+                       help="camera body pose in the grid frame, metres and radians (pitch > 0 "
+                       "looks down; wins over the bag's /tf_static and /tf)")
+    group.add_argument("--grid-frame", help="grid frame (default base_link)")
+    group.add_argument("--grid-resolution", type=float, help="cell size, m (default 0.1)")
+    group.add_argument("--grid-extent", nargs=4, type=float,
+                       metavar=("X_MIN", "X_MAX", "Y_MIN", "Y_MAX"),
+                       help="grid extent in the grid frame, m (default 0 40 -20 20)")
+    group.add_argument("--grid-max-range", type=float, help="unknown beyond this range, m "
+                       "(default 30)")
+    group.add_argument("--grid-ground-height", type=float, help="ground plane z, m (default 0)")
+    group.add_argument("--rectified", action="store_true", default=None,
+                       help="the images are rectified: project with CameraInfo P")
+    group.add_argument("--no-grid", action="store_true", help="write no drivable grid")
+
+
+def _grid_options(args: argparse.Namespace) -> Any:
+    """The grid parameters: the node's (``--config``) with the command line winning."""
+    from bisenet_ros.pipeline import GRID_PARAMETERS, grid_options_from_parameters
+
+    values = _config_file_values(args, [spec.name for spec in GRID_PARAMETERS])
+    extent = getattr(args, "grid_extent", None) or [None] * 4
+    for key, value in (("grid_frame", args.grid_frame), ("grid_resolution", args.grid_resolution),
+                       ("grid_x_min", extent[0]), ("grid_x_max", extent[1]),
+                       ("grid_y_min", extent[2]), ("grid_y_max", extent[3]),
+                       ("grid_max_range", args.grid_max_range),
+                       ("grid_ground_height", args.grid_ground_height),
+                       ("rectified_input", args.rectified)):
+        if value is not None:
+            values[key] = value
+    values["use_static_camera_pose"] = False  # the replay's pose fallback is --camera-pose
+    return grid_options_from_parameters(values, image_topic="image")
+
+
+def _config_file_values(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
+    """The values of ``keys`` in the --config file (a node parameter file), if any."""
+    if not getattr(args, "config", None):
+        return {}
+    import yaml
+
+    from bisenet_ros.config import unwrap_ros_parameters
+
+    with open(args.config, encoding="utf-8") as stream:
+        data = yaml.safe_load(stream) or {}
+    if not isinstance(data, dict):
+        return {}
+    data = unwrap_ros_parameters(data)
+    return {key: data[key] for key in keys if key in data}
+
+
 def _node_options(args: argparse.Namespace) -> dict[str, Any]:
     """Node-only options from --config (a node parameter file) with the command line winning."""
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        import yaml
-
-        from bisenet_ros.config import unwrap_ros_parameters
-
-        with open(args.config, encoding="utf-8") as stream:
-            data = yaml.safe_load(stream) or {}
-        if isinstance(data, dict):
-            data = unwrap_ros_parameters(data)
-            for key in ("publish_confidence", "color_mask_encoding", "confidence_encoding"):
-                if key in data:
-                    values[key] = data[key]
+    values = _config_file_values(
+        args, ["publish_confidence", "color_mask_encoding", "confidence_encoding"])
     for key in ("publish_confidence", "color_mask_encoding", "confidence_encoding", "node_name"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
@@ -143,6 +191,7 @@ def build_options(args: argparse.Namespace, config: SegmenterConfig) -> tuple[An
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames {args.max_frames}: expected 1 or more")
     copy: tuple[str, ...] = ("*",) if args.copy_input else tuple(args.copy_topic)
+    grid = _grid_options(args)
     options = ReplayOptions(
         input=Path(args.input), output=Path(args.output), image_topic=args.image_topic,
         storage=args.storage, namespace=args.namespace,
@@ -152,7 +201,10 @@ def build_options(args: argparse.Namespace, config: SegmenterConfig) -> tuple[An
         labels_match=args.labels_match, label_tolerance_ms=args.label_tolerance_ms,
         report_dir=Path(args.report) if args.report else None, overwrite=args.overwrite,
         max_frames=args.max_frames, progress=args.progress, queue_size=args.queue_size,
-        samples=args.samples)
+        samples=args.samples, grid=grid.grid, write_grid=not args.no_grid,
+        camera_info_yaml=args.camera_info,
+        camera_pose=tuple(args.camera_pose) if args.camera_pose else None,
+        rectified_input=grid.rectified_input)
     return options, config
 
 
@@ -248,6 +300,9 @@ def _print_summary(result: Any) -> None:
             f"{k} {v:.4f}" if v is not None else f"{k} n/a"
             for k, v in (("mIoU", miou), ("pixel accuracy", acc), ("drivable IoU", drv)))
             + f" over {cm.frames} frames")
+    if result.grid is not None and result.grid.iou() is not None:
+        print(f"bird's-eye drivable IoU {result.grid.iou():.4f} over {result.grid.evaluated} frames "
+              f"({result.grid.source.grid.resolution:g} m cells in {result.grid.source.grid.frame_id})")
     print(f"output: {result.options.output} ({result.options.storage}"
           + (", closed" if result.output_closed else ", NOT closed") + ")")
     for topic, count in result.output_counts.items():

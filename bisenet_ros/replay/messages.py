@@ -9,7 +9,7 @@ bag recorded from the live node.
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from bisenet_ros.pipeline import stamp_to_ns  # noqa: F401  (re-exported for the
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 LABEL_INFO = "vision_msgs/msg/LabelInfo"
+OCCUPANCY_GRID = "nav_msgs/msg/OccupancyGrid"
 VISION_CLASS = "vision_msgs/msg/VisionClass"
 IMAGE_TYPES = frozenset({IMAGE, COMPRESSED_IMAGE})
 
@@ -82,6 +83,50 @@ def make_label_info(header: Any, class_map: Mapping[int, str] | list[tuple[int, 
     items = class_map.items() if isinstance(class_map, Mapping) else class_map
     classes = [types[VISION_CLASS](class_id=int(i), class_name=str(n)) for i, n in items]
     return types[LABEL_INFO](header=header, class_map=classes, threshold=float(threshold))
+
+
+def make_occupancy_grid(stamp_ns: int, frame_id: str, fields: Mapping[str, Any]) -> Any:
+    """A ``nav_msgs/OccupancyGrid`` from :func:`bisenet_ros.bev.occupancy_grid_fields`
+    (``info.map_load_time`` = the stamp, as the node sets it)."""
+    types = typestore().types
+    header = make_header(stamp_ns, frame_id)
+    position = types["geometry_msgs/msg/Point"](*fields["origin_position"])
+    orientation = types["geometry_msgs/msg/Quaternion"](*fields["origin_orientation"])
+    info = types["nav_msgs/msg/MapMetaData"](
+        map_load_time=header.stamp, resolution=float(fields["resolution"]),
+        width=int(fields["width"]), height=int(fields["height"]),
+        origin=types["geometry_msgs/msg/Pose"](position=position, orientation=orientation))
+    data = np.ascontiguousarray(np.asarray(fields["data"], dtype=np.int8).reshape(-1))
+    return types[OCCUPANCY_GRID](header=header, info=info, data=data)
+
+
+def make_camera_info(header: Any, *, width: int, height: int, k: Any,
+                     d: Any = (0.0, 0.0, 0.0, 0.0, 0.0), distortion_model: str = "plumb_bob",
+                     p: Any = None) -> Any:
+    """A ``sensor_msgs/CameraInfo`` of an unrectified camera (R = identity; P = [K | 0] by
+    default), no binning and no ROI."""
+    types = typestore().types
+    k = np.asarray(k, dtype=np.float64).reshape(3, 3)
+    p = np.hstack([k, np.zeros((3, 1))]) if p is None else np.asarray(p, dtype=np.float64)
+    return types["sensor_msgs/msg/CameraInfo"](
+        header=header, height=int(height), width=int(width), distortion_model=distortion_model,
+        d=np.asarray(d, dtype=np.float64).reshape(-1), k=k.reshape(-1), r=np.eye(3).reshape(-1),
+        p=p.reshape(-1), binning_x=0, binning_y=0,
+        roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                      do_rectify=False))
+
+
+def make_tf_message(transforms: Sequence[tuple[str, str, Sequence[float], Sequence[float]]],
+                    stamp_ns: int = 0) -> Any:
+    """A ``tf2_msgs/TFMessage`` from ``(parent, child, translation xyz (m), quaternion xyzw)``."""
+    types = typestore().types
+    return types["tf2_msgs/msg/TFMessage"](transforms=[
+        types["geometry_msgs/msg/TransformStamped"](
+            header=make_header(stamp_ns, parent), child_frame_id=child,
+            transform=types["geometry_msgs/msg/Transform"](
+                translation=types["geometry_msgs/msg/Vector3"](*(float(v) for v in xyz)),
+                rotation=types["geometry_msgs/msg/Quaternion"](*(float(v) for v in q))))
+        for parent, child, xyz, q in transforms])
 
 
 def serialize(msg: Any) -> bytes | memoryview:

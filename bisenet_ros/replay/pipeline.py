@@ -90,6 +90,13 @@ class ReplayOptions:
         queue_size: Bound of each inter-thread queue (frames).
         samples: Number of sample overlays kept for the report.
         drivable_ids: Class ids counted as drivable (None: from the engine config).
+        grid: The bird's-eye grid (:class:`bisenet_ros.bev.GridSpec`; None: the node's default).
+        write_grid: Write ``drivable_grid`` when a camera model and pose are found
+            (:mod:`bisenet_ros.replay.grid`).
+        camera_info_yaml: A ``camera_calibration`` YAML file (wins over the bag's camera_info).
+        camera_pose: ``(x, y, z, roll, pitch, yaw)`` of the camera body in the grid frame
+            (wins over the bag's tf).
+        rectified_input: The images are rectified: project with CameraInfo P.
     """
 
     input: Path
@@ -113,6 +120,11 @@ class ReplayOptions:
     queue_size: int = 4
     samples: int = 6
     drivable_ids: tuple[int, ...] | None = None
+    grid: Any = None
+    write_grid: bool = True
+    camera_info_yaml: Path | None = None
+    camera_pose: tuple[float, ...] | None = None
+    rectified_input: bool = False
 
 
 @dataclasses.dataclass
@@ -158,6 +170,7 @@ class ReplayResult:
     samples: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)  # (index, JPEG)
     palette: np.ndarray | None = None  # N x 3 RGB, for the report's plots
     hard_stop: bool = False  # a second signal: the caller skips the report
+    grid: Any = None  # bisenet_ros.replay.grid.GridStage when a drivable grid is written
 
     @property
     def frames_processed(self) -> int:
@@ -309,6 +322,7 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         bag.open()
     try:
         image_topic, copy = _check_topics(bag, options)
+        _setup_grid(bag, image_topic, options, result)
         prepare_output_path(options.output, overwrite=options.overwrite)
         result.image_topic = image_topic
         result.input_storage = bag.storage
@@ -341,6 +355,28 @@ def _check_topics(bag: InputBag, options: ReplayOptions) -> tuple[TopicInfo, lis
         raise BagError(f"--copy-topic {missing[0]!r} is not in {options.input}; "
                        f"topics: {', '.join(bag.topics)}")
     return image_topic, copy
+
+
+def _setup_grid(bag: InputBag, image_topic: TopicInfo, options: ReplayOptions,
+                result: ReplayResult) -> None:
+    """Find the grid's camera model and pose in the bag or the options (a warning when none)."""
+    if not options.write_grid:
+        return
+    from bisenet_ros import bev
+    from bisenet_ros.replay.grid import GridStage, load_grid_source
+
+    try:
+        source, problem = load_grid_source(
+            bag, image_topic.name, grid=options.grid or bev.GridSpec(),
+            camera_info_yaml=options.camera_info_yaml, camera_pose=options.camera_pose,
+            rectified=options.rectified_input)
+    except bev.BevError as err:
+        raise ValueError(str(err)) from err
+    if source is None:
+        result.warnings.append(str(problem))
+    else:
+        result.grid = GridStage(source, result.drivable_ids,
+                                resize=str(result.config.get("resize", "stretch")))
 
 
 def open_input(options: ReplayOptions) -> InputBag:
@@ -547,7 +583,7 @@ def _write(q_out: "queue.Queue[Any]", options: ReplayOptions, topics: list[str],
     try:
         out = OutputBag(options.output, storage=options.storage, namespace=options.namespace,
                         node_name=options.node_name)
-        out.open(topics + ["label_info"])
+        out.open(topics + ["label_info"] + (["drivable_grid"] if result.grid is not None else []))
         for topic in copy:
             if not out.add_copy_topic(bag.topics[topic]):
                 result.warnings.append(f"--copy-topic {topic}: type {bag.topics[topic].msgtype} "
@@ -638,6 +674,13 @@ class _Sink:
         done.timings["write"] = (time.perf_counter() - t0) * 1e3
 
         labels = np.asarray(res.labels)
+        if self.result.grid is not None:
+            t0 = time.perf_counter()
+            grid_msg = self.result.grid.frame(frame.stamp_ns, frame.frame_id, labels,
+                                              frame.image.shape)
+            if grid_msg is not None:
+                self.out.write("drivable_grid", grid_msg, frame.bag_ns)
+            done.timings["grid"] = (time.perf_counter() - t0) * 1e3
         drivable = (np.count_nonzero(res.drivable) / max(res.drivable.size, 1)
                     if getattr(res, "drivable", None) is not None
                     else float(self.drivable_lut[labels].mean()))
@@ -653,21 +696,23 @@ class _Sink:
                 if mask is None:
                     self.result.unmatched_predictions += 1
                 else:
-                    self._evaluate(labels, mask)
+                    self._evaluate(labels, mask, frame.stamp_ns)
             else:
                 mask = self.matcher.add_prediction(frame.stamp_ns, labels)
                 if mask is not None:
-                    self._evaluate(labels, mask)
+                    self._evaluate(labels, mask, frame.stamp_ns)
 
     def label(self, item: _Label) -> None:
         if self.result.confusion is None:
             return
         pred = self.matcher.add_label(item.stamp_ns, item.mask)
         if pred is not None:
-            self._evaluate(pred, item.mask)
+            self._evaluate(pred, item.mask, item.stamp_ns)
 
-    def _evaluate(self, pred: np.ndarray, truth: np.ndarray) -> None:
+    def _evaluate(self, pred: np.ndarray, truth: np.ndarray, stamp_ns: int) -> None:
         assert self.result.confusion is not None
+        if self.result.grid is not None:  # the bird's-eye IoU: truth grid vs predicted grid
+            self.result.grid.evaluate(stamp_ns, truth)
         if pred.shape != truth.shape:
             # e.g. output_resolution=network: compare at the ground truth's resolution.
             import cv2

@@ -115,6 +115,7 @@ def build_metrics(result: ReplayResult) -> dict[str, Any]:
             "label_change_fraction": M.percentiles(changes) if changes else None,
         },
         "evaluation": evaluation,
+        "birds_eye": result.grid.summary() if result.grid is not None else None,
     }
     return _clean(data)
 
@@ -274,6 +275,37 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -
     return "\n".join(out)
 
 
+def _birds_eye_html(result: ReplayResult, section: dict[str, Any] | None) -> list[str]:
+    """The drivable grid section: where camera and pose came from, the IoU, a grid picture."""
+    if section is None or result.grid is None:
+        return []
+    grid = section["grid"]
+    parts = ["<h2>Bird's-eye drivable grid</h2>", _table([
+        ("grid", f"{grid['width']} x {grid['height']} cells of {grid['resolution_m']} m in "
+                 f"{html.escape(grid['frame'])}, x {grid['x_m'][0]}..{grid['x_m'][1]} m, "
+                 f"y {grid['y_m'][0]}..{grid['y_m'][1]} m, max range {grid['max_range_m']} m"),
+        ("camera model", f"{html.escape(section['camera_model_from'])} "
+                         f"({section['camera_models']} calibration(s))"),
+        ("camera pose", html.escape(section["pose_from"])),
+        ("grids written", section["topic_messages"]),
+        ("bird's-eye drivable IoU", _fmt(section["drivable_iou"], 4)
+         + (f" over {section['frames_evaluated']} frames (grid of the ground truth vs grid of "
+            "the prediction, cells the truth grid sees)" if section["frames_evaluated"] else "")),
+    ])]
+    for problem, count in section["frames_without_grid"].items():
+        parts.append(f"<p class='bad'>{count} frames without a grid: {html.escape(problem)}</p>")
+    png = result.grid.picture_png()
+    if png:
+        caption = ("prediction (left) and ground truth (right)" if section["frames_evaluated"]
+                   else "prediction")
+        parts.append(f"<p>Grid of the first {'evaluated ' if section['frames_evaluated'] else ''}"
+                     f"frame, {caption}; forward is up, left is left; green drivable, red "
+                     "visible but not drivable, grey unknown.</p>"
+                     f"<img alt='drivable grid' src='data:image/png;base64,"
+                     f"{base64.b64encode(png).decode('ascii')}'>")
+    return parts
+
+
 def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> str:
     status = data["status"]
     timing = data["timing"]
@@ -341,6 +373,7 @@ def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> 
                 parts.append(f"<img alt='{key}' src='data:image/png;base64,{plots[key]}'>")
         parts.append(_table([(n, _fmt(v, 4)) for n, v in evaluation["per_class_iou"].items()],
                             ["class", "IoU"]))
+    parts.extend(_birds_eye_html(result, data["birds_eye"]))
     parts.append("<h2>Content over time</h2>")
     for key in ("shares", "drivable"):
         if key in plots:

@@ -20,7 +20,7 @@ from typing import Any
 
 from bisenet_ros.replay.bag import TopicInfo
 from bisenet_ros.replay.messages import (
-    IMAGE, LABEL_INFO, serialize, serialize_image_parts, typestore,
+    IMAGE, LABEL_INFO, OCCUPANCY_GRID, serialize, serialize_image_parts, typestore,
 )
 
 # Output name -> message type, in the order the node declares its publishers.
@@ -31,6 +31,7 @@ OUTPUT_TYPES: dict[str, str] = {
     "drivable_mask": IMAGE,
     "confidence": IMAGE,
     "label_info": LABEL_INFO,
+    "drivable_grid": OCCUPANCY_GRID,
 }
 STORAGES = ("mcap", "sqlite3")
 DEFAULT_NODE_NAME = "segmentation"  # the node's default name (bisenet_ros/node.py)

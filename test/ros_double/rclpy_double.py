@@ -12,7 +12,10 @@ rclpy's signatures, and nothing more:
   ``create_subscription``, ``create_timer``, ``get_fully_qualified_name``, ``destroy_node``;
   ``Publisher.publish`` / ``get_subscription_count``;
 * ``rclpy.qos``: ``QoSProfile``, ``ReliabilityPolicy``, ``DurabilityPolicy``, ``HistoryPolicy``;
-* ``rclpy.parameter.Parameter`` (what ``declare_parameter`` returns; tests build overrides with it).
+* ``rclpy.parameter.Parameter`` (what ``declare_parameter`` returns; tests build overrides with it);
+* ``rclpy.time.Time`` and ``rclpy.duration.Duration`` (keyword construction, ``nanoseconds``);
+* ``tf2_ros`` (``Buffer``, ``TransformListener``, the lookup exceptions): see
+  :mod:`ros_double.tf2_double`.
 
 Topics form a small in-process graph (:class:`Graph`): a publication reaches every subscription
 of the same type whose QoS is compatible under the DDS request/offered rules (a reliable
@@ -197,8 +200,16 @@ GRAPH = Graph()
 
 
 class Time:
-    def __init__(self, nanoseconds: int) -> None:
-        self.nanoseconds = int(nanoseconds)
+    """rclpy.time.Time(*, seconds=0, nanoseconds=0, clock_type=...)."""
+
+    def __init__(self, *, seconds: float = 0, nanoseconds: int = 0, clock_type: Any = None) -> None:
+        if seconds < 0 or nanoseconds < 0:
+            raise ValueError("Seconds value must not be negative")
+        self.nanoseconds = int(seconds * 1_000_000_000) + int(nanoseconds)
+
+    @classmethod
+    def from_msg(cls, msg: Any, clock_type: Any = None) -> "Time":
+        return cls(seconds=msg.sec, nanoseconds=msg.nanosec)
 
     def to_msg(self) -> Any:
         msg_cls = rclpy_style_class("builtin_interfaces/msg/Time")
@@ -206,9 +217,19 @@ class Time:
                        nanosec=self.nanoseconds % 1_000_000_000)
 
 
+class Duration:
+    """rclpy.duration.Duration(*, seconds=0, nanoseconds=0)."""
+
+    def __init__(self, *, seconds: float = 0, nanoseconds: int = 0) -> None:
+        self.nanoseconds = int(seconds * 1_000_000_000) + int(nanoseconds)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Duration) and other.nanoseconds == self.nanoseconds
+
+
 class Clock:
     def now(self) -> Time:
-        return Time(GRAPH.clock_ns if GRAPH.clock_ns is not None else time.time_ns())
+        return Time(nanoseconds=GRAPH.clock_ns if GRAPH.clock_ns is not None else time.time_ns())
 
 
 class RcutilsLogger:
@@ -436,7 +457,13 @@ def try_shutdown(*, context: Any = None, uninstall_handlers: bool | None = None)
 
 # --------------------------------------------------------------------------------- install
 MESSAGE_MODULES = {
-    "sensor_msgs.msg": ["sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage"],
+    "sensor_msgs.msg": ["sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage",
+                        "sensor_msgs/msg/CameraInfo", "sensor_msgs/msg/RegionOfInterest"],
+    "nav_msgs.msg": ["nav_msgs/msg/OccupancyGrid", "nav_msgs/msg/MapMetaData"],
+    "geometry_msgs.msg": ["geometry_msgs/msg/TransformStamped", "geometry_msgs/msg/Transform",
+                          "geometry_msgs/msg/Vector3", "geometry_msgs/msg/Quaternion",
+                          "geometry_msgs/msg/Pose", "geometry_msgs/msg/Point"],
+    "tf2_msgs.msg": ["tf2_msgs/msg/TFMessage"],
     "std_msgs.msg": ["std_msgs/msg/Header"],
     "builtin_interfaces.msg": ["builtin_interfaces/msg/Time"],
     "vision_msgs.msg": ["vision_msgs/msg/LabelInfo", "vision_msgs/msg/VisionClass"],
@@ -465,6 +492,8 @@ def build_modules() -> dict[str, types.ModuleType]:
             "rclpy.exceptions", InvalidParameterTypeException=InvalidParameterTypeException,
             InvalidParameterValueException=InvalidParameterValueException),
         "rclpy.parameter": _module("rclpy.parameter", Parameter=Parameter),
+        "rclpy.time": _module("rclpy.time", Time=Time),
+        "rclpy.duration": _module("rclpy.duration", Duration=Duration),
     }
     mods["rclpy"] = _module("rclpy", init=init, spin=spin, try_shutdown=try_shutdown,
                             **{k.split(".")[1]: v for k, v in mods.items()})
@@ -475,6 +504,9 @@ def build_modules() -> dict[str, types.ModuleType]:
         mods[name] = msg_module
         mods[package] = _module(package, msg=msg_module)
         mods[package].__path__ = []
+    from ros_double import tf2_double  # it builds on this module's Node and QoS
+
+    mods.update(tf2_double.build_modules())
     return mods
 
 

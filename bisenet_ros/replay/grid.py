@@ -1,0 +1,306 @@
+"""The replay's bird's-eye drivable grid: ``.../drivable_grid`` in the output bag, and its IoU.
+
+What the node does live with ``camera_info`` and tf (:mod:`bisenet_ros.bev`), the replay does
+from the bag, without options when the bag has what it needs:
+
+* Camera model: the ``sensor_msgs/CameraInfo`` topic beside the image topic
+  (``/cam/image_raw`` -> ``/cam/camera_info``, image_transport's rule), or ``--camera-info``, a
+  ``camera_calibration`` YAML file (wins over the bag). A calibration that changes during the
+  bag (a zoom lens) is followed: each frame uses the latest CameraInfo stamped at or before it.
+* Camera pose: ``/tf_static`` and ``/tf`` of the bag, chained from the image's ``frame_id`` to
+  the grid frame; ``/tf`` transforms are taken as constant (the first one of each parent/child
+  pair: a camera mount is rigid), or ``--camera-pose x y z roll pitch yaw`` (wins over the bag).
+* With ground truth, the grid of the truth labels and the grid of the prediction give the
+  bird's-eye drivable IoU: free cells of both over free cells of either, among the cells the
+  truth grid knows (accumulated over the evaluated frames).
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from bisenet_ros import bev
+from bisenet_ros.pipeline import camera_info_topic
+from bisenet_ros.replay.messages import deserialize, make_occupancy_grid, stamp_to_ns
+
+CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+TF_MESSAGE = "tf2_msgs/msg/TFMessage"
+TF_TOPICS = ("/tf_static", "/tf")
+GRID_OUTPUT = "drivable_grid"
+
+
+class TransformTree:
+    """Transforms from ``tf2_msgs/TFMessage``s, chained like tf2 (ROS-free, no time axis).
+
+    Each child frame has one parent; a ``/tf_static`` transform replaces an earlier one, a
+    ``/tf`` transform is kept as first seen (see module docstring).
+    """
+
+    def __init__(self) -> None:
+        self._parents: dict[str, tuple[str, bev.Pose]] = {}
+        self._static: set[str] = set()
+
+    def add(self, msg: Any, *, static: bool) -> None:
+        """Add the transforms of a TFMessage (typestore message)."""
+        for transform in msg.transforms:
+            parent = str(transform.header.frame_id).lstrip("/")
+            child = str(transform.child_frame_id).lstrip("/")
+            if not parent or not child or parent == child:
+                continue
+            if child in self._parents and not static and child not in self._static:
+                continue  # /tf: the first sample stands for the bag
+            if child in self._static and not static:
+                continue
+            t, q = transform.transform.translation, transform.transform.rotation
+            try:
+                pose = bev.Pose.from_transform((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+            except bev.BevError:
+                continue  # a zero quaternion: tf2 rejects it too
+            self._parents[child] = (parent, pose)
+            if static:
+                self._static.add(child)
+
+    @property
+    def frames(self) -> list[str]:
+        return sorted(set(self._parents) | {p for p, _ in self._parents.values()})
+
+    def _to_root(self, frame: str) -> list[tuple[str, bev.Pose]]:
+        chain, seen = [(frame, bev.Pose(np.eye(3), np.zeros(3)))], {frame}
+        while chain[-1][0] in self._parents:
+            parent, edge = self._parents[chain[-1][0]]
+            if parent in seen:
+                break  # a loop in the bag's tf: stop rather than spin
+            seen.add(parent)
+            chain.append((parent, edge.compose(chain[-1][1])))
+        return chain
+
+    def lookup(self, target: str, source: str) -> bev.Pose:
+        """Pose of ``source`` in ``target`` (maps source points into target).
+
+        Raises:
+            BevError: a frame is unknown, or the two are not connected.
+        """
+        target, source = target.lstrip("/"), source.lstrip("/")
+        for name in (target, source):
+            if name not in self.frames:
+                raise bev.BevError(
+                    f"frame {name!r} is not in the bag's /tf_static or /tf (frames: "
+                    f"{', '.join(self.frames) or 'none'}); give --camera-pose instead")
+        up_source = dict(self._to_root(source))
+        for frame, target_in_frame in self._to_root(target):
+            if frame in up_source:
+                return target_in_frame.inverse().compose(up_source[frame])
+        raise bev.BevError(f"frames {target!r} and {source!r} are not connected in the bag's tf "
+                           "tree; give --camera-pose instead")
+
+
+@dataclasses.dataclass
+class GridSource:
+    """Where the camera model and pose come from (see module docstring).
+
+    Attributes:
+        grid: The grid.
+        cameras: ``(stamp_ns, CameraModel)`` in stamp order, one entry per calibration change
+            (a YAML file: one entry at stamp 0).
+        camera_from: Description of the camera model's source, for the report.
+        tree: The bag's transforms (None with ``static_pose``).
+        static_pose: The pose from ``--camera-pose``, or None.
+        pose_from: Description of the pose's source.
+    """
+
+    grid: bev.GridSpec
+    cameras: list[tuple[int, bev.CameraModel]]
+    camera_from: str
+    tree: TransformTree | None = None
+    static_pose: bev.Pose | None = None
+    pose_from: str = ""
+
+    def camera_at(self, stamp_ns: int) -> bev.CameraModel:
+        """The latest calibration stamped at or before ``stamp_ns`` (else the first)."""
+        stamps = [s for s, _ in self.cameras]
+        index = max(bisect.bisect_right(stamps, stamp_ns) - 1, 0)
+        return self.cameras[index][1]
+
+    def pose_for(self, frame_id: str) -> bev.Pose:
+        """The optical frame's pose in the grid frame (raises BevError when unknown)."""
+        if self.static_pose is not None:
+            return self.static_pose
+        assert self.tree is not None
+        if not frame_id:
+            raise bev.BevError("the image header has an empty frame_id, so tf cannot place the "
+                               "camera; give --camera-pose")
+        return self.tree.lookup(self.grid.frame_id, frame_id)
+
+
+def load_grid_source(bag: Any, image_topic: str, *, grid: bev.GridSpec,
+                     camera_info_yaml: Path | None = None,
+                     camera_pose: Sequence[float] | None = None,
+                     rectified: bool = False) -> tuple[GridSource | None, str | None]:
+    """Find the camera model and pose for the grid in ``bag`` (an open :class:`InputBag`).
+
+    Returns:
+        ``(source, None)``, or ``(None, why)`` when no grid can be made (the replay then warns
+        and writes no grid topic).
+
+    Raises:
+        BevError: ``--camera-info`` or ``--camera-pose`` is unusable (a usage error).
+        OSError: the calibration file cannot be read.
+    """
+    static_pose = bev.Pose.from_mount(*camera_pose) if camera_pose is not None else None
+    cameras: list[tuple[int, bev.CameraModel]] = []
+    info_topic = camera_info_topic(image_topic)
+    wanted = []
+    if camera_info_yaml is not None:
+        cameras = [(0, bev.CameraModel.from_calibration_yaml(camera_info_yaml, rectified=rectified))]
+        camera_from = f"--camera-info {camera_info_yaml}"
+    elif bag.topics.get(info_topic) is not None and bag.topics[info_topic].msgtype == CAMERA_INFO:
+        wanted.append(info_topic)
+        camera_from = f"{info_topic} in the bag"
+    else:
+        return None, (f"no drivable grid: the bag has no {info_topic} (sensor_msgs/CameraInfo) "
+                      "beside the image topic; give --camera-info CALIBRATION.yaml")
+    tree = None
+    if static_pose is None:
+        tf_topics = [t for t in TF_TOPICS if t in bag.topics and bag.topics[t].msgtype == TF_MESSAGE]
+        if not tf_topics:
+            return None, ("no drivable grid: the bag has no /tf_static or /tf to place the camera; "
+                          "give --camera-pose X Y Z ROLL PITCH YAW")
+        wanted += tf_topics
+        tree = TransformTree()
+        pose_from = f"{' and '.join(tf_topics)} in the bag"
+    else:
+        pose_from = "--camera-pose"
+    problems: list[str] = []
+    for raw in bag.messages(wanted):
+        try:
+            msg = deserialize(raw.data, raw.msgtype)
+        except Exception:  # noqa: BLE001 - a corrupt message is skipped here as in the replay
+            continue
+        if raw.topic == info_topic:
+            _add_camera(cameras, msg, rectified, problems)
+        elif tree is not None:
+            tree.add(msg, static=raw.topic == "/tf_static")
+    if not cameras:
+        why = problems[0] if problems else f"{info_topic} holds no readable message"
+        return None, f"no drivable grid: {info_topic}: {why}"
+    return GridSource(grid, cameras, camera_from, tree, static_pose, pose_from), None
+
+
+def _add_camera(cameras: list[tuple[int, bev.CameraModel]], msg: Any, rectified: bool,
+                problems: list[str]) -> None:
+    try:
+        model = bev.CameraModel.from_camera_info(msg, rectified=rectified)
+    except bev.BevError as err:
+        problems.append(str(err))
+        return
+    if not cameras or cameras[-1][1].key != model.key:
+        cameras.append((stamp_to_ns(msg.header.stamp), model))
+
+
+class GridStage:
+    """Per-frame grid work of the replay's writer thread: message, IoU, pictures.
+
+    Args:
+        source: Camera model and pose.
+        drivable_ids: Class ids that are drivable.
+        resize: The engine's resize policy (a letterboxed network-resolution label map).
+        cache_size: Lookups kept (one per distinct calibration, pose and label-map size).
+    """
+
+    def __init__(self, source: GridSource, drivable_ids: Iterable[int], *, resize: str = "stretch",
+                 cache_size: int = 16) -> None:
+        self.source = source
+        self.resize = resize
+        self.projector = bev.BevProjector(source.grid, drivable_ids, cache_size=cache_size)
+        self.frames: dict[int, tuple[str, np.ndarray]] = {}  # stamp -> (frame_id, pred grid)
+        self._recent: collections.deque[int] = collections.deque(maxlen=64)
+        self.written = 0
+        self.problems: collections.Counter[str] = collections.Counter()
+        self.intersection = 0
+        self.union = 0
+        self.evaluated = 0
+        self.picture: tuple[np.ndarray, np.ndarray | None] | None = None
+
+    def _grid(self, labels: np.ndarray, stamp_ns: int, frame_id: str,
+              window: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
+        try:
+            return self.projector(labels, self.source.camera_at(stamp_ns),
+                                  self.source.pose_for(frame_id), window=window)
+        except bev.BevError as err:
+            self.problems[str(err)] += 1
+            return None
+
+    def frame(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
+              frame_shape: tuple[int, ...]) -> Any:
+        """The OccupancyGrid message of a frame (typestore), or None (the cause is counted)."""
+        values = self._grid(labels, stamp_ns, frame_id,
+                            bev.label_window(frame_shape, labels.shape, self.resize))
+        if values is None:
+            return None
+        if len(self._recent) == self._recent.maxlen:
+            self.frames.pop(self._recent[0], None)
+        self._recent.append(stamp_ns)
+        self.frames[stamp_ns] = (frame_id, values)
+        if self.picture is None:
+            self.picture = (values, None)
+        self.written += 1
+        return make_occupancy_grid(stamp_ns, self.source.grid.frame_id,
+                                   bev.occupancy_grid_fields(values, self.source.grid))
+
+    def evaluate(self, stamp_ns: int, truth: np.ndarray) -> None:
+        """Accumulate the bird's-eye IoU of the frame stamped ``stamp_ns`` against ``truth``
+        (trainId labels, 255 = ignore)."""
+        entry = self.frames.get(stamp_ns)
+        if entry is None:
+            return
+        frame_id, pred = entry
+        truth_grid = self._grid(np.ascontiguousarray(truth, dtype=np.uint8), stamp_ns, frame_id)
+        if truth_grid is None:
+            return
+        known = truth_grid != bev.UNKNOWN
+        pred_free = (pred == bev.FREE) & known
+        truth_free = truth_grid == bev.FREE
+        self.intersection += int(np.count_nonzero(pred_free & truth_free))
+        self.union += int(np.count_nonzero(pred_free | truth_free))
+        self.evaluated += 1
+        if self.evaluated == 1:  # the first evaluated frame: prediction beside truth
+            self.picture = (pred, truth_grid)
+
+    def iou(self) -> float | None:
+        return self.intersection / self.union if self.union else None
+
+    def summary(self) -> dict[str, Any]:
+        """The report's ``birds_eye`` section."""
+        grid = self.source.grid
+        return {
+            "topic_messages": self.written,
+            "grid": {"frame": grid.frame_id, "resolution_m": grid.resolution,
+                     "width": grid.width, "height": grid.height,
+                     "x_m": [grid.x_min, grid.x_max], "y_m": [grid.y_min, grid.y_max],
+                     "max_range_m": grid.max_range, "ground_height_m": grid.ground_height},
+            "camera_model_from": self.source.camera_from,
+            "camera_models": len(self.source.cameras),
+            "pose_from": self.source.pose_from,
+            "frames_without_grid": dict(self.problems),
+            "drivable_iou": self.iou(),
+            "frames_evaluated": self.evaluated,
+        }
+
+    def picture_png(self) -> bytes | None:
+        """PNG of a predicted grid (beside the truth's when evaluated), forward up."""
+        import cv2
+
+        if self.picture is None:
+            return None
+        scale = max(1, int(round(300 / max(self.source.grid.width, self.source.grid.height))))
+        tiles = [bev.grid_image(g, scale) for g in self.picture if g is not None]
+        if len(tiles) == 2:
+            gap = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)
+            tiles = [tiles[0], gap, tiles[1]]
+        ok, buf = cv2.imencode(".png", np.hstack(tiles))
+        return buf.tobytes() if ok else None
