@@ -10,7 +10,8 @@ A calibration source is one of
 - a folder of images (``.png``, ``.jpg``, ``.jpeg``, ``.bmp``, searched recursively).
 
 ``N`` frames are sampled evenly over the source; every fifth one is held out for the quality
-check, the rest calibrate. Frames are pre-processed by the engine itself
+check, the rest calibrate. With a separate check source (``--check``, e.g. the validation split
+of a Cityscapes root) all ``N`` calibrate and the check runs on that source's frames instead. Frames are pre-processed by the engine itself
 (:meth:`~bisenet_ros.inference.Segmenter.preprocess`: same resize policy and normalization as at
 run time). The quality check runs the fp32 and int8 models through the whole engine on the
 held-out frames and reports the label agreement (and, with ground truth, both mIoUs).
@@ -77,14 +78,16 @@ class CalibrationSource:
         path: The source.
         image_topic: The bag's camera topic (needed only when it has several image topics).
         labels_topic: A bag topic with ``mono8`` trainId masks (ground truth), optional.
+        split: For a Cityscapes root, one split (``train``, ``val``...); None = all of them.
 
     Raises:
         CalibrationError: The path is none of the above, or holds no images / no such topic.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, image_topic: str | None = None,
-                 labels_topic: str | None = None) -> None:
+                 labels_topic: str | None = None, split: str | None = None) -> None:
         self.path = Path(path)
+        self.split = split
         self.image_topic = image_topic
         self.labels_topic = labels_topic
         if not self.path.exists():
@@ -98,7 +101,8 @@ class CalibrationSource:
             self._truth: list[Path | None] = []
         elif (self.path / "leftImg8bit").is_dir():
             self.kind = "cityscapes"
-            self._files = sorted((self.path / "leftImg8bit").glob("*/*/*_leftImg8bit.png"), key=_natural_key)
+            self._files = sorted((self.path / "leftImg8bit").glob(f"{split or '*'}/*/*_leftImg8bit.png"),
+                                 key=_natural_key)
             self._truth = [self._cityscapes_truth(f) for f in self._files]
         elif self.path.is_dir():
             self.kind = "images"
@@ -125,20 +129,25 @@ class CalibrationSource:
     def describe(self) -> str:
         """e.g. ``rosbag drive_bag:/camera/image_raw``."""
         topic = f":{self.image_topic}" if self.kind == "rosbag" and self.image_topic else ""
-        return f"{self.kind} {self.path}{topic}"
+        split = f" ({self.split})" if self.kind == "cityscapes" and self.split else ""
+        return f"{self.kind} {self.path}{topic}{split}"
 
-    def sample(self, wanted: int) -> list[CalibrationFrame]:
+    def sample(self, wanted: int, minimum: int = MIN_FRAMES) -> list[CalibrationFrame]:
         """``wanted`` frames spread evenly over the source (fewer if it has fewer).
 
+        Args:
+            wanted: Frames to sample.
+            minimum: Fewest acceptable (:data:`MIN_FRAMES` for calibration, 1 for a check source).
+
         Raises:
-            CalibrationError: Fewer than :data:`MIN_FRAMES` frames could be read.
+            CalibrationError: Fewer than ``minimum`` frames could be read.
         """
         frames = list(self._bag_frames(wanted) if self.kind == "rosbag" else self._file_frames(wanted))
-        if len(frames) < MIN_FRAMES:
+        if len(frames) < minimum:
+            need = (f"{MIN_FRAMES} are needed ({MIN_FRAMES - 1} to calibrate, 1 for the quality check), a few "
+                    "hundred are recommended" if minimum == MIN_FRAMES else f"{minimum} are needed")
             raise CalibrationError(
-                f"calibration source {self.describe()} gave {len(frames)} usable frame(s); at least "
-                f"{MIN_FRAMES} are needed ({MIN_FRAMES - 1} to calibrate, 1 for the quality check), a few "
-                "hundred are recommended")
+                f"source {self.describe()} gave {len(frames)} usable frame(s); at least {need}")
         return frames
 
     def _file_frames(self, wanted: int) -> Iterator[CalibrationFrame]:
@@ -215,6 +224,8 @@ class QuantizeJob:
         activations: ``uint8`` (fastest on x86 CPUs) or ``int8`` (symmetric: needed by TensorRT).
         resize: The engine's resize policy the frames are fitted with (``stretch``/``letterbox``).
         overwrite: Replace an existing output.
+        check: A separate source for the quality check (all sampled frames then calibrate).
+        check_frames: Frames sampled from ``check``.
     """
 
     model: str
@@ -225,6 +236,8 @@ class QuantizeJob:
     activations: str = "uint8"
     resize: str = "stretch"
     overwrite: bool = False
+    check: CalibrationSource | None = None
+    check_frames: int = 100
 
     def quality_path(self) -> str:
         root, _ = os.path.splitext(self.output)
@@ -255,14 +268,18 @@ def run_quantize(job: QuantizeJob, log: Callable[[str], None] = print) -> dict[s
     info = check_quantizable(model, job.model)
     start = time.perf_counter()
     frames = job.source.sample(job.frames)
-    held_out = [f for i, f in enumerate(frames) if i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1]
-    calibration = [f for i, f in enumerate(frames) if i % HOLD_OUT_EVERY != HOLD_OUT_EVERY - 1]
+    if job.check is not None:
+        calibration, held_out = frames, job.check.sample(job.check_frames, minimum=1)
+    else:
+        held_out = [f for i, f in enumerate(frames) if i % HOLD_OUT_EVERY == HOLD_OUT_EVERY - 1]
+        calibration = [f for i, f in enumerate(frames) if i % HOLD_OUT_EVERY != HOLD_OUT_EVERY - 1]
     fp32 = Segmenter(weights=job.model, backend="onnxruntime", resize=job.resize)
     # .copy(): preprocess returns the engine's reused input buffer.
     blobs = [fp32.preprocess(f.image, f.color_order)[1].copy() for f in calibration]
     read_s = time.perf_counter() - start
-    log(f"quantize: {info.variant} {fp32.network_size[0]}x{fp32.network_size[1]}, {len(blobs)} calibration + "
-        f"{len(held_out)} held-out frames from {job.source.describe()} ({read_s:.1f} s to read)")
+    checked_on = job.check.describe() if job.check is not None else "held out from the calibration source"
+    log(f"quantize: {info.variant} {fp32.network_size[0]}x{fp32.network_size[1]}, {len(blobs)} calibration frames "
+        f"from {job.source.describe()}, {len(held_out)} check frames ({checked_on}); {read_s:.1f} s to read")
     reference = _evaluate(fp32, held_out, info.num_classes)
     methods = list(CALIBRATION_METHODS) if job.method == "auto" else [job.method]
     provenance = {"source": job.source.describe(), "source_kind": job.source.kind, "resize": job.resize}
@@ -283,7 +300,7 @@ def run_quantize(job: QuantizeJob, log: Callable[[str], None] = print) -> dict[s
             entry = {"agreement": label_agreement(reference["labels"], result["labels"]),
                      "miou_int8": result["miou"], "quantize_s": quantize_s}
             tried[method] = entry
-            log(f"  {method:<10} labels = fp32 on {entry['agreement'] * 100:.2f}% of held-out pixels"
+            log(f"  {method:<10} labels = fp32 on {entry['agreement'] * 100:.2f}% of check pixels"
                 + (f", mIoU fp32 {reference['miou'] * 100:.2f} / int8 {result['miou'] * 100:.2f}"
                    if result["miou"] is not None else "") + f" ({quantize_s:.1f} s)")
             # Ground truth decides when there is some; otherwise closeness to fp32.
@@ -293,7 +310,7 @@ def run_quantize(job: QuantizeJob, log: Callable[[str], None] = print) -> dict[s
         assert best is not None
         chosen = best[1]
         quality = {
-            "held_out_frames": len(held_out), "chosen_method": chosen,
+            "held_out_frames": len(held_out), "checked_on": checked_on, "chosen_method": chosen,
             "agreement": tried[chosen]["agreement"], "miou_fp32": reference["miou"],
             "miou_int8": tried[chosen]["miou_int8"], "methods": tried,
             "selection": ("best int8 mIoU on the held-out frames" if reference["miou"] is not None
@@ -305,7 +322,7 @@ def run_quantize(job: QuantizeJob, log: Callable[[str], None] = print) -> dict[s
         _write_atomic(job.output, data, tmp)
         _write_atomic(job.quality_path(), json.dumps(quality, indent=2).encode(), tmp)
     log(f"wrote {job.output} ({len(data) / 1e6:.1f} MB, int8 QDQ, {job.activations} activations, {chosen}): labels "
-        f"agree with fp32 on {quality['agreement'] * 100:.2f}% of held-out pixels"
+        f"agree with fp32 on {quality['agreement'] * 100:.2f}% of check pixels"
         + (f"; mIoU fp32 {quality['miou_fp32'] * 100:.2f}, int8 {quality['miou_int8'] * 100:.2f}"
            if quality["miou_int8"] is not None else "") + f"; quality check: {job.quality_path()}")
     return quality

@@ -141,14 +141,15 @@ def test_quantize_from_image_folder_picks_a_method(fp32_model, frames, tmp_path,
     assert "agree with fp32" in capsys.readouterr().out
 
 
-def test_quantize_from_cityscapes_root_reports_miou(fp32_model, frames, fp32_labels, tmp_path) -> None:
+def test_quantize_from_cityscapes_root_reports_miou(fp32_model, bag_int8, frames, fp32_labels, tmp_path) -> None:
     import cv2
 
     from bisenet_ros.inference.export import read_onnx_info
 
     for i, (frame, truth) in enumerate(zip(frames, fp32_labels)):
         stem = f"city_000000_{i:06d}"
-        img_dir, gt_dir = tmp_path / "cs" / "leftImg8bit" / "val" / "city", tmp_path / "cs" / "gtFine" / "val" / "city"
+        split = "train" if i < 5 else "val"
+        img_dir, gt_dir = tmp_path / "cs" / "leftImg8bit" / split / "city", tmp_path / "cs" / "gtFine" / split / "city"
         img_dir.mkdir(parents=True, exist_ok=True)
         gt_dir.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(img_dir / f"{stem}_leftImg8bit.png"), frame)
@@ -161,6 +162,15 @@ def test_quantize_from_cityscapes_root_reports_miou(fp32_model, frames, fp32_lab
     quality = calibration["quality"]
     assert quality["miou_fp32"] == pytest.approx(1.0) and 0.5 < quality["miou_int8"] <= 1.0
     assert quality["selection"] == "given by the user"
+    # Calibrate on the bag, check on the root's validation split.
+    assert main(["quantize", str(fp32_model), "--calibration", str(bag_int8.parent / "drive"), "-o", str(out),
+                 "--overwrite", "--frames", "10", "--method", "minmax", "--check", str(tmp_path / "cs"),
+                 "--split", "val"]) == 0
+    calibration = read_onnx_info(out).calibration
+    assert calibration["frames"] == 8 and calibration["source_kind"] == "rosbag"
+    quality = calibration["quality"]
+    assert quality["held_out_frames"] == 5 and quality["checked_on"].endswith("(val)")
+    assert quality["miou_fp32"] == pytest.approx(1.0) and quality["agreement"] >= AGREEMENT_BOUND
 
 
 def _bad(capsys, *argv: str) -> str:

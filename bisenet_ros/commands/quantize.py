@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-topic", dest="image_topic", help="the bag's camera topic (if it has several)")
     parser.add_argument("--labels-topic", dest="labels_topic",
                         help="bag topic with mono8 trainId ground truth: adds the fp32/int8 mIoU to the check")
+    parser.add_argument("--check", metavar="SOURCE",
+                        help="run the quality check on this source (e.g. a Cityscapes root's validation "
+                        "split, see --split) instead of frames held out from --calibration")
+    parser.add_argument("--check-frames", dest="check_frames", type=int, default=100,
+                        help="frames sampled from --check (default 100)")
+    parser.add_argument("--split", help="Cityscapes-layout roots: use this split only (e.g. val); default all")
     parser.add_argument("--method", default="auto", choices=("auto",) + CALIBRATION_METHODS,
                         help="calibration method; auto tries each and keeps the best on the held-out frames "
                         "(by mIoU with ground truth, else by agreement with fp32)")
@@ -47,12 +53,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.frames < 5:
             raise ValueError(f"--frames {args.frames}: expected at least 5 (4 to calibrate, 1 to check)")
-        source = CalibrationSource(args.calibration, image_topic=args.image_topic, labels_topic=args.labels_topic)
+        source = CalibrationSource(args.calibration, image_topic=args.image_topic, labels_topic=args.labels_topic,
+                                   split=args.split)
+        check = CalibrationSource(args.check, split=args.split) if args.check else None
         with tempfile.TemporaryDirectory(prefix="bisenet_quantize_") as tmp:
             model = _fp32_onnx(args, tmp)
             run_quantize(QuantizeJob(model=model, source=source, output=args.output, frames=args.frames,
                                      method=args.method, activations=args.activations, resize=args.resize,
-                                     overwrite=args.overwrite))
+                                     overwrite=args.overwrite, check=check, check_frames=args.check_frames))
     except (ValueError, OSError) as exc:  # CalibrationError, CheckpointError included
         print(f"bisenet-ros quantize: error: {exc}")
         return 2
