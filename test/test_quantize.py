@@ -164,7 +164,8 @@ def test_quantize_from_cityscapes_root_reports_miou(fp32_model, bag_int8, frames
     assert quality["selection"] == "given by the user"
     # Calibrate on the bag, check on the root's validation split.
     assert main(["quantize", str(fp32_model), "--calibration", str(bag_int8.parent / "drive"), "-o", str(out),
-                 "--overwrite", "--frames", "10", "--method", "minmax", "--check", str(tmp_path / "cs"),
+                 "--overwrite", "--frames", "10", "--method", "minmax", "--image-topic", "/camera/image_raw",
+                 "--check", str(tmp_path / "cs"),
                  "--split", "val"]) == 0
     calibration = read_onnx_info(out).calibration
     assert calibration["frames"] == 8 and calibration["source_kind"] == "rosbag"
