@@ -219,8 +219,8 @@ class QuantizeJob:
         source: Where the calibration frames come from.
         output: The int8 ``.onnx`` to write; its quality check goes to ``<stem>.quality.json``.
         frames: Frames sampled from the source (a fifth held out for the quality check).
-        method: ``auto`` (try each of :data:`CALIBRATION_METHODS`, keep the best by the quality
-            check) or one of them.
+        method: ``auto`` (try each of :data:`CALIBRATION_METHODS`, keep the one whose labels agree
+            best with fp32 on the check frames) or one of them.
         activations: ``uint8`` (fastest on x86 CPUs) or ``int8`` (symmetric: needed by TensorRT).
         resize: The engine's resize policy the frames are fitted with (``stretch``/``letterbox``).
         overwrite: Replace an existing output.
@@ -303,8 +303,10 @@ def run_quantize(job: QuantizeJob, log: Callable[[str], None] = print) -> dict[s
             log(f"  {method:<10} labels = fp32 on {entry['agreement'] * 100:.2f}% of check pixels"
                 + (f", mIoU fp32 {reference['miou'] * 100:.2f} / int8 {result['miou'] * 100:.2f}"
                    if result["miou"] is not None else "") + f" ({quantize_s:.1f} s)")
-            # Ground truth decides when there is some; otherwise closeness to fp32.
-            score = (result["miou"] if result["miou"] is not None else entry["agreement"], entry["agreement"])
+            # Fidelity to fp32 decides, on every pixel: the mIoU of a few check frames moves by a
+            # point either way with int8 noise (measured on the demo model: every method scored
+            # above fp32), so picking by it would reward noise and overstate int8's accuracy.
+            score = (entry["agreement"], result["miou"] or 0.0)
             if best is None or score > best[0]:
                 best = (score, method, data)
         assert best is not None
@@ -313,8 +315,7 @@ def run_quantize(job: QuantizeJob, log: Callable[[str], None] = print) -> dict[s
             "held_out_frames": len(held_out), "checked_on": checked_on, "chosen_method": chosen,
             "agreement": tried[chosen]["agreement"], "miou_fp32": reference["miou"],
             "miou_int8": tried[chosen]["miou_int8"], "methods": tried,
-            "selection": ("best int8 mIoU on the held-out frames" if reference["miou"] is not None
-                          else "best label agreement with fp32 on the held-out frames") if len(methods) > 1
+            "selection": "best label agreement with fp32 on the check frames" if len(methods) > 1
             else "given by the user",
             "total_s": time.perf_counter() - start,
         }

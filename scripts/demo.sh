@@ -54,7 +54,7 @@ echo "== 4/6 synthetic drive bag"
 $PY -m training drive --out "$OUT/drive_bag" --frames "${DEMO_FRAMES:-80}" --overwrite
 
 echo "== 5/6 int8 model: calibrated on the drive bag, checked on the synthetic validation scenes"
-.venv/bin/bisenet-ros quantize "$OUT/stdc1_synthetic.onnx" --calibration "$OUT/drive_bag" \
+.venv/bin/bisenet-ros quantize "$OUT/stdc1_synthetic.onnx" --calibration "$OUT/drive_bag" --image-topic /camera/image_raw \
     --check "$OUT/synth" --split val --method "${DEMO_QUANT_METHOD:-auto}" \
     -o "$OUT/stdc1_synthetic_int8.onnx" --overwrite
 

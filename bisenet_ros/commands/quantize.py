@@ -35,8 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames sampled from --check (default 100)")
     parser.add_argument("--split", help="Cityscapes-layout roots: use this split only (e.g. val); default all")
     parser.add_argument("--method", default="auto", choices=("auto",) + CALIBRATION_METHODS,
-                        help="calibration method; auto tries each and keeps the best on the held-out frames "
-                        "(by mIoU with ground truth, else by agreement with fp32)")
+                        help="calibration method; auto tries each and keeps the one whose labels agree best "
+                        "with fp32 on the check frames")
     parser.add_argument("--activations", default="uint8", choices=ACTIVATION_TYPES,
                         help="uint8 (asymmetric, fastest on x86 CPUs) or int8 (symmetric: needed for TensorRT)")
     parser.add_argument("--resize", default="stretch", choices=("stretch", "letterbox"),
