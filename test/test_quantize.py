@@ -275,3 +275,18 @@ def test_files_from_before_quantization_read_as_fp32(fp32_model) -> None:
     entry.value = json.dumps(data)
     info = read_onnx_info(proto.SerializeToString())
     assert info.precision == "fp32" and info.calibration is None
+
+
+def test_tensorrt_takes_the_qdq_file_with_int8_options(bag_int8, tmp_path) -> None:
+    from bisenet_ros.inference import BackendError, Segmenter
+    from bisenet_ros.inference.backends.onnxruntime_backend import execution_providers
+
+    providers = execution_providers("tensorrt", "int8", str(tmp_path))
+    name, options = providers[0]
+    assert name == "TensorrtExecutionProvider"
+    assert options["trt_int8_enable"] is True and options["trt_fp16_enable"] is True
+    assert options["trt_engine_cache_enable"] is True
+    assert execution_providers("cpu", "int8", None) == ["CPUExecutionProvider"]
+    # uint8 (asymmetric) activations: TensorRT cannot run them; refused with the fix, before any GPU check.
+    with pytest.raises(BackendError, match="--activations int8"):
+        Segmenter(weights=str(bag_int8), backend="onnxruntime", device="tensorrt")
