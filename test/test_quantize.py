@@ -290,3 +290,15 @@ def test_tensorrt_takes_the_qdq_file_with_int8_options(bag_int8, tmp_path) -> No
     # uint8 (asymmetric) activations: TensorRT cannot run them; refused with the fix, before any GPU check.
     with pytest.raises(BackendError, match="--activations int8"):
         Segmenter(weights=str(bag_int8), backend="onnxruntime", device="tensorrt")
+
+
+def test_compressed_image_bag_calibrates(fp32_model, frames, tmp_path) -> None:
+    from bisenet_ros.inference.export import read_onnx_info
+    from bisenet_ros.replay.bagtools import write_image_bag
+
+    bag = write_image_bag(tmp_path / "jpeg_bag", frames[:6], compressed="jpeg", storage="sqlite3")
+    out = tmp_path / "int8.onnx"
+    assert main(["quantize", str(fp32_model), "--calibration", str(bag), "-o", str(out), "--method", "minmax"]) == 0
+    calibration = read_onnx_info(out).calibration
+    assert calibration["frames"] == 4 and calibration["quality"]["held_out_frames"] == 1
+    assert calibration["quality"]["agreement"] >= AGREEMENT_BOUND
