@@ -2,9 +2,11 @@
 quality check, running it on onnxruntime and openvino, and each bad input.
 
 A tiny STDC1 at 128x64 with random weights (seeded) is quantized on a handful of generated street
-frames. Random weights give logits with small margins between classes, the worst case for int8:
-the agreement bound is therefore 85% of pixels (measured: 93-97% here), where a wrong
-quantization (bad scales, a quantized argmax, mismatched pre-processing) lands far below it.
+frames. Random weights give logits with small margins between classes, the worst case for int8;
+measured here (AVX512-VNNI CPU) the int8 labels agree with fp32 on 99.4% of pixels on both
+onnxruntime and openvino. The bound is 93%: room for CPUs without VNNI, whose uint8 x int8
+kernels can saturate, while a wrong quantization (bad scales, a quantized argmax, calibration
+frames pre-processed differently from the engine's) lands far below it.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from bisenet_ros.inference.frames import street_frame
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-AGREEMENT_BOUND = 0.85
+AGREEMENT_BOUND = 0.93
 FRAMES = 10  # 8 calibrate, 2 held out
 
 
