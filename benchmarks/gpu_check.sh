@@ -70,8 +70,10 @@ with open(int8_onnx, "wb") as f:
     f.write(data)
 
 rows = [
-    ("torch cuda fp32", dict(variant="bisenetv2", weights=weights, backend="torch", device="cuda", precision="fp32")),
-    ("torch cuda fp16", dict(variant="bisenetv2", weights=weights, backend="torch", device="cuda", precision="fp16")),
+    ("torch cuda fp32", dict(variant="bisenetv2", weights=weights, backend="torch", device="cuda", precision="fp32",
+                                 resolution=[1024, 512])),
+    ("torch cuda fp16", dict(variant="bisenetv2", weights=weights, backend="torch", device="cuda", precision="fp16",
+                                 resolution=[1024, 512])),
     ("onnxruntime cuda fp32", dict(weights=fp32_onnx, backend="onnxruntime", device="cuda")),
     ("onnxruntime tensorrt fp16", dict(weights=fp32_onnx, backend="onnxruntime", device="tensorrt", precision="fp16")),
     ("onnxruntime tensorrt int8 (QDQ)", dict(weights=int8_onnx, backend="onnxruntime", device="tensorrt")),
