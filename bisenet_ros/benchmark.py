@@ -7,7 +7,14 @@ For each variant x backend x precision it measures, in one run and on the same g
 - **e2e ms**: uint8 camera frame in, all outputs out (labels, colour mask, overlay, drivable
   mask, confidence) at camera resolution;
 - **peak RSS** of the process that built and ran the configuration;
-- **agreement** of the label map with the baseline's (and for bf16, with fp32 on the same backend).
+- **agreement** of the label map with the baseline's (and for bf16/int8, with fp32 on the same backend);
+- **GOP/s**: the network's operations (2 x multiply-accumulates of its convolutions at the network
+  size) per second of model time, and their **fraction of the CPU's peak** for that precision
+  (:func:`peak_gops`: cores x clock x operations per cycle of the instruction set the CPU flags show).
+
+int8 rows run a static QDQ file (:mod:`bisenet_ros.inference.quantize`): ``--int8 FILE``, or one
+quantized on the fly from the benchmarked weights, calibrated on :data:`CALIBRATION_FRAMES`
+generated street frames that are not the timed ones (MinMax, uint8 activations).
 
 The **baseline** does what the reference demo scripts do: eager PyTorch fp32, normalize the full
 frame in torch, bilinear resize to the network size, bilinear upsampling of the *logits* to the
@@ -39,6 +46,7 @@ from typing import Any, Callable
 import numpy as np
 
 NUM_FRAMES = 3  # distinct generated frames, cycled
+CALIBRATION_FRAMES = 8  # generated frames (other seeds than the timed ones) for on-the-fly int8
 
 
 @dataclass
@@ -59,11 +67,13 @@ class BenchOptions:
         rounds: Rounds over all configurations, in alternating order.
         num_threads: CPU threads per backend; 0 = backend default.
         baseline: Whether to run the reference pipeline.
+        int8: An int8 ``.onnx`` (``bisenet-ros quantize``) for the int8 rows of a single variant;
+            None = quantize the benchmarked weights on the fly.
     """
 
     variants: list[str] = field(default_factory=lambda: ["bisenetv2"])
     backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime", "openvino"])
-    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16"])
+    precisions: list[str] = field(default_factory=lambda: ["fp32", "bf16", "int8"])
     device: str = "cpu"
     weights: str | None = None
     camera: tuple[int, int] = (1920, 1080)
@@ -74,10 +84,15 @@ class BenchOptions:
     rounds: int = 2
     num_threads: int = 0
     baseline: bool = True
+    int8: str | None = None
 
     def __post_init__(self) -> None:
         if self.weights and len(self.variants) > 1:
             raise ValueError("weights: a checkpoint belongs to one variant; benchmark a single variant with it")
+        if self.int8 and len(self.variants) > 1:
+            raise ValueError("int8: a quantized file belongs to one variant; benchmark a single variant with it")
+        if self.int8 and not os.path.isfile(self.int8):
+            raise ValueError(f"int8: {self.int8}: no such file (make one with bisenet-ros quantize)")
         if self.frames < 1 or self.warmup < 0 or self.rounds < 1:
             raise ValueError(f"frames={self.frames}, warmup={self.warmup}, rounds={self.rounds}: expected "
                              "frames >= 1, warmup >= 0, rounds >= 1")
@@ -166,6 +181,96 @@ def _export(weights: str, variant: str, resolution: tuple[int, int], directory: 
     path = os.path.join(directory, f"{variant}_{resolution[0]}x{resolution[1]}.onnx")
     export_onnx(model, path, resolution=resolution, class_set=resolve_class_set(config, model), confidence=True)
     return path
+
+
+def _quantize(onnx_weights: str, options: BenchOptions, directory: str) -> str:
+    """An int8 version of the exported file, calibrated on generated frames (not the timed ones)."""
+    from bisenet_ros.inference import Segmenter
+    from bisenet_ros.inference.frames import street_frame
+    from bisenet_ros.inference.quantize import QuantizeSettings, quantize_model
+
+    engine = Segmenter(weights=onnx_weights, backend="onnxruntime", resize=options.resize)
+    blobs = [engine.preprocess(street_frame(*options.camera, seed=100 + i))[1].copy()
+             for i in range(CALIBRATION_FRAMES)]
+    with open(onnx_weights, "rb") as stream:
+        data = quantize_model(stream.read(), blobs, QuantizeSettings("minmax", "uint8"),
+                              {"source": f"{CALIBRATION_FRAMES} generated street frames (bench)"})
+    path = onnx_weights.replace(".onnx", "_int8.onnx")
+    with open(path, "wb") as stream:
+        stream.write(data)
+    return path
+
+
+def model_gops(weights: str, variant: str, network: tuple[int, int]) -> float:
+    """Giga-operations (2 x multiply-accumulates) of one forward pass at ``network`` size.
+
+    Counts the convolutions and linear layers, which are all but a fraction of a percent of the
+    arithmetic of these networks (pooling, additions, upsampling and argmax are not counted). A
+    forward hook per layer is all it takes; a FLOP-counting package would add a dependency for this.
+    """
+    import torch
+
+    from bisenet_ros.config import SegmenterConfig
+    from bisenet_ros.inference.segmenter import load_torch_model
+
+    model = load_torch_model(SegmenterConfig(variant=variant, weights=weights)).eval()
+    macs = [0]
+
+    def count(module: Any, _inputs: Any, output: Any) -> None:
+        if isinstance(module, torch.nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs[0] += output.numel() * (module.in_channels // module.groups) * kh * kw
+        else:  # Linear
+            macs[0] += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, network[1], network[0]))
+    for hook in hooks:
+        hook.remove()
+    return 2 * macs[0] / 1e9
+
+
+def _cpu_field(name: str) -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as stream:
+            for line in stream:
+                if line.split(":", 1)[0].strip() == name:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def peak_gops(precision: str, flags: Any, cores: int, ghz: float, vendor: str = "", family: str = "") -> dict[str, Any]:
+    """Nominal peak GOP/s of the CPU for a precision, and how it was computed.
+
+    ``cores x GHz x operations per cycle per core``, with two vector multiply-add pipes per core:
+
+    - fp32: FMA, 2 ops per lane (8 lanes per 256 bits);
+    - bf16: ``VDPBF16PS`` (avx512_bf16), 2 bf16 MACs per 32-bit lane; without it, the fp32 peak;
+    - int8: ``VPDPBUSD`` (avx512_vnni/avx_vnni), 4 MACs per lane; plain AVX2 needs three
+      instructions for the same (``VPMADDUBSW``, ``VPMADDWD``, ``VPADDD``): a third of that.
+
+    Vector width: 512 bits with AVX-512, except AMD family 25 (Zen 3/4), whose pipes are 256 bits
+    wide (Zen 4 splits 512-bit instructions in two); 256 bits with AVX2. AMX is not modelled (its
+    tile units would raise the bf16/int8 peak by an order of magnitude). ``cores`` is the logical
+    CPU count the backends use: on SMT machines the physical peak is lower than this.
+    """
+    bits = 512 if "avx512f" in flags and not (vendor == "AuthenticAMD" and family == "25") else 256
+    lanes = bits // 32  # 32-bit lanes per pipe
+    fp32 = 2 * lanes * 2
+    if precision == "int8":
+        vnni = "avx512_vnni" in flags or "avx_vnni" in flags
+        per_cycle = 2 * lanes * 4 * 2 // (1 if vnni else 3)
+        isa = "VNNI" if vnni else "AVX2 (3-instruction int8 dot product)"
+    elif precision == "bf16" and "avx512_bf16" in flags:
+        per_cycle, isa = 2 * lanes * 2 * 2, "AVX512_BF16"
+    else:
+        per_cycle, isa = fp32, "FMA"
+    return {"gops": cores * ghz * per_cycle, "ops_per_cycle_per_core": per_cycle, "vector_bits": bits,
+            "isa": isa, "cores": cores, "ghz": ghz}
 
 
 def _segmenter_options(options: BenchOptions, variant: str, weights: str, backend: str,
@@ -305,10 +410,17 @@ def run_benchmark(options: BenchOptions, log: Callable[..., None] = print) -> di
     """
     camera, network = options.camera, options.network
     variants, backends, precisions = options.variants, options.backends, options.precisions
+    from bisenet_ros.inference.precision import cpu_flags, relevant_flags
+
     load_before = os.getloadavg()
+    flags = relevant_flags(cpu_flags())
     log(f"bench: {', '.join(variants)} | camera {camera[0]}x{camera[1]} -> network {network[0]}x{network[1]} | "
         f"{options.frames} timed frames per configuration | {_cpu_name()}, {os.cpu_count()} CPUs | "
+        f"CPU flags: {' '.join(flags) or 'none of ' + 'avx2, avx512f, avx512_vnni, avx512_bf16, amx'} | "
         f"load {load_before[0]:.2f}", flush=True)
+    ghz = float(_cpu_field("cpu MHz") or 0) / 1e3
+    vendor, family = _cpu_field("vendor_id"), _cpu_field("cpu family")
+    gops: dict[str, float] = {}
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bisenet_bench_") as tmp:
         for variant in variants:
@@ -316,15 +428,22 @@ def run_benchmark(options: BenchOptions, log: Callable[..., None] = print) -> di
                 warnings.simplefilter("ignore")
                 weights = options.weights or _random_checkpoint(variant, tmp)
                 onnx_weights = None
+                gops[variant] = model_gops(weights, variant, network)
+                int8_weights = options.int8
                 if any(b != "torch" for b in backends):
                     # The deploy path: ONNX backends run an exported file, without torch in the process.
                     onnx_weights = _export(weights, variant, network, tmp)
+                    if "int8" in precisions and int8_weights is None:
+                        start = time.perf_counter()
+                        int8_weights = _quantize(onnx_weights, options, tmp)
+                        log(f"  {variant}: quantized to int8 on {CALIBRATION_FRAMES} generated frames in "
+                            f"{time.perf_counter() - start:.1f} s", flush=True)
             jobs: list[tuple[dict[str, Any], dict[str, Any]]] = []
             for backend in backends:
                 for precision in precisions:
                     engine_options = _segmenter_options(options, variant, weights, backend, precision)
                     if backend != "torch":
-                        engine_options["weights"] = onnx_weights
+                        engine_options["weights"] = int8_weights if precision == "int8" else onnx_weights
                     row = {"variant": variant, "backend": backend, "precision": precision, "device": options.device}
                     jobs.append((row, {"kind": "engine", "options": engine_options}))
             if options.baseline:
@@ -376,6 +495,10 @@ def run_benchmark(options: BenchOptions, log: Callable[..., None] = print) -> di
                     results.append(row)
                     continue
                 row["model_ms"] = _summary(measured["model"])
+                row["gops_per_s"] = gops[variant] / (row["model_ms"]["median"] / 1e3)
+                peak = peak_gops(row["precision"], flags, os.cpu_count() or 1, ghz, vendor, family)
+                row["fraction_of_peak"] = row["gops_per_s"] / peak["gops"] if peak["gops"] else None
+                row["peak"] = peak
                 row["e2e_ms"] = _summary(measured["e2e"])
                 row["overhead_ms"] = row["e2e_ms"]["median"] - row["model_ms"]["median"]
                 row["peak_rss_mb"] = measured["peak_rss_mb"]
@@ -395,7 +518,9 @@ def run_benchmark(options: BenchOptions, log: Callable[..., None] = print) -> di
     report = {
         "meta": {
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": _cpu_name(),
-            "cpus": os.cpu_count(), "versions": _versions(), "camera": list(camera),
+            "cpus": os.cpu_count(), "cpu_flags": flags, "cpu_mhz": ghz * 1e3, "versions": _versions(),
+            "model_gops": gops,
+            "peak_method": "cores x cpu MHz x ops/cycle/core for the precision's instruction set (peak_gops)", "camera": list(camera),
             "network": list(network), "resize": options.resize, "frames": options.frames, "warmup": options.warmup,
             "rounds": options.rounds,
             "weights": options.weights or "random (no published weights offline; timings are unaffected, "
@@ -420,6 +545,9 @@ def _agreements(rows: list[dict[str, Any]], labels: dict[int, dict[str, np.ndarr
     base = next((r for r in ok if r["backend"].startswith("baseline")), None)
     fp32 = {r["backend"]: r for r in ok if r["precision"] == "fp32"}
     for row in ok:
+        if row["precision"] != "fp32" and row["backend"] in fp32:
+            row["speedup_vs_fp32"] = fp32[row["backend"]]["e2e_ms"]["median"] / row["e2e_ms"]["median"]
+    for row in ok:
         if row is base:
             continue
         if base is not None:
@@ -443,16 +571,17 @@ def format_table(report: dict[str, Any]) -> str:
     lines = [
         f"Camera {meta['camera'][0]}x{meta['camera'][1]} -> network {meta['network'][0]}x{meta['network'][1]} "
         f"({meta['resize']}), {meta['cpu']} x{meta['cpus']}, median of {meta['frames']} frames; "
-        f"load average {meta['load_average_before_after'][0]} -> {meta['load_average_before_after'][1]}",
+        f"load average {meta['load_average_before_after'][0]} -> {meta['load_average_before_after'][1]}"
+        + (f"; CPU flags: {' '.join(meta['cpu_flags'])}" if meta.get("cpu_flags") is not None else ""),
         "",
         "| variant | backend | precision | model ms | e2e ms | e2e - model ms | pre + post ms (min) | peak RSS MB "
-        "| speed-up vs baseline | labels = baseline | labels = fp32 |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| speed-up vs baseline | e2e vs same backend fp32 | GOP/s | of peak | labels = baseline | labels = fp32 |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in report["results"]:
         if row["status"] != "ok":
             lines.append(f"| {row['variant']} | {row['backend']} | {row['precision']} | unavailable: "
-                         f"{row['reason'][:90]} | | | | | | | |")
+                         f"{row['reason'][:90]} | | | | | | | | | | |")
             continue
         engine = "-"
         if isinstance(row.get("engine_ms"), dict):
@@ -463,7 +592,9 @@ def format_table(report: dict[str, Any]) -> str:
             f"| {row['variant']} | {row['backend']} | {row['precision']} | {num(row['model_ms']['median'])} | "
             f"{num(row['e2e_ms']['median'])} | {num(row['overhead_ms'])} | {engine} | "
             f"{num(row.get('peak_rss_mb'), '{:.0f}')} | "
-            f"{num(row.get('speedup_vs_baseline'), '{:.2f}x')} | {pct(row.get('agreement_vs_baseline'))} | "
+            f"{num(row.get('speedup_vs_baseline'), '{:.2f}x')} | {num(row.get('speedup_vs_fp32'), '{:.2f}x')} | "
+            f"{num(row.get('gops_per_s'), '{:.0f}')} | {pct(row.get('fraction_of_peak'))} | "
+            f"{pct(row.get('agreement_vs_baseline'))} | "
             f"{pct(row.get('agreement_vs_fp32'))} |")
     return "\n".join(lines)
 

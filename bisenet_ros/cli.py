@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("bisenet_ros.commands.segment", "segment image files and write label maps and overlays"),
     "export": ("bisenet_ros.commands.export", "export a model to ONNX with its metadata embedded"),
     "bench": ("bisenet_ros.commands.bench", "benchmark backends and post-processing against the reference pipeline"),
+    "quantize": ("bisenet_ros.commands.quantize", "make a static int8 (QDQ) model calibrated on a bag or images"),
     "replay": ("bisenet_ros.commands.replay", "run a rosbag through the engine, write an output bag and a report"),
 }
 

@@ -18,7 +18,9 @@ from typing import Any, Mapping
 
 RESIZE_POLICIES = ("stretch", "letterbox")
 BACKENDS = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "fp16", "bf16")
+# int8 needs an int8 model file (bisenet-ros quantize); auto picks the fastest the file, backend
+# and CPU support (bisenet_ros.inference.precision).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
 OUTPUT_RESOLUTIONS = ("camera", "network")
 COLOR_ORDERS = ("rgb", "bgr")
 # Upper bound for the network input size. Larger values are almost always a units mistake
@@ -58,7 +60,10 @@ class SegmenterConfig:
         "Device: 'cpu', 'cuda', 'cuda:N'; for onnxruntime also 'tensorrt' (TensorRT execution "
         "provider, the Jetson deploy path)."))
     precision: str = field(default="fp32", metadata=_help(
-        "Numeric precision: fp32 (default everywhere), fp16 (CUDA/TensorRT) or bf16 (CPU, opt-in)."))
+        "Numeric precision: fp32 (default everywhere), fp16 (CUDA/TensorRT), bf16 (CPU, opt-in), "
+        "int8 (an int8 .onnx from bisenet-ros quantize; such a file always runs in int8) or auto "
+        "(the fastest the file, backend and CPU support: bf16 where the CPU has avx512_bf16/amx, "
+        "int8 for an int8 file; the choice and why are logged)."))
     drivable_classes: tuple[str, ...] = field(default=("road",), metadata=_help(
         "Class names (or ids) that count as drivable area in the drivable mask."))
     overlay_alpha: float = field(default=0.5, metadata=_help(

@@ -6,12 +6,14 @@
 #      -- reused on later runs: delete demo_output/run to retrain
 #   3. export it to ONNX with its metadata and the argmax inside (python -m training export)
 #   4. record a synthetic drive with ground truth as a ROS 2 bag (python -m training drive)
-#   5. replay the bag through the node's engine and message codec, writing the node's topics to
-#      an output bag and an evaluation report                    (bisenet-ros replay)
+#   5. quantize the model to int8, calibrated on the drive bag, checked against fp32 on the
+#      synthetic validation scenes                               (bisenet-ros quantize)
+#   6. replay the bag through the node's engine and message codec, writing the node's topics to
+#      an output bag and an evaluation report, with the fp32 and with the int8 model (bisenet-ros replay)
 #
 # Environment (for the test that runs a shortened demo): DEMO_DIR (default demo_output),
 # DEMO_TRAIN_ITERS (default: the synthetic recipe's), DEMO_SCENES / DEMO_VAL_SCENES (default 240 / 40 scenes),
-# DEMO_FRAMES (default 80 drive frames).
+# DEMO_FRAMES (default 80 drive frames), DEMO_QUANT_METHOD (default auto: try each calibration method).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
@@ -25,16 +27,16 @@ mkdir -p "$OUT"
 start=$SECONDS
 
 if [ ! -f "$OUT/synth/.complete" ]; then
-    echo "== 1/5 synthetic street scenes"
+    echo "== 1/6 synthetic street scenes"
     rm -rf "$OUT/synth"
     $PY -m training synth --out "$OUT/synth" --train "${DEMO_SCENES:-240}" --val "${DEMO_VAL_SCENES:-40}"
     touch "$OUT/synth/.complete"
 fi
 
 if [ -f "$OUT/run/best.pth" ]; then
-    echo "== 2/5 reusing the model trained on an earlier run ($OUT/run; delete it to retrain)"
+    echo "== 2/6 reusing the model trained on an earlier run ($OUT/run; delete it to retrain)"
 else
-    echo "== 2/5 training STDC1 on the synthetic scenes (CPU, a few minutes)"
+    echo "== 2/6 training STDC1 on the synthetic scenes (CPU, a few minutes)"
     iters=()
     [ -n "${DEMO_TRAIN_ITERS:-}" ] && iters=(--iters "$DEMO_TRAIN_ITERS")
     if [ -f "$OUT/run/last.pth" ]; then
@@ -45,18 +47,28 @@ else
     fi
 fi
 
-echo "== 3/5 export to ONNX"
+echo "== 3/6 export to ONNX"
 $PY -m training export "$OUT/run" --out "$OUT/stdc1_synthetic.onnx"
 
-echo "== 4/5 synthetic drive bag"
+echo "== 4/6 synthetic drive bag"
 $PY -m training drive --out "$OUT/drive_bag" --frames "${DEMO_FRAMES:-80}" --overwrite
 
-echo "== 5/5 replay through the engine and message codec, with the evaluation report"
+echo "== 5/6 int8 model: calibrated on the drive bag, checked on the synthetic validation scenes"
+.venv/bin/bisenet-ros quantize "$OUT/stdc1_synthetic.onnx" --calibration "$OUT/drive_bag" --image-topic /camera/image_raw \
+    --check "$OUT/synth" --split val --method "${DEMO_QUANT_METHOD:-auto}" \
+    -o "$OUT/stdc1_synthetic_int8.onnx" --overwrite
+
+echo "== 6/6 replay through the engine and message codec, with the evaluation report (fp32, then int8)"
 .venv/bin/bisenet-ros replay "$OUT/drive_bag" --output "$OUT/segmented_bag" --overwrite \
     --weights "$OUT/stdc1_synthetic.onnx" --backend onnxruntime \
     --labels-topic /camera/labels --report "$OUT/report"
+.venv/bin/bisenet-ros replay "$OUT/drive_bag" --output "$OUT/segmented_bag_int8" --overwrite \
+    --weights "$OUT/stdc1_synthetic_int8.onnx" --backend onnxruntime \
+    --labels-topic /camera/labels --report "$OUT/report_int8"
 
 echo
 echo "Demo finished in $((SECONDS - start)) s."
 echo "Report:        $OUT/report/report.html (metrics: $OUT/report/metrics.json)"
 echo "Output bag:    $OUT/segmented_bag (ros2 bag play $OUT/segmented_bag)"
+echo "int8 model:    $OUT/stdc1_synthetic_int8.onnx (quality check: $OUT/stdc1_synthetic_int8.quality.json;"
+echo "               report: $OUT/report_int8/report.html)"

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     env = dict(os.environ, DEMO_DIR=str(tmp_path / "demo"), DEMO_TRAIN_ITERS="6", DEMO_SCENES="16", DEMO_VAL_SCENES="4",
-               DEMO_FRAMES="12")
+               DEMO_FRAMES="12", DEMO_QUANT_METHOD="minmax")
     done = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -28,6 +28,12 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "alt='drivable grid'" in (demo / "report" / "report.html").read_text()
     assert (demo / "segmented_bag" / "metadata.yaml").is_file()
     assert (demo / "stdc1_synthetic.onnx").is_file()
+    # The int8 model: calibrated on the drive, checked on the validation scenes, replayed.
+    quality = json.loads((demo / "stdc1_synthetic_int8.quality.json").read_text())
+    assert quality["held_out_frames"] == 4 and quality["checked_on"].endswith("(val)")
+    assert 0.0 <= quality["agreement"] <= 1.0 and quality["miou_fp32"] is not None
+    metrics_int8 = json.loads((demo / "report_int8" / "metrics.json").read_text())
+    assert metrics_int8["frames"]["processed"] == 12
     # A second run reuses the trained model instead of training again.
     again = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=600)

@@ -160,12 +160,18 @@ def test_bench_command_smoke(tmp_path, capsys) -> None:
 
     output = tmp_path / "bench.json"
     code = cli_main(["bench", "--camera", "96x64", "--resolution", "64x32", "--backends", "torch,onnxruntime",
-                     "--precisions", "fp32,fp16", "--frames", "1", "--warmup", "0", "--rounds", "1",
+                     "--precisions", "fp32,fp16,int8", "--frames", "1", "--warmup", "0", "--rounds", "1",
                      "--output", str(output), "--markdown", str(tmp_path / "bench.md")])
     assert code == 0, capsys.readouterr().out
     report = json.loads(output.read_text())
     rows = {(r["backend"], r["precision"]): r for r in report["results"]}
     assert rows[("torch", "fp16")]["status"] == "unavailable"      # fp16 needs a GPU
+    assert rows[("torch", "int8")]["status"] == "unavailable" and "onnxruntime" in rows[("torch", "int8")]["reason"]
+    int8 = rows[("onnxruntime", "int8")]
+    assert int8["status"] == "ok" and int8["engine"]["precision"] == "int8" and int8["speedup_vs_fp32"] > 0
+    assert 0.5 <= int8["agreement_vs_fp32"] <= 1.0
+    assert report["meta"]["model_gops"]["bisenetv2"] > 0 and isinstance(report["meta"]["cpu_flags"], list)
+    assert int8["gops_per_s"] > 0 and int8["peak"]["isa"] in ("VNNI", "AVX2 (3-instruction int8 dot product)")
     for key in (("torch", "fp32"), ("onnxruntime", "fp32")):
         row = rows[key]
         assert row["status"] == "ok", row
@@ -174,6 +180,20 @@ def test_bench_command_smoke(tmp_path, capsys) -> None:
     baseline = [r for r in report["results"] if r["backend"].startswith("baseline")]
     assert baseline and baseline[0]["status"] == "ok"
     assert "| bisenetv2 | onnxruntime | fp32 |" in (tmp_path / "bench.md").read_text()
+
+
+def test_peak_follows_the_instruction_set() -> None:
+    from bisenet_ros.benchmark import peak_gops
+
+    avx2 = {"avx2", "fma"}
+    intel = avx2 | {"avx512f", "avx512_vnni", "avx512_bf16"}
+    assert peak_gops("fp32", avx2, 2, 3.0)["gops"] == 2 * 3.0 * 32
+    assert peak_gops("fp32", intel, 2, 3.0)["gops"] == 2 * 3.0 * 64            # two 512-bit FMA pipes
+    assert peak_gops("fp32", intel, 2, 3.0, "AuthenticAMD", "25")["gops"] == 2 * 3.0 * 32  # Zen 4: 256-bit pipes
+    assert peak_gops("int8", intel, 1, 1.0)["ops_per_cycle_per_core"] == 256     # VPDPBUSD: 4 MACs per lane
+    assert peak_gops("int8", avx2, 1, 1.0)["ops_per_cycle_per_core"] == 128 // 3
+    assert peak_gops("bf16", avx2, 1, 1.0)["isa"] == "FMA"                      # no native bf16: fp32 peak
+    assert peak_gops("bf16", intel, 1, 1.0)["ops_per_cycle_per_core"] == 128
 
 
 def test_bench_agreements_compare_bf16_with_fp32_and_everything_with_the_baseline() -> None:
@@ -192,4 +212,5 @@ def test_bench_agreements_compare_bf16_with_fp32_and_everything_with_the_baselin
     _agreements(rows, labels)
     assert rows[0]["agreement_vs_baseline"] == 1.0 and rows[0]["speedup_vs_baseline"] == 2.0
     assert rows[1]["agreement_vs_fp32"] == 0.5 and rows[1]["speedup_vs_baseline"] == 4.0
+    assert rows[1]["speedup_vs_fp32"] == 2.0
     assert "agreement_vs_fp32" not in rows[0]

@@ -22,9 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bisenet-ros bench``."""
     parser.add_argument("--variants", default="bisenetv2", help="comma-separated model variants (default bisenetv2)")
     parser.add_argument("--backends", default="torch,onnxruntime,openvino", help="comma-separated backends")
-    parser.add_argument("--precisions", default="fp32,bf16",
+    parser.add_argument("--precisions", default="fp32,bf16,int8",
                         help="comma-separated precisions; combinations a backend/CPU lacks are reported "
-                             "as unavailable (default fp32,bf16)")
+                             "as unavailable (default fp32,bf16,int8)")
+    parser.add_argument("--int8", default=None, metavar="FILE",
+                        help="int8 .onnx (bisenet-ros quantize) for the int8 rows of a single variant; default: "
+                             "quantize the benchmarked weights on the fly on generated frames")
     parser.add_argument("--device", default="cpu", help="device for all backends (default cpu)")
     parser.add_argument("--weights", default=None,
                         help="checkpoint for the (single) variant; default random weights")
@@ -54,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
             variants=_names(args.variants), backends=_names(args.backends), precisions=_names(args.precisions),
             device=args.device, weights=args.weights, camera=parse_resolution(args.camera),
             network=parse_resolution(args.resolution), resize=args.resize, frames=args.frames,
-            warmup=args.warmup, rounds=args.rounds, num_threads=args.num_threads, baseline=args.baseline)
+            warmup=args.warmup, rounds=args.rounds, num_threads=args.num_threads, baseline=args.baseline,
+            int8=args.int8)
     except ValueError as exc:
         print(f"bisenet-ros bench: error: {exc}", file=sys.stderr)
         return 2

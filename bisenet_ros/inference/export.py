@@ -10,7 +10,16 @@ An exported file is self-describing: its ONNX ``metadata_props`` hold one entry,
      "normalization": {"mean": [0.3257, ...], "std": [0.2112, ...]},     # RGB/255, (x - mean) / std
      "input": {"name": "input", "layout": "NCHW", "color_order": "rgb", "dtype": "float32",
                "size": [1024, 512]},                                      # [width, height]; null = dynamic
-     "argmax_in_graph": true, "outputs": ["labels", "confidence"]}
+     "argmax_in_graph": true, "outputs": ["labels", "confidence"],
+     "precision": "fp32",                                                 # or "int8" (QDQ)
+     "calibration": null}                                                 # int8: see below
+
+An int8 file (``bisenet-ros quantize``, :mod:`bisenet_ros.inference.quantize`) has
+``"precision": "int8"`` and a ``calibration`` block: ``source``, ``frames``, ``method``
+(minmax/entropy/percentile), ``activations`` (uint8/int8), ``weights`` ("int8 per-channel"),
+``format`` ("QDQ") and ``quality`` (label agreement with fp32 on held-out frames; mIoU of both
+when ground truth was given). Files written before format_version 2 have neither key and read
+as fp32.
 
 so ``Segmenter(weights="model.onnx", backend="onnxruntime")`` needs no other input.
 
@@ -37,7 +46,9 @@ LOGGER = logging.getLogger(__name__)
 
 METADATA_KEY = "bisenet_ros"
 FORMAT = "bisenet_ros.onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Precisions a file can carry: fp32 as exported, int8 after ``bisenet-ros quantize``.
+FILE_PRECISIONS = ("fp32", "int8")
 DEFAULT_OPSET = 17
 
 
@@ -56,6 +67,9 @@ class OnnxModelInfo:
         argmax_in_graph: Whether the graph outputs ``labels`` (True) or ``logits`` (False).
         outputs: Graph output names.
         input_name: Graph input name.
+        precision: ``fp32`` (as exported) or ``int8`` (quantized, QDQ).
+        calibration: For int8 files, how they were calibrated and the quality check (see the
+            module docstring); None for fp32.
     """
 
     variant: str
@@ -68,6 +82,8 @@ class OnnxModelInfo:
     argmax_in_graph: bool
     outputs: list[str] = field(default_factory=list)
     input_name: str = "input"
+    precision: str = "fp32"
+    calibration: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps({
@@ -78,6 +94,7 @@ class OnnxModelInfo:
             "input": {"name": self.input_name, "layout": "NCHW", "color_order": "rgb", "dtype": "float32",
                       "size": list(self.input_size) if self.input_size else None},
             "argmax_in_graph": self.argmax_in_graph, "outputs": list(self.outputs),
+            "precision": self.precision, "calibration": self.calibration,
         })
 
     @classmethod
@@ -99,7 +116,11 @@ class OnnxModelInfo:
                 std=tuple(float(v) for v in data["normalization"]["std"]),  # type: ignore[arg-type]
                 input_size=(int(size[0]), int(size[1])) if size else None,
                 argmax_in_graph=bool(data["argmax_in_graph"]), outputs=list(data["outputs"]),
-                input_name=str(data["input"].get("name", "input")))
+                input_name=str(data["input"].get("name", "input")),
+                # format_version 1 files predate quantization: they are fp32.
+                precision=str(data.get("precision", "fp32")), calibration=data.get("calibration"))
+            if info.precision not in FILE_PRECISIONS:
+                raise ValueError(f"precision {info.precision!r}, expected one of {FILE_PRECISIONS}")
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise ValueError(f"{source}: malformed '{METADATA_KEY}' metadata ({exc})") from None
         if len(info.class_names) != info.num_classes or len(info.palette) != info.num_classes:
@@ -149,6 +170,16 @@ def read_onnx_info(model: str | os.PathLike[str] | bytes) -> OnnxModelInfo:
             f"{source} carries no '{METADATA_KEY}' metadata (class names, normalization, input size), "
             "so it cannot be run safely; export it with `bisenet-ros export` (which embeds them)")
     return OnnxModelInfo.from_json(props[METADATA_KEY], source)
+
+
+def set_onnx_info(proto: Any, info: OnnxModelInfo) -> None:
+    """Store ``info`` as the ``bisenet_ros`` metadata of an ONNX ``ModelProto`` (replacing any)."""
+    entries = [p for p in proto.metadata_props if p.key != METADATA_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(entries)
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = info.to_json()
 
 
 class _ExportHead:
@@ -236,9 +267,7 @@ def export_onnx_bytes(model: Any, *, resolution: tuple[int, int], class_set: Cla
         class_names=list(class_set.names), palette=class_set.palette.tolist(),
         mean=tuple(normalization.mean), std=tuple(normalization.std),  # type: ignore[arg-type]
         input_size=None if dynamic else (width, height), argmax_in_graph=argmax, outputs=outputs)
-    entry = proto.metadata_props.add()
-    entry.key = METADATA_KEY
-    entry.value = info.to_json()
+    set_onnx_info(proto, info)
     proto.producer_name = "bisenet_ros"
     return proto.SerializeToString(), info
 
@@ -276,6 +305,6 @@ def verify_export(model: Any, data: bytes, info: OnnxModelInfo, seed: int = 0) -
 
 
 __all__: Sequence[str] = [
-    "METADATA_KEY", "OnnxModelInfo", "export_onnx", "export_onnx_bytes",
+    "FILE_PRECISIONS", "METADATA_KEY", "OnnxModelInfo", "set_onnx_info", "export_onnx", "export_onnx_bytes",
     "read_onnx_info", "verify_export",
 ]

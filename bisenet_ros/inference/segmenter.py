@@ -173,8 +173,9 @@ class Segmenter:
         onnx_file = bool(config.weights and config.weights.endswith(".onnx"))
         if onnx_file and model is not None:
             raise ValueError("give either model= or an .onnx weights file, not both")
+        file_precision = "fp32"
         if onnx_file:
-            config, class_set, normalization, source = self._from_onnx_file(config)
+            config, class_set, normalization, source, file_precision = self._from_onnx_file(config)
         else:
             if model is None:
                 model = load_torch_model(config)
@@ -188,6 +189,9 @@ class Segmenter:
                 config = config.replace(num_classes=int(model.num_classes))
             class_set = resolve_class_set(config, model)
             source = model
+        config, reason = _resolve_precision(config, file_precision)
+        #: Why ``precision: auto`` chose what it did (one line), or None when it was given.
+        self.precision_reason = reason
         self.config = config
         self.class_set = class_set
         #: The input normalization carried by the weights (``mean``/``std`` attributes, RGB 0..1).
@@ -212,7 +216,7 @@ class Segmenter:
         return cls(SegmenterConfig.from_yaml(path, **overrides))
 
     @staticmethod
-    def _from_onnx_file(config: SegmenterConfig) -> tuple[SegmenterConfig, ClassSet, Normalizer, str]:
+    def _from_onnx_file(config: SegmenterConfig) -> tuple[SegmenterConfig, ClassSet, Normalizer, str, str]:
         from bisenet_ros.inference.export import read_onnx_info
 
         if config.backend == "torch":
@@ -220,6 +224,11 @@ class Segmenter:
                 f"weights={config.weights!r} is an ONNX file: use backend='onnxruntime' or 'openvino' "
                 "(backend='torch' needs a .pth checkpoint)")
         info = read_onnx_info(config.weights)  # type: ignore[arg-type]
+        if (info.precision == "int8" and config.device == "tensorrt"
+                and not (info.calibration or {}).get("activations_symmetric")):
+            raise BackendError(
+                f"{config.weights} has asymmetric uint8 activations, which TensorRT cannot run; "
+                "quantize it for TensorRT with `bisenet-ros quantize ... --activations int8`")
         # The file is the authority on what it contains: variant and class count come from it.
         changes: dict[str, Any] = {"num_classes": info.num_classes, "variant": info.variant}
         if info.input_size is not None and tuple(info.input_size) != tuple(config.resolution):
@@ -232,7 +241,7 @@ class Segmenter:
         else:
             class_set = info.class_set(os.path.basename(str(config.weights)))
 
-        return config, class_set, Normalizer(info.mean, info.std), str(config.weights)
+        return config, class_set, Normalizer(info.mean, info.std), str(config.weights), info.precision
 
     @staticmethod
     def _make_backend(config: SegmenterConfig, source: Any, class_set: ClassSet) -> Backend:
@@ -446,6 +455,35 @@ class Segmenter:
         frame = np.zeros((frame_size[1], frame_size[0], 3), dtype=np.uint8)
         for _ in range(runs):
             self(frame)
+
+
+def _resolve_precision(config: SegmenterConfig, file_precision: str) -> tuple[SegmenterConfig, str | None]:
+    """The precision in effect: ``auto`` resolved for this CPU; an int8 file runs in int8.
+
+    Returns:
+        The config with a concrete precision, and the reason when ``auto`` chose it.
+
+    Raises:
+        BackendError: int8 asked for without an int8 file, or an int8 file with bf16/fp16.
+    """
+    from bisenet_ros.inference import precision as choice  # module attribute: tests replace cpu_flags
+
+    if config.precision == "auto":
+        chosen, reason = choice.choose_precision(config.backend, config.device, file_precision,
+                                                 choice.cpu_flags())
+        LOGGER.info("precision auto -> %s", reason)
+        return config.replace(precision=chosen), reason
+    if file_precision == "int8":
+        if config.precision not in ("fp32", "int8"):  # fp32 is the default: the file decides
+            raise BackendError(
+                f"precision={config.precision!r}: {config.weights} is an int8 model; use precision "
+                "int8 (or auto), or the fp32 export for fp16/bf16")
+        return config.replace(precision="int8"), None
+    if config.precision == "int8":
+        raise BackendError(
+            "precision='int8' needs an int8 model file: make one with `bisenet-ros quantize` and run "
+            "it with backend='onnxruntime' or 'openvino' (weights=model_int8.onnx)")
+    return config, None
 
 
 def _content_geometry(geometry: FitGeometry) -> FitGeometry:

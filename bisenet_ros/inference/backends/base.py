@@ -47,7 +47,7 @@ class Backend(abc.ABC):
     Attributes:
         name: Backend name as in the config (``torch``, ``onnxruntime``, ``openvino``).
         device: The device it runs on, as in the config.
-        precision: ``fp32``, ``fp16`` or ``bf16``.
+        precision: The precision in effect: ``fp32``, ``fp16``, ``bf16`` or ``int8`` (an int8 file).
         computes_confidence: Whether :meth:`run` returns confidences.
     """
 

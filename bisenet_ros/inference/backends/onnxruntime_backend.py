@@ -3,6 +3,13 @@
 On a Jetson this is the deploy path: ``device='tensorrt'`` builds TensorRT engines on the target
 the first time (minutes) and caches them in ``trt_cache_dir``; later starts load the cached engine
 in seconds. fp16 is a TensorRT build flag (``trt_fp16_enable``), so it needs ``device='tensorrt'``.
+
+int8 files (``bisenet-ros quantize``: QDQ, precision ``int8``) run on every provider. The CPU
+provider fuses each Q/DQ pair with its operator into an integer kernel (VNNI where the CPU has
+it). For TensorRT the file is an explicitly quantized network: TensorRT honours the Q/DQ
+placement and needs no calibration table; ``trt_int8_enable`` lets it pick int8 kernels for the
+quantized layers and ``trt_fp16_enable`` runs the float remainder (upsampling, argmax) in fp16.
+TensorRT takes only symmetric (zero point 0) activations: quantize with ``--activations int8``.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ def execution_providers(device: str, precision: str, trt_cache_dir: str | None) 
 
     Args:
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``tensorrt``.
-        precision: ``fp32``; ``fp16`` only with TensorRT.
+        precision: ``fp32``; ``fp16`` only with TensorRT; ``int8`` for an int8 (QDQ) file.
         trt_cache_dir: Engine cache directory for TensorRT (the backend creates it).
     """
     if precision == "bf16":
@@ -39,8 +46,8 @@ def execution_providers(device: str, precision: str, trt_cache_dir: str | None) 
             "precision='bf16' is not supported by backend='onnxruntime'; use backend='openvino' "
             "(CPU bf16) or backend='torch'")
     if device == "cpu":
-        if precision != "fp32":
-            raise BackendError(f"precision={precision!r} on CPU with onnxruntime: only fp32")
+        if precision not in ("fp32", "int8"):
+            raise BackendError(f"precision={precision!r} on CPU with onnxruntime: fp32, or int8 for an int8 file")
         return ["CPUExecutionProvider"]
     index = parse_cuda_index(device)
     cuda = ("CUDAExecutionProvider", {"device_id": index})
@@ -54,7 +61,9 @@ def execution_providers(device: str, precision: str, trt_cache_dir: str | None) 
     cache = os.path.abspath(os.path.expanduser(trt_cache_dir or DEFAULT_TRT_CACHE))
     trt_options = {
         "device_id": index,
-        "trt_fp16_enable": precision == "fp16",
+        "trt_fp16_enable": precision in ("fp16", "int8"),
+        # A QDQ file is explicitly quantized: int8 kernels for the Q/DQ layers, no calibration table.
+        "trt_int8_enable": precision == "int8",
         # Engine building takes minutes on a Jetson: cache engines (keyed by model and options)
         # and the per-layer timing cache so that later starts take seconds.
         "trt_engine_cache_enable": True,
@@ -74,7 +83,7 @@ class OnnxRuntimeBackend(Backend):
     Args:
         model: Path to an ``.onnx`` file or its bytes.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``tensorrt``.
-        precision: ``fp32`` or (TensorRT only) ``fp16``.
+        precision: ``fp32``, (TensorRT only) ``fp16``, or ``int8`` for an int8 (QDQ) file.
         confidence: Return confidences; needs a ``confidence`` output when the argmax is in the graph.
         num_threads: intra-op threads; 0 lets ONNX Runtime decide.
         trt_cache_dir: TensorRT engine cache directory (default ``~/.cache/bisenet_ros/tensorrt``).

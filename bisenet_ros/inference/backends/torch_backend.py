@@ -58,6 +58,10 @@ class TorchBackend(Backend):
                     f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
         elif device != "cpu":
             raise BackendError(f"backend='torch' supports device 'cpu', 'cuda' or 'cuda:N', not {device!r}")
+        if precision == "int8":
+            raise BackendError(
+                "backend='torch' cannot run int8 models: make an int8 file with `bisenet-ros quantize` "
+                "and run it with backend='onnxruntime' or 'openvino'")
         if precision == "fp16" and not device.startswith("cuda"):
             raise BackendError("precision='fp16' with backend='torch' needs a CUDA device")
         if precision == "bf16" and device == "cpu" and not cpu_has_fast_bf16(torch):
