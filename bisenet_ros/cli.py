@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("bisenet_ros.commands.export", "export a model to ONNX with its metadata embedded"),
     "bench": ("bisenet_ros.commands.bench", "benchmark backends and post-processing against the reference pipeline"),
     "replay": ("bisenet_ros.commands.replay", "run a rosbag through the engine, write an output bag and a report"),
+    "evaluate": ("bisenet_ros.commands.evaluate", "evaluate a model (or model A against B) over many bags, locally or on Ray"),
 }
 
 
