@@ -189,7 +189,7 @@ def provenance(engine: Any, spec: ModelSpec) -> dict[str, Any]:
     """What the report says about a model: the engine's own provenance when it has one."""
     own = getattr(engine, "provenance", None)
     info = dict(own()) if callable(own) else {}
-    config = spec.config.to_dict()
+    config = _engine_config(engine, spec)
     info.setdefault("variant", config["variant"])
     info.setdefault("resolution", config["resolution"])
     info.setdefault("backend", config["backend"])
@@ -200,6 +200,12 @@ def provenance(engine: Any, spec: ModelSpec) -> dict[str, Any]:
     if hasattr(engine, "describe"):
         info.setdefault("engine", engine.describe())
     return info
+
+
+def _engine_config(engine: Any, spec: ModelSpec) -> dict[str, Any]:
+    # The engine's config is the one in effect (an .onnx file sets its variant, classes, size).
+    config = getattr(engine, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else spec.config.to_dict()
 
 
 def evaluate_fleet(options: FleetOptions, models: Sequence[ModelSpec], *,
@@ -238,7 +244,7 @@ def _evaluate(options: FleetOptions, models: Sequence[ModelSpec], paths: Sequenc
         check_class_sets(engines[0], engines[1])
     class_names = [str(n) for n in engines[0].class_names]
     palette = getattr(engines[0], "palette", None)
-    summaries = [ModelSummary(spec.name, spec.config.to_dict(), provenance(engine, spec), None, None)
+    summaries = [ModelSummary(spec.name, _engine_config(engine, spec), provenance(engine, spec), None, None)
                  for spec, engine in zip(models, engines)]
 
     cache = Path(options.report_dir) / CACHE_DIR if options.report_dir else None
