@@ -285,12 +285,14 @@ def tiny_checkpoint(path: Path) -> Path:
 
 
 def test_sequential_jobs_and_ray_give_bit_identical_metrics_with_the_real_engine(
-        fleet: dict[str, Path], tmp_path: Path, ray_cluster: Any) -> None:
+        fleet: dict[str, Path], tmp_path: Path, ray_cluster: Any,
+        capsys: pytest.CaptureFixture[str]) -> None:
     weights = tiny_checkpoint(tmp_path / "tiny.pth")
     base = good(fleet) + ["--weights", str(weights), "--variant", "stdc1", "--num-classes", "4",
                           "--resolution", "64x32", "--num-threads", "1",
-                          "--labels-topic", "/camera/labels", "--no-progress"]
-    runs = {"seq": [], "jobs": ["--jobs", "2"], "ray": ["--ray"]}
+                          "--labels-topic", "/camera/labels"]
+    runs = {"seq": ["--no-progress"], "jobs": ["--no-progress", "--jobs", "2"],
+            "ray": ["--progress", "--ray"]}
     figures = {}
     for name, extra in runs.items():
         assert cli.main(base + ["--report", str(tmp_path / name)] + extra) == 0
@@ -298,6 +300,8 @@ def test_sequential_jobs_and_ray_give_bit_identical_metrics_with_the_real_engine
         figures[name] = data["models"][0]["evaluation"]
         assert data["models"][0]["provenance"]["model_key"]
     assert figures["seq"] == figures["jobs"] == figures["ray"]
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("evaluate ")]
+    assert progress and progress[-1].startswith(f"evaluate {3 * FRAMES}/{3 * FRAMES} frames")
     assert figures["ray"]["frames_evaluated"] == 3 * FRAMES
     assert metrics(tmp_path / "ray")["run"]["runner"] == "ray local cluster"
     # every Ray port of this cluster listens on the loopback interface only

@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", metavar="DIR",
                         help="also write each bag's output bag (model A's topics) into DIR/<bag>; "
                         "default: write nothing but the report")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output bags already in --output-dir")
     add_bag_arguments(parser)
     gt = parser.add_argument_group("evaluation")
     gt.add_argument("--report", metavar="DIR",
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
         image_topic=args.image_topic, labels_topic=args.labels_topic, labels_dir=args.labels_dir,
         labels_match=args.labels_match, label_tolerance_ms=args.label_tolerance_ms,
         max_frames=args.max_frames, queue_size=args.queue_size, output_dir=args.output_dir,
-        replay={k: v for k, v in fields.items()} if args.output_dir else {})
+        replay=dict(fields, overwrite=args.overwrite) if args.output_dir else {})
     threshold = (args.fail_on_regression if args.fail_on_regression is not None
                  else args.regression_threshold if args.regression_threshold is not None
                  else DEFAULT_REGRESSION_POINTS)

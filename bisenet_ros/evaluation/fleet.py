@@ -256,6 +256,7 @@ def _evaluate(options: FleetOptions, models: Sequence[ModelSpec], paths: Sequenc
     def on_result(result: BagResult) -> None:
         index = next(t.index for t in tasks if t.key == result.key and str(t.bag) == result.bag)
         results[index] = result
+        progress.set(index, result.frames_processed)
         if cache is not None and result.counts:
             _store(cache / f"{result.key}.json", result)
 

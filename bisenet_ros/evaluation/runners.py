@@ -50,9 +50,10 @@ class FleetProgress:
         self._lock = threading.Lock()
 
     def set(self, index: int, frames: int) -> None:
-        """Bag ``index`` has done ``frames`` frames (a retried bag restarts its count)."""
+        """Bag ``index`` has done ``frames`` frames. Counts only grow: reports may arrive late
+        (from Ray's counter actor), and a retried bag's restart would only move the line back."""
         with self._lock:
-            self._done[index] = frames
+            self._done[index] = max(frames, self._done.get(index, 0))
             done = sum(self._done.values())
         self.bar.update(done)
 
