@@ -21,11 +21,12 @@ the same command again (after an interruption, or with more bags) evaluates only
 
 Exit status: 0 done; 1 some bags could not be evaluated (reported; the others count);
 2 bad usage; 3 ``--fail-on-regression``: model B is worse than A beyond the threshold;
-130 interrupted (finished bags are kept for the next run).
+130 interrupted by Ctrl-C or SIGTERM (finished bags are kept for the next run).
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -79,6 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "'auto' joins the cluster this runs in; HOST:PORT a running one "
                            "(answering within 10 s). Put it after the bags.")
     add_engine_arguments(parser)
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _error(message: str) -> int:
@@ -143,7 +148,7 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
     """
     from bisenet_ros.evaluation.bags import NoBagsError
     from bisenet_ros.evaluation.fleet import (
-        DEFAULT_REGRESSION_POINTS, ClassSetMismatch, FleetOptions, evaluate_fleet,
+        DEFAULT_REGRESSION_POINTS, ClassSetMismatch, EngineError, FleetOptions, evaluate_fleet,
     )
     from bisenet_ros.evaluation.job import EvalSettings
     from bisenet_ros.evaluation.runners import RayError
@@ -170,18 +175,26 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
         bags=args.bags, settings=settings, report_dir=Path(args.report) if args.report else None,
         jobs=args.jobs, ray=args.ray is not None, ray_address=address, threads=config.num_threads,
         regression_points=threshold, progress=args.progress)
+    # SIGTERM (a job scheduler's stop) ends the run as Ctrl-C does: workers stopped, finished
+    # bags kept for the next run, the report written for them.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = evaluate_fleet(options, models)
-    except (NoBagsError, FileNotFoundError, ClassSetMismatch, RayError) as err:
+    except (NoBagsError, FileNotFoundError, ClassSetMismatch, EngineError, RayError) as err:
         return _error(str(err))
-    except (ImportError, RuntimeError) as err:
-        return _error(f"cannot build the segmentation engine: {err}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if options.report_dir is not None:
         from bisenet_ros.evaluation.report import write_report
 
         print(f"report: {write_report(result, options.report_dir)}")
     print_summary(result)
     return result.exit_code(fail_on_regression=args.fail_on_regression is not None)
+
+
+def threads_text(threads: int) -> str:
+    return (f"{threads} engine thread(s) per worker" if threads > 0
+            else "engine threads: the backend's default")
 
 
 def print_summary(result: Any) -> None:
@@ -191,11 +204,13 @@ def print_summary(result: Any) -> None:
     print(f"bags: {len(result.counted)} counted, {len(result.failed)} failed"
           + (f", {cached} from an earlier run" if cached else "")
           + f"; {result.frames_processed()} frames" + (f"; {fps:.2f} frames/s" if fps else "")
-          + f" ({result.runner}, {result.threads} engine thread(s) per worker)")
+          + f" ({result.runner}, {threads_text(result.threads)})")
     for summary in result.models:
         cm = summary.confusion
-        if cm is None:
+        if cm is None and result.counted:
             print(f"model {summary.name}: no ground truth (give --labels-topic or --labels-dir)")
+            continue
+        if cm is None:
             continue
         print(f"model {summary.name}: " + ", ".join(
             f"{k} {v:.4f}" if v is not None else f"{k} n/a"

@@ -37,6 +37,10 @@ EXIT_REGRESSION = 3  # --fail-on-regression: model B is worse than A beyond the 
 EXIT_INTERRUPTED = 130
 
 
+class EngineError(RuntimeError):
+    """A model's engine cannot be built (weights, options, backend package)."""
+
+
 class ClassSetMismatch(ValueError):
     """Models A and B predict different classes: their IoUs cannot be compared."""
 
@@ -222,6 +226,7 @@ def evaluate_fleet(options: FleetOptions, models: Sequence[ModelSpec], *,
     Raises:
         NoBagsError, FileNotFoundError: No bag matched, or a named bag does not exist.
         ClassSetMismatch: A and B predict different classes.
+        EngineError: A model's engine cannot be built.
         runners.RayError: Ray is missing or its cluster does not answer.
     """
     stream = stream or sys.stderr
@@ -239,7 +244,7 @@ def evaluate_fleet(options: FleetOptions, models: Sequence[ModelSpec], *,
 
 def _evaluate(options: FleetOptions, models: Sequence[ModelSpec], paths: Sequence[Path],
               engines: Sequence[Any] | None, stream: TextIO, ray: Any) -> FleetResult:
-    engines = list(engines) if engines is not None else [m.build() for m in models]
+    engines = list(engines) if engines is not None else [_build(m) for m in models]
     if len(engines) > 1:
         check_class_sets(engines[0], engines[1])
     class_names = [str(n) for n in engines[0].class_names]
@@ -306,6 +311,13 @@ def _evaluate(options: FleetOptions, models: Sequence[ModelSpec], paths: Sequenc
     return FleetResult(ordered, class_names, None if palette is None else np.asarray(palette, np.uint8),
                        summaries, disagreement, runner, threads, wall, options.regression_points,
                        interrupted)
+
+
+def _build(spec: ModelSpec) -> Any:
+    try:
+        return spec.build()
+    except (ImportError, OSError, ValueError, RuntimeError) as err:
+        raise EngineError(f"cannot build the segmentation engine of model {spec.name}: {err}") from err
 
 
 def _drivable_ids(engine: Any, class_names: list[str]) -> list[int]:

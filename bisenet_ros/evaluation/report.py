@@ -149,7 +149,8 @@ def _html(result: FleetResult, data: dict[str, Any], plots: dict[str, str]) -> s
                      + "".join(f"<li>{html.escape(r)}</li>" for r in comparison["regressions"]) + "</ul>")
     parts.append("<h2>Run</h2>")
     rows: list[tuple[Any, ...]] = [
-        ("runner", f"{run['runner']}, {run['engine_threads_per_worker']} engine thread(s) per worker"),
+        ("runner", f"{run['runner']}, " + (f"{run['engine_threads_per_worker']} engine thread(s) per "
+                   "worker" if run["engine_threads_per_worker"] else "engine threads: the backend's default")),
         ("bags counted / failed / from cache", f"{bags['counted']} / {bags['failed']} / {bags['cached']}"),
         ("throughput (bags run now)", _fmt(run["throughput_fps"], 2, " frames/s")),
         ("wall time", _fmt(run["wall_s"], 1, " s")),
