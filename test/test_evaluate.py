@@ -12,6 +12,8 @@ import json
 import os
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +31,15 @@ FRAMES = 4
 
 
 class FleetEngine(KnownEngine):
-    """KnownEngine; with weights named ``*b.pth`` it labels the 8 leftmost columns class 2, and
+    """KnownEngine; with weights named ``*slow.pth`` it takes 0.25 s per frame, with ``*b.pth`` it labels the 8 leftmost columns class 2, and
     with ``*die.pth`` it kills its own process on its first frame of the bag named ``crash``
     while the file ``<weights>.once`` exists (removed first: the retry succeeds)."""
 
     def __call__(self, frame: np.ndarray, color_order: str = "bgr", outputs: Any = None) -> Any:
         result = super().__call__(frame, color_order, outputs)
         weights = str(getattr(self.config, "weights", "") or "")
+        if weights.endswith("slow.pth"):
+            time.sleep(0.25)
         if weights.endswith("b.pth"):
             result.labels = result.labels.copy()
             result.labels[:, :8] = 2
@@ -63,7 +67,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     garbage.mkdir(parents=True)
     (garbage / "broken_0.mcap").write_bytes(b"\x89MCAP0\r\n" + b"not a bag at all" * 64)
     bags["broken"] = garbage
-    for name in ("a.pth", "b.pth", "die.pth"):
+    for name in ("a.pth", "b.pth", "die.pth", "slow.pth"):
         (root / name).write_bytes(name.encode() * 32)  # FleetEngine ignores the content
     bags["root"] = root
     return bags
@@ -183,6 +187,36 @@ def test_compare_with_itself_gives_zero_deltas_and_with_another_model_the_single
     assert heat[:, :4].min() == pytest.approx(1.0) and heat[:, 5:].max() == 0.0
     assert cmp["regressions"] and rc == 3  # the release gate
     assert "Where A and B disagree" in (tmp_path / "ab" / "report.html").read_text()
+
+
+def test_sigterm_stops_the_run_and_the_next_run_evaluates_only_the_rest(
+        fleet: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    report = tmp_path / "report"
+    argv = good(fleet) + ["--weights", str(fleet["root"] / "slow.pth"), "--labels-topic",
+                          "/camera/labels", "--report", str(report), "--no-progress"]
+    code = ("import sys; from test_evaluate import FleetEngine; from bisenet_ros.commands import "
+            f"evaluate; sys.exit(evaluate.main({argv!r}, engine_factory=FleetEngine))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]),
+                                                      str(Path(__file__).parent)]))
+    process = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list((report / "bags").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)  # until the first bag is finished and stored
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted: run the same command again" in err
+    done = len(list((report / "bags").glob("*.json")))
+    assert 1 <= done < 3
+    assert metrics(report)["run"]["interrupted"] is True
+
+    calls = []  # the same engine class (it is part of the model key), its calls counted
+    call = FleetEngine.__call__
+    monkeypatch.setattr(FleetEngine, "__call__", lambda self, *a, **k: calls.append(1) or call(self, *a, **k))
+    assert cli.main(argv, engine_factory=FleetEngine) == 0
+    assert len(calls) == (3 - done) * FRAMES
+    assert metrics(report)["bags"]["cached"] == done
 
 
 def test_jobs_give_the_sequential_figures_and_a_killed_worker_s_bag_is_retried(
