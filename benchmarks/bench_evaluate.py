@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -104,7 +105,9 @@ def main(args: list[str] | None = None) -> int:
     from bisenet_ros.evaluation.runners import available_cores, connect_ray
 
     cpu, flags = cpu_flags()
-    print(f"CPU: {cpu}; {available_cores()} cores; flags: {' '.join(flags)}")
+    load_before = os.getloadavg()
+    print(f"CPU: {cpu}; {available_cores()} cores; flags: {' '.join(flags)}; load average "
+          f"{load_before[0]:.2f} (other processes take cores from the workers)")
     camera = tuple(int(v) for v in opts.camera.split("x"))
     with tempfile.TemporaryDirectory(prefix="bench_evaluate_") as tmp:
         folder = Path(tmp)
@@ -139,6 +142,7 @@ def main(args: list[str] | None = None) -> int:
                    "spawned workers, ray a local 2-CPU cluster with one task per CPU",
         "throughput_fps": fps, "wall_s": {n: d["run"]["wall_s"] for n, d in runs.items()},
         "ray_cluster_start_s": ray_start_s,
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "ratio_jobs2_over_jobs1": fps["jobs2"] / fps["jobs1"],
         "ratio_ray_over_jobs2": fps["ray"] / fps["jobs2"],
         "metrics_bit_identical": identical,

@@ -258,8 +258,11 @@ def _evaluate(options: FleetOptions, models: Sequence[ModelSpec], paths: Sequenc
     progress = runners.FleetProgress(total_frames, stream=stream, enabled=bool(
         options.progress if options.progress is not None else stream.isatty()))
 
+    index_of = {(t.key, str(t.bag)): t.index for t in tasks}
+    drivable = _drivable_ids(engines[0], class_names)
+
     def on_result(result: BagResult) -> None:
-        index = next(t.index for t in tasks if t.key == result.key and str(t.bag) == result.bag)
+        index = index_of[(result.key, result.bag)]
         results[index] = result
         progress.set(index, result.frames_processed)
         if cache is not None and result.counts:
@@ -279,15 +282,13 @@ def _evaluate(options: FleetOptions, models: Sequence[ModelSpec], paths: Sequenc
     interrupted = False
     started = time.perf_counter()
     try:
-        if not tasks:
-            pass
-        elif options.ray:
+        if tasks and options.ray:
             runners.run_ray(ray, tasks, options.settings, models, threads=threads,
                             on_result=on_result, progress=progress)
-        elif options.jobs > 1:
+        elif tasks and options.jobs > 1:
             runners.run_local(tasks, options.settings, models, options.jobs, threads=threads,
                               on_result=on_result, progress=progress)
-        else:
+        elif tasks:
             runners.run_sequential(tasks, options.settings, engines, on_result=on_result,
                                    progress=progress)
     except KeyboardInterrupt:
@@ -297,7 +298,6 @@ def _evaluate(options: FleetOptions, models: Sequence[ModelSpec], paths: Sequenc
     wall = time.perf_counter() - started
     interrupted = interrupted or any(r.status == INTERRUPTED for r in results.values())
     ordered = [results[i] for i in sorted(results)]
-    drivable = _drivable_ids(engines[0], class_names)
     for i, summary in enumerate(summaries):
         summary.confusion, summary.engine_ms = _aggregate(ordered, i, len(class_names), drivable)
     disagreement = None
