@@ -7,12 +7,20 @@ throughput of ``--jobs 1`` with inference on one thread per worker, and a local 
 Method: 6 bags of ``--frames`` synthetic camera frames with ground truth and a random-weight
 checkpoint are written once. ``bisenet-ros evaluate`` (its library entry point) then runs the
 three ways, one after the other, all with ``--num-threads 1`` (one engine thread per worker;
-in process the replay's reader and writer threads still overlap with inference). Throughput is
-frames / wall time of the run phase (from the first bag dispatched to the last result), which
-includes starting the worker processes, importing torch and building the engine in each worker;
-it excludes planning (hashing and opening the bags, the same for all three). The Ray cluster
-is started before its run, as ``--ray ADDRESS`` finds a running one; its start time is reported
-apart. Not a test: run it by hand on an otherwise idle machine.
+in process the replay's reader and writer threads still overlap with inference). Two throughputs
+per way, both frames / seconds:
+
+* end to end: the run phase's wall time (first bag dispatched to last result), which includes
+  starting the worker processes, importing torch and building the engine in each worker (a
+  constant of a few seconds per run, whatever the fleet's size); it excludes planning (hashing
+  and opening the bags, the same for all three);
+* processing: from the first bag's start to the last bag's end as stamped by the workers (the
+  steady state a fleet of hundreds of bags sees). The targets are judged on this one; both are
+  recorded.
+
+The Ray cluster is started before its run, as ``--ray ADDRESS`` finds a running one; its start
+time is reported apart. The load average before and after is recorded: other processes on the
+machine take cores from the workers. Not a test: run it by hand on an otherwise idle machine.
 
     nice .venv/bin/python benchmarks/bench_evaluate.py --frames 80 \\
         --json benchmarks/results/evaluate_jobs_ray.json
@@ -92,6 +100,14 @@ def run(argv: list[str], report: Path) -> dict[str, Any]:
     return json.loads((report / "metrics.json").read_text())
 
 
+def report_line(name: str, data: dict[str, Any], extra: str = "") -> None:
+    run_ = data["run"]
+    frames = data["bags"]["frames_processed"]
+    print(f"{name}: end to end {run_['throughput_fps']:.2f} frames/s ({run_['wall_s']:.1f} s), "
+          f"processing {frames / run_['processing_span_s']:.2f} frames/s "
+          f"({run_['processing_span_s']:.1f} s){extra}")
+
+
 def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bags", type=int, default=6)
@@ -119,8 +135,7 @@ def main(args: list[str] | None = None) -> int:
         runs: dict[str, dict[str, Any]] = {}
         for name, extra in (("jobs1", []), ("jobs2", ["--jobs", "2"])):
             runs[name] = run(base + extra, folder / name)
-            print(f"{name}: {runs[name]['run']['throughput_fps']:.2f} frames/s "
-                  f"({runs[name]['run']['wall_s']:.1f} s)")
+            report_line(name, runs[name])
         t0 = time.perf_counter()
         ray, started = connect_ray(None, num_cpus=2)
         ray_start_s = time.perf_counter() - t0
@@ -129,9 +144,10 @@ def main(args: list[str] | None = None) -> int:
         finally:
             if started:
                 ray.shutdown()
-        print(f"ray: {runs['ray']['run']['throughput_fps']:.2f} frames/s "
-              f"({runs['ray']['run']['wall_s']:.1f} s; cluster start {ray_start_s:.1f} s, not counted)")
+        report_line("ray", runs["ray"], f"; cluster start {ray_start_s:.1f} s, not counted")
     fps = {name: data["run"]["throughput_fps"] for name, data in runs.items()}
+    frames = runs["jobs1"]["bags"]["frames_processed"]
+    processing = {name: frames / data["run"]["processing_span_s"] for name, data in runs.items()}
     evaluations = [data["models"][0]["evaluation"] for data in runs.values()]
     identical = all(e == evaluations[0] for e in evaluations)
     summary = {
@@ -140,20 +156,25 @@ def main(args: list[str] | None = None) -> int:
         "network": f"{opts.variant} {opts.resolution} torch fp32, random weights",
         "threads": "1 engine thread per worker (--num-threads 1); jobs1 in process, jobs2 two "
                    "spawned workers, ray a local 2-CPU cluster with one task per CPU",
-        "throughput_fps": fps, "wall_s": {n: d["run"]["wall_s"] for n, d in runs.items()},
+        "end_to_end_fps": fps, "wall_s": {n: d["run"]["wall_s"] for n, d in runs.items()},
+        "processing_fps": processing,
+        "processing_span_s": {n: d["run"]["processing_span_s"] for n, d in runs.items()},
         "ray_cluster_start_s": ray_start_s,
         "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
-        "ratio_jobs2_over_jobs1": fps["jobs2"] / fps["jobs1"],
-        "ratio_ray_over_jobs2": fps["ray"] / fps["jobs2"],
+        "ratio_jobs2_over_jobs1": processing["jobs2"] / processing["jobs1"],
+        "ratio_ray_over_jobs2": processing["ray"] / processing["jobs2"],
+        "end_to_end_ratio_jobs2_over_jobs1": fps["jobs2"] / fps["jobs1"],
+        "end_to_end_ratio_ray_over_jobs2": fps["ray"] / fps["jobs2"],
         "metrics_bit_identical": identical,
         "targets": {"jobs2_over_jobs1_at_least": 1.6, "ray_within_of_jobs2": 0.15},
     }
     summary["met"] = {"jobs2": summary["ratio_jobs2_over_jobs1"] >= 1.6,
                       "ray": abs(1 - summary["ratio_ray_over_jobs2"]) <= 0.15,
                       "identical": identical}
-    print(f"jobs2 / jobs1: {summary['ratio_jobs2_over_jobs1']:.2f}x (target >= 1.6); ray / jobs2: "
-          f"{summary['ratio_ray_over_jobs2']:.2f} (target within 15%); metrics bit-identical: "
-          f"{identical}")
+    print(f"processing: jobs2 / jobs1 {summary['ratio_jobs2_over_jobs1']:.2f}x (target >= 1.6); "
+          f"ray / jobs2 {summary['ratio_ray_over_jobs2']:.2f} (target within 15%)")
+    print(f"end to end: jobs2 / jobs1 {summary['end_to_end_ratio_jobs2_over_jobs1']:.2f}x; ray / "
+          f"jobs2 {summary['end_to_end_ratio_ray_over_jobs2']:.2f}; metrics bit-identical: {identical}")
     if opts.json:
         opts.json.parent.mkdir(parents=True, exist_ok=True)
         opts.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -114,6 +114,12 @@ class FleetResult:
         frames = self.frames_processed(fresh_only=True)
         return frames / self.wall_s if self.wall_s > 0 and frames else None
 
+    def processing_span_s(self) -> float | None:
+        """From the first bag's start to the last bag's end, as stamped where they ran: the
+        run's wall time without starting workers and building their engines before it."""
+        fresh = [b for b in self.counted if not b.cached and b.started_at and b.finished_at]
+        return max(b.finished_at for b in fresh) - min(b.started_at for b in fresh) if fresh else None
+
     def comparison(self) -> dict[str, Any] | None:
         """Deltas of B against A (IoU points: 100 x difference) and the regressions beyond the
         threshold; None without a second model."""

@@ -240,6 +240,8 @@ class BagResult:
     models: list[ModelFigures] = dataclasses.field(default_factory=list)
     disagreement: Disagreement | None = None
     attempts: int = 1
+    started_at: float = 0.0  # wall clock (Unix time, s) when the bag's first frame was read
+    finished_at: float = 0.0  # ... and when its last frame was done
     cached: bool = False  # filled in by the driver, not stored
 
     @property
@@ -358,6 +360,7 @@ def evaluate_bag(task: BagTask, settings: EvalSettings, engines: Sequence[Any], 
         def hook(result: Any, truth: np.ndarray) -> None:
             assert second is not None
             second.update(_resize_labels(result.b_labels, truth.shape), truth)
+    started_at = time.time()
     try:
         result = replay(options, engine, stream=io.StringIO(), install_signal_handlers=False,
                         bag=bag, on_ground_truth=hook)
@@ -373,7 +376,7 @@ def evaluate_bag(task: BagTask, settings: EvalSettings, engines: Sequence[Any], 
         frames_read=result.frames_read, frames_processed=result.frames_processed,
         corrupt=len(result.corrupt), unmatched=result.unmatched_predictions, wall_s=result.wall_s,
         damage=list(result.damage), warnings=list(result.warnings),
-        disagreement=engine.disagreement)
+        disagreement=engine.disagreement, started_at=started_at, finished_at=time.time())
     frames = max(result.frames_processed, 1)
     out.models = [ModelFigures(result.confusion, engine.engine_ms[0] / frames if result.frames else None)]
     if len(engines) > 1:

@@ -52,6 +52,7 @@ def build_metrics(result: FleetResult) -> dict[str, Any]:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "run": {"runner": result.runner, "engine_threads_per_worker": result.threads,
                 "wall_s": result.wall_s, "throughput_fps": result.throughput_fps(),
+                "processing_span_s": result.processing_span_s(),
                 "interrupted": result.interrupted},
         "bags": {"total": len(result.bags), "counted": len(result.counted),
                  "failed": len(result.failed), "cached": sum(b.cached for b in result.bags),
