@@ -304,8 +304,13 @@ def ray_cluster() -> Any:
 
     ray, started = connect_ray(None, num_cpus=2)
     assert started
+    cluster = set(_ray_pids())
     yield ray
     ray.shutdown()
+    deadline = time.monotonic() + 15
+    while cluster & set(_ray_pids()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not cluster & set(_ray_pids()), "Ray processes left behind"
 
 
 def tiny_checkpoint(path: Path) -> Path:
