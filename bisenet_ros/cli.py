@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bisenet_ros.commands.bench", "benchmark backends and post-processing against the reference pipeline"),
     "quantize": ("bisenet_ros.commands.quantize", "make a static int8 (QDQ) model calibrated on a bag or images"),
     "replay": ("bisenet_ros.commands.replay", "run a rosbag through the engine, write an output bag and a report"),
+    "evaluate": ("bisenet_ros.commands.evaluate", "evaluate a model (or model A against B) over many bags, locally or on Ray"),
 }
 
 

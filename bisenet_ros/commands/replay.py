@@ -38,6 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output bag directory to create")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output bag and report")
+    add_bag_arguments(parser)
+    gt = parser.add_argument_group("evaluation")
+    gt.add_argument("--report", metavar="DIR",
+                    help="write report.html, metrics.json and frames.csv into DIR")
+    add_ground_truth_arguments(gt)
+    add_grid_arguments(parser)
+    run_group = parser.add_argument_group("run")
+    add_run_arguments(run_group)
+    run_group.add_argument("--samples", type=int, default=6,
+                           help="sample overlays in the report (default 6)")
+    add_engine_arguments(parser)
+
+
+def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
+    """The camera topic and what an output bag holds (shared with ``bisenet-ros evaluate``)."""
     parser.add_argument("--image-topic", help="camera topic (sensor_msgs/Image or CompressedImage); "
                         "default: the bag's only image topic")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
@@ -61,29 +76,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="copy every input topic to the output bag unchanged")
     parser.add_argument("--copy-topic", action="append", default=[], metavar="TOPIC",
                         help="copy this input topic to the output bag (repeatable)")
-    gt = parser.add_argument_group("evaluation")
-    gt.add_argument("--report", metavar="DIR",
-                    help="write report.html, metrics.json and frames.csv into DIR")
-    gt.add_argument("--labels-topic", help="ground truth topic: mono8 trainId masks (255 = ignore) "
-                    "with the camera frames' header stamps")
-    gt.add_argument("--labels-dir", help="ground truth folder (Cityscapes-style "
-                    "*_gtFine_labelTrainIds.png, or trainId PNGs)")
-    gt.add_argument("--labels-match", choices=("auto", "timestamp", "order"), default="auto",
-                    help="how --labels-dir files are matched to frames (auto: by the timestamp in "
-                    "the file names when they all have one, else by order)")
-    gt.add_argument("--label-tolerance-ms", type=float, default=1.0,
-                    help="largest stamp difference for timestamp matching (default 1 ms)")
-    add_grid_arguments(parser)
-    run_group = parser.add_argument_group("run")
-    run_group.add_argument("--max-frames", type=int, default=None,
-                           help="stop after this many camera messages")
-    run_group.add_argument("--progress", dest="progress", action="store_true", default=None,
-                           help="show the progress bar (default: when stderr is a terminal)")
-    run_group.add_argument("--no-progress", dest="progress", action="store_false")
-    run_group.add_argument("--queue-size", type=int, default=4,
-                           help="frames buffered between the reader, engine and writer threads")
-    run_group.add_argument("--samples", type=int, default=6,
-                           help="sample overlays in the report (default 6)")
+
+
+def add_ground_truth_arguments(group: Any) -> None:
+    """Where the ground truth comes from (shared with ``bisenet-ros evaluate``)."""
+    group.add_argument("--labels-topic", help="ground truth topic: mono8 trainId masks (255 = ignore) "
+                       "with the camera frames' header stamps")
+    group.add_argument("--labels-dir", help="ground truth folder (Cityscapes-style "
+                       "*_gtFine_labelTrainIds.png, or trainId PNGs)")
+    group.add_argument("--labels-match", choices=("auto", "timestamp", "order"), default="auto",
+                       help="how --labels-dir files are matched to frames (auto: by the timestamp in "
+                       "the file names when they all have one, else by order)")
+    group.add_argument("--label-tolerance-ms", type=float, default=1.0,
+                       help="largest stamp difference for timestamp matching (default 1 ms)")
+
+
+def add_run_arguments(group: Any) -> None:
+    """Frames, progress and buffering (shared with ``bisenet-ros evaluate``)."""
+    group.add_argument("--max-frames", type=int, default=None,
+                       help="stop after this many camera messages")
+    group.add_argument("--progress", dest="progress", action="store_true", default=None,
+                       help="show the progress bar (default: when stderr is a terminal)")
+    group.add_argument("--no-progress", dest="progress", action="store_false")
+    group.add_argument("--queue-size", type=int, default=4,
+                       help="frames buffered between the reader, engine and writer threads")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     engine = parser.add_argument_group(
         "engine (the node's parameters; --config reads the node's YAML parameter file)")
     add_config_arguments(engine)
@@ -157,13 +176,15 @@ def _node_options(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def build_options(args: argparse.Namespace, config: SegmenterConfig) -> tuple[Any, SegmenterConfig]:
-    """Turn parsed arguments into :class:`ReplayOptions` (and the config, confidence applied).
+def output_bag_fields(args: argparse.Namespace,
+                      config: SegmenterConfig) -> tuple[dict[str, Any], SegmenterConfig]:
+    """The :class:`ReplayOptions` fields of the output bag (from :func:`add_bag_arguments`),
+    and the config with confidence turned on when the bag gets ~/confidence.
 
     Raises:
-        ValueError: An option value is invalid (the message says which and how to fix it).
+        ValueError: An option value is invalid.
     """
-    from bisenet_ros.replay.pipeline import DEFAULT_OUTPUTS, ReplayOptions
+    from bisenet_ros.replay.pipeline import DEFAULT_OUTPUTS
     from bisenet_ros.replay.writer import DEFAULT_NODE_NAME
 
     node = _node_options(args)
@@ -184,19 +205,41 @@ def build_options(args: argparse.Namespace, config: SegmenterConfig) -> tuple[An
         raise ValueError(f"color_mask_encoding={color!r}: expected bgr8 or rgb8")
     if confidence_encoding not in CONFIDENCE_ENCODINGS:
         raise ValueError(f"confidence_encoding={confidence_encoding!r}: expected 32FC1 or mono8")
+    copy: tuple[str, ...] = ("*",) if args.copy_input else tuple(args.copy_topic)
+    return {"storage": args.storage, "namespace": args.namespace,
+            "node_name": str(node.get("node_name") or DEFAULT_NODE_NAME), "outputs": outputs,
+            "color_encoding": color, "confidence_encoding": confidence_encoding,
+            "copy_topics": copy}, config
+
+
+def check_run_arguments(args: argparse.Namespace) -> None:
+    """Check the ground-truth and run options (:func:`add_ground_truth_arguments`,
+    :func:`add_run_arguments`).
+
+    Raises:
+        ValueError: An option value is invalid.
+    """
     if args.labels_topic and args.labels_dir:
         raise ValueError("give either --labels-topic or --labels-dir, not both")
     if args.queue_size < 1:
         raise ValueError(f"--queue-size {args.queue_size}: expected 1 or more")
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames {args.max_frames}: expected 1 or more")
-    copy: tuple[str, ...] = ("*",) if args.copy_input else tuple(args.copy_topic)
+
+
+def build_options(args: argparse.Namespace, config: SegmenterConfig) -> tuple[Any, SegmenterConfig]:
+    """Turn parsed arguments into :class:`ReplayOptions` (and the config, confidence applied).
+
+    Raises:
+        ValueError: An option value is invalid (the message says which and how to fix it).
+    """
+    from bisenet_ros.replay.pipeline import ReplayOptions
+
+    fields, config = output_bag_fields(args, config)
+    check_run_arguments(args)
     grid = _grid_options(args)
     options = ReplayOptions(
-        input=Path(args.input), output=Path(args.output), image_topic=args.image_topic,
-        storage=args.storage, namespace=args.namespace,
-        node_name=str(node.get("node_name") or DEFAULT_NODE_NAME), outputs=outputs,
-        color_encoding=color, confidence_encoding=confidence_encoding, copy_topics=copy,
+        input=Path(args.input), output=Path(args.output), image_topic=args.image_topic, **fields,
         labels_topic=args.labels_topic, labels_dir=Path(args.labels_dir) if args.labels_dir else None,
         labels_match=args.labels_match, label_tolerance_ms=args.label_tolerance_ms,
         report_dir=Path(args.report) if args.report else None, overwrite=args.overwrite,

@@ -376,7 +376,9 @@ class _McapScanner:
                     self.damage.append(f"{self.path.name}: truncated record at byte {start}")
                     return
                 op, length = head[0], struct.unpack_from("<Q", head, 1)[0]
-                body = stream.read(length)
+                # A garbage length (a corrupt or non-MCAP file) must not allocate exabytes:
+                # read at most what the file still holds; the check below reports it.
+                body = stream.read(min(length, max(self.path.stat().st_size - stream.tell(), 0)))
                 if len(body) < length:
                     self.damage.append(f"{self.path.name}: truncated record at byte {start} "
                                        f"(needs {length} bytes, {len(body)} left)")

@@ -86,6 +86,32 @@ class ConfusionMatrix:
                           int(gt_v.size))
         self.frames += 1
 
+    def merge(self, other: "ConfusionMatrix") -> None:
+        """Add another matrix's counts (same classes): exact integer sums, order-independent."""
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"cannot merge a {other.num_classes}-class confusion matrix into a "
+                             f"{self.num_classes}-class one")
+        self.matrix += other.matrix
+        self.unassigned += other.unassigned
+        self.drivable += other.drivable
+        self.frames += other.frames
+
+    def state(self) -> dict[str, Any]:
+        """The counts as plain JSON-ready integers (:meth:`from_state` restores them exactly)."""
+        return {"matrix": self.matrix.tolist(), "unassigned": self.unassigned.tolist(),
+                "drivable": self.drivable.tolist(), "frames": self.frames,
+                "drivable_ids": [int(i) for i in np.flatnonzero(self._drivable_lut)]}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> "ConfusionMatrix":
+        matrix = np.asarray(state["matrix"], dtype=np.int64)
+        cm = cls(len(matrix), state.get("drivable_ids", ()))
+        cm.matrix += matrix
+        cm.unassigned += np.asarray(state["unassigned"], dtype=np.int64)
+        cm.drivable += np.asarray(state["drivable"], dtype=np.int64)
+        cm.frames = int(state["frames"])
+        return cm
+
     def iou(self) -> list[float | None]:
         """Per-class IoU (None where the class is neither in the truth nor predicted)."""
         return [None if math.isnan(v) else float(v) for v in class_iou(self.matrix, self.unassigned)]

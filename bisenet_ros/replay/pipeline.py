@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence, TextIO
+from typing import Any, Callable, Iterator, Protocol, Sequence, TextIO
 
 import numpy as np
 
@@ -70,7 +70,7 @@ class ReplayOptions:
 
     Attributes:
         input: Input bag (directory or .mcap/.db3 file).
-        output: Output bag directory to create.
+        output: Output bag directory to create (None: write no bag, evaluate only).
         image_topic: Camera topic (None: the bag's only image topic).
         storage: Output storage, ``"mcap"`` or ``"sqlite3"``.
         namespace: Namespace of the simulated node.
@@ -100,7 +100,7 @@ class ReplayOptions:
     """
 
     input: Path
-    output: Path
+    output: Path | None
     image_topic: str | None = None
     storage: str = "mcap"
     namespace: str = ""
@@ -237,6 +237,9 @@ class _Done:
 
 _END = object()
 
+# on_ground_truth(engine result, ground-truth trainId mask) of :func:`replay`.
+GroundTruthHook = Callable[[Any, np.ndarray], None]
+
 
 class _Stop:
     """Cooperative stop flag with the reason (the signal name or a fatal error)."""
@@ -268,7 +271,8 @@ def resolve_drivable_ids(entries: Sequence[Any], class_names: Sequence[str]) -> 
 
 def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
            stream: TextIO | None = None, stop: _Stop | None = None,
-           install_signal_handlers: bool = True, bag: InputBag | None = None) -> ReplayResult:
+           install_signal_handlers: bool = True, bag: InputBag | None = None,
+           on_ground_truth: GroundTruthHook | None = None) -> ReplayResult:
     """Replay ``options.input`` through ``engine`` and write ``options.output``.
 
     Args:
@@ -282,6 +286,10 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         install_signal_handlers: Turn SIGINT/SIGTERM into a graceful stop (main thread only).
         bag: The input bag, already opened by :func:`open_input` (the caller closes it); by
             default it is opened (and closed) here.
+        on_ground_truth: Called in the writer thread as ``on_ground_truth(result, truth)`` for
+            every frame paired with its ground truth (``result``: the engine's result for that
+            frame; ``truth``: ``H x W`` uint8 trainIds), e.g. to score a second model's
+            prediction that the result carries (``bisenet-ros evaluate --compare``).
 
     Returns:
         The :class:`ReplayResult`; :attr:`ReplayResult.exit_code` is the process exit status.
@@ -323,13 +331,14 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
     try:
         image_topic, copy = _check_topics(bag, options)
         _setup_grid(bag, image_topic, options, result)
-        prepare_output_path(options.output, overwrite=options.overwrite)
+        if options.output is not None:
+            prepare_output_path(options.output, overwrite=options.overwrite)
         result.image_topic = image_topic
         result.input_storage = bag.storage
         typestore()  # build the (cached) typestore once, before the threads share it
         with _signals(stop, stream, enabled=install_signal_handlers):
             _run(bag, image_topic, copy, topics, engine_outputs, folder, options, engine, result,
-                 stop, stream)
+                 stop, stream, on_ground_truth)
     finally:
         if owned:
             bag.close()
@@ -439,7 +448,8 @@ def _put(q: "queue.Queue[Any]", item: Any, stop: _Stop) -> bool:
 
 def _run(bag: InputBag, image_topic: TopicInfo, copy: list[str], topics: list[str],
          engine_outputs: set[str], folder: FolderLabels | None, options: ReplayOptions,
-         engine: Engine, result: ReplayResult, stop: _Stop, stream: TextIO) -> None:
+         engine: Engine, result: ReplayResult, stop: _Stop, stream: TextIO,
+         on_ground_truth: GroundTruthHook | None = None) -> None:
     q_in: "queue.Queue[Any]" = queue.Queue(maxsize=options.queue_size)
     q_out: "queue.Queue[Any]" = queue.Queue(maxsize=options.queue_size)
     total = image_topic.count
@@ -455,7 +465,7 @@ def _run(bag: InputBag, image_topic: TopicInfo, copy: list[str], topics: list[st
     writer = threading.Thread(
         target=_write, name="replay-writer", daemon=True,
         args=(q_out, options, topics, copy, bag, folder, result, progress, stop, opened,
-              writer_error))
+              writer_error, on_ground_truth))
     writer.start()
     opened.wait()
     if writer_error:
@@ -577,9 +587,17 @@ def _reason(err: BaseException) -> str:
 
 def _write(q_out: "queue.Queue[Any]", options: ReplayOptions, topics: list[str], copy: list[str],
            bag: InputBag, folder: FolderLabels | None, result: ReplayResult, progress: Progress,
-           stop: _Stop, opened: threading.Event, errors: list[BaseException]) -> None:
+           stop: _Stop, opened: threading.Event, errors: list[BaseException],
+           on_ground_truth: GroundTruthHook | None = None) -> None:
     """Writer thread: owns the output bag (sqlite3 connections are thread-bound)."""
     out: OutputBag | None = None
+    if options.output is None:
+        # Evaluation only: no bag to open or close, so nothing can be left half-written.
+        result.output_closed = True
+        opened.set()
+        _drain(q_out, _Sink(None, options, topics, folder, result, on_ground_truth), result,
+               progress, stop, errors)
+        return
     try:
         out = OutputBag(options.output, storage=options.storage, namespace=options.namespace,
                         node_name=options.node_name)
@@ -596,7 +614,21 @@ def _write(q_out: "queue.Queue[Any]", options: ReplayOptions, topics: list[str],
                 out.close()
         return
     opened.set()
-    sink = _Sink(out, options, topics, folder, result)
+    try:
+        _drain(q_out, _Sink(out, options, topics, folder, result, on_ground_truth), result,
+               progress, stop, errors)
+    finally:
+        try:
+            out.close()
+            result.output_closed = True
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+        result.output_counts = dict(out.counts)
+
+
+def _drain(q_out: "queue.Queue[Any]", sink: "_Sink", result: ReplayResult, progress: Progress,
+           stop: _Stop, errors: list[BaseException]) -> None:
+    """Hand every queued item to ``sink`` until the end marker (the writer thread's loop)."""
     failed = False
     try:
         while True:
@@ -612,28 +644,23 @@ def _write(q_out: "queue.Queue[Any]", options: ReplayOptions, topics: list[str],
                 elif isinstance(item, _Label):
                     sink.label(item)
                 elif isinstance(item, _Copy):
-                    if item.topic in out.counts:
-                        out.write_raw(item.topic, item.data, item.bag_ns)
+                    sink.copy(item)
             except Exception as err:  # noqa: BLE001 - e.g. disk full: stop the run, keep the bag
                 errors.append(err)
                 failed = True
                 stop.event.set()
     finally:
         sink.finish()
-        try:
-            out.close()
-            result.output_closed = True
-        except Exception as err:  # noqa: BLE001
-            errors.append(err)
-        result.output_counts = dict(out.counts)
 
 
 class _Sink:
     """Per-frame work of the writer thread: messages, metrics, ground truth, samples."""
 
-    def __init__(self, out: OutputBag, options: ReplayOptions, topics: list[str],
-                 folder: FolderLabels | None, result: ReplayResult) -> None:
+    def __init__(self, out: OutputBag | None, options: ReplayOptions, topics: list[str],
+                 folder: FolderLabels | None, result: ReplayResult,
+                 on_ground_truth: GroundTruthHook | None = None) -> None:
         self.out = out
+        self.on_ground_truth = on_ground_truth
         self.options = options
         self.topics = topics
         self.folder = folder
@@ -654,6 +681,46 @@ class _Sink:
 
     def frame(self, done: _Done) -> None:
         frame, res = done.frame, done.result
+        if self.out is not None:
+            self._write_messages(frame, res, done.timings)
+        labels = np.asarray(res.labels)
+        if self.result.grid is not None:
+            t0 = time.perf_counter()
+            grid_msg = self.result.grid.frame(frame.stamp_ns, frame.frame_id, labels,
+                                              frame.image.shape)
+            if grid_msg is not None and self.out is not None:
+                self.out.write("drivable_grid", grid_msg, frame.bag_ns)
+            done.timings["grid"] = (time.perf_counter() - t0) * 1e3
+        drivable = (np.count_nonzero(res.drivable) / max(res.drivable.size, 1)
+                    if getattr(res, "drivable", None) is not None
+                    else float(self.drivable_lut[labels].mean()))
+        self.result.frames.append(FrameRecord(
+            frame.index, frame.stamp_ns, frame.bag_ns, done.timings,
+            M.class_shares(labels, self.num_classes), float(drivable),
+            M.change_fraction(self.previous, labels)))
+        self.previous = labels
+        self._keep_sample(frame, res)
+        if self.result.confusion is not None:
+            # The engine's result travels with its labels only when a hook wants it (it may
+            # hold full-size colour images; the matcher keeps up to its window of them).
+            prediction = (labels, res if self.on_ground_truth is not None else None)
+            if self.folder is not None:
+                mask = self.folder.load(frame.index, frame.stamp_ns)
+                if mask is None:
+                    self.result.unmatched_predictions += 1
+                else:
+                    self._evaluate(prediction, mask, frame.stamp_ns)
+            else:
+                mask = self.matcher.add_prediction(frame.stamp_ns, prediction)
+                if mask is not None:
+                    self._evaluate(prediction, mask, frame.stamp_ns)
+
+    def copy(self, item: _Copy) -> None:
+        if self.out is not None and item.topic in self.out.counts:
+            self.out.write_raw(item.topic, item.data, item.bag_ns)
+
+    def _write_messages(self, frame: _Frame, res: Any, timings: dict[str, float]) -> None:
+        assert self.out is not None
         t0 = time.perf_counter()
         # The input header bit for bit, as the node copies it: consumers pair the outputs with the
         # camera image by exact stamp (message_filters ExactTime), so even a stamp that is not
@@ -671,36 +738,7 @@ class _Sink:
         for topic in self.topics:
             if topic in fields:
                 self.out.write(topic, make_image(header, fields[topic]), frame.bag_ns)
-        done.timings["write"] = (time.perf_counter() - t0) * 1e3
-
-        labels = np.asarray(res.labels)
-        if self.result.grid is not None:
-            t0 = time.perf_counter()
-            grid_msg = self.result.grid.frame(frame.stamp_ns, frame.frame_id, labels,
-                                              frame.image.shape)
-            if grid_msg is not None:
-                self.out.write("drivable_grid", grid_msg, frame.bag_ns)
-            done.timings["grid"] = (time.perf_counter() - t0) * 1e3
-        drivable = (np.count_nonzero(res.drivable) / max(res.drivable.size, 1)
-                    if getattr(res, "drivable", None) is not None
-                    else float(self.drivable_lut[labels].mean()))
-        self.result.frames.append(FrameRecord(
-            frame.index, frame.stamp_ns, frame.bag_ns, done.timings,
-            M.class_shares(labels, self.num_classes), float(drivable),
-            M.change_fraction(self.previous, labels)))
-        self.previous = labels
-        self._keep_sample(frame, res)
-        if self.result.confusion is not None:
-            if self.folder is not None:
-                mask = self.folder.load(frame.index, frame.stamp_ns)
-                if mask is None:
-                    self.result.unmatched_predictions += 1
-                else:
-                    self._evaluate(labels, mask, frame.stamp_ns)
-            else:
-                mask = self.matcher.add_prediction(frame.stamp_ns, labels)
-                if mask is not None:
-                    self._evaluate(labels, mask, frame.stamp_ns)
+        timings["write"] = (time.perf_counter() - t0) * 1e3
 
     def label(self, item: _Label) -> None:
         if self.result.confusion is None:
@@ -709,16 +747,14 @@ class _Sink:
         if pred is not None:
             self._evaluate(pred, item.mask, item.stamp_ns)
 
-    def _evaluate(self, pred: np.ndarray, truth: np.ndarray, stamp_ns: int) -> None:
+    def _evaluate(self, prediction: tuple[np.ndarray, Any], truth: np.ndarray, stamp_ns: int) -> None:
         assert self.result.confusion is not None
         if self.result.grid is not None:  # the bird's-eye IoU: truth grid vs predicted grid
             self.result.grid.evaluate(stamp_ns, truth)
-        if pred.shape != truth.shape:
-            # e.g. output_resolution=network: compare at the ground truth's resolution.
-            import cv2
-
-            pred = cv2.resize(pred, (truth.shape[1], truth.shape[0]), interpolation=cv2.INTER_NEAREST)
-        self.result.confusion.update(pred, truth)
+        labels, res = prediction
+        self.result.confusion.update(labels_at(labels, truth.shape), truth)
+        if self.on_ground_truth is not None:
+            self.on_ground_truth(res, truth)
 
     def _keep_sample(self, frame: _Frame, res: Any) -> None:
         image = getattr(res, "overlay", None)
@@ -740,6 +776,16 @@ class _Sink:
                                                  for i, _ in self.result.samples):
             if len(self.result.samples) < max(self.options.samples, 1):
                 self.result.samples.append((self.last_overlay[0], _jpeg(self.last_overlay[1])))
+
+
+def labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``labels`` (H x W class ids) at the ground truth's ``shape`` (nearest neighbour), e.g.
+    when the engine publishes at network resolution (``output_resolution=network``)."""
+    if labels.shape == tuple(shape[:2]):
+        return labels
+    import cv2
+
+    return cv2.resize(labels, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
 
 
 def _sample_indices(total: int, count: int) -> set[int]:

@@ -26,10 +26,12 @@ class Progress:
         total: Expected number of frames (0: unknown, no bar or ETA).
         stream: Output stream (usually stderr).
         enabled: False turns every call into a no-op.
+        label: First word of the line (the command).
     """
 
     def __init__(self, total: int, *, stream: TextIO, enabled: bool = True, width: int = 28,
-                 interval: float = 0.25, log_interval: float = 10.0) -> None:
+                 interval: float = 0.25, log_interval: float = 10.0, label: str = "replay") -> None:
+        self.label = label
         self.total = max(int(total), 0)
         self.stream = stream
         self.enabled = enabled
@@ -58,7 +60,7 @@ class Progress:
         if self.total and rate > 0:
             parts.append(f"ETA {format_duration(max(self.total - done, 0) / rate)}")
         parts.append(f"elapsed {format_duration(elapsed)}")
-        return "replay " + "  ".join(parts)
+        return f"{self.label} " + "  ".join(parts)
 
     def update(self, done: int) -> None:
         """Record progress; redraws when the interval has passed."""

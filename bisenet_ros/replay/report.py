@@ -41,16 +41,17 @@ def prepare_report_dir(path: str | Path, *, overwrite: bool) -> Path:
     return path
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN/inf replaced by None, recursively (JSON has neither)."""
     # JSON has no NaN/inf; an undefined metric is null.
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
-        return _clean(value.item())
+        return json_safe(value.item())
     return value
 
 
@@ -117,7 +118,7 @@ def build_metrics(result: ReplayResult) -> dict[str, Any]:
         "evaluation": evaluation,
         "birds_eye": result.grid.summary() if result.grid is not None else None,
     }
-    return _clean(data)
+    return json_safe(data)
 
 
 def write_report(result: ReplayResult, folder: str | Path, *, palette: np.ndarray | None = None) -> Path:
@@ -154,7 +155,8 @@ def _write_csv(result: ReplayResult, path: Path) -> None:
 
 
 # -- plots -------------------------------------------------------------------------------------
-def _png(fig: Any) -> str:
+def figure_png(fig: Any) -> str:
+    """A matplotlib figure as a base64 PNG for an ``<img src="data:...">`` (the figure is closed)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -190,7 +192,7 @@ def _plots(result: ReplayResult, palette: np.ndarray | None) -> dict[str, str]:
     ax.set_ylim(0, 1)
     ax.set_title("Class pixel shares (8 largest classes)")
     ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    plots["shares"] = _png(fig)
+    plots["shares"] = figure_png(fig)
 
     fig, ax1 = plt.subplots(figsize=(9, 3.2))
     ax1.plot(t, [f.drivable_fraction for f in frames], color="tab:green", label="drivable fraction")
@@ -204,7 +206,7 @@ def _plots(result: ReplayResult, palette: np.ndarray | None) -> dict[str, str]:
     ax2.set_ylim(0, max(0.05, 1.1 * max(finite)) if finite else 1)  # from 0: no exaggeration
     ax2.set_ylabel("share of pixels whose label changed", color="tab:red")
     ax1.set_title("Drivable area and temporal stability")
-    plots["drivable"] = _png(fig)
+    plots["drivable"] = figure_png(fig)
 
     stages = M.latency_summary([f.timings for f in frames])
     fig, ax = plt.subplots(figsize=(9, 3.2))
@@ -217,7 +219,7 @@ def _plots(result: ReplayResult, palette: np.ndarray | None) -> dict[str, str]:
     ax.set_yticks(range(1, len(labels) + 1), labels)
     ax.set_xlabel("ms per frame")
     ax.set_title("Latency per stage")
-    plots["latency"] = _png(fig)
+    plots["latency"] = figure_png(fig)
 
     cm = result.confusion
     if cm is not None and cm.matrix.sum():
@@ -229,7 +231,7 @@ def _plots(result: ReplayResult, palette: np.ndarray | None) -> dict[str, str]:
         ax.set_ylim(0, 1)
         ax.set_ylabel("IoU")
         ax.set_title("Per-class IoU (grey: class absent from truth and prediction)")
-        plots["iou"] = _png(fig)
+        plots["iou"] = figure_png(fig)
 
         rows = cm.matrix.sum(1, keepdims=True)
         norm = np.divide(cm.matrix, rows, out=np.zeros(cm.matrix.shape), where=rows > 0)
@@ -241,12 +243,13 @@ def _plots(result: ReplayResult, palette: np.ndarray | None) -> dict[str, str]:
         ax.set_ylabel("ground truth")
         ax.set_title("Confusion matrix (rows normalised)")
         fig.colorbar(image, ax=ax, fraction=0.046)
-        plots["confusion"] = _png(fig)
+        plots["confusion"] = figure_png(fig)
     return plots
 
 
 # -- HTML --------------------------------------------------------------------------------------
-def _fmt(value: Any, digits: int = 3, suffix: str = "") -> str:
+def format_value(value: Any, digits: int = 3, suffix: str = "") -> str:
+    """A number for the HTML report (``n/a`` for None)."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -265,7 +268,8 @@ def model_summary(engine: dict[str, Any]) -> str:
             f"{engine.get('precision') or ''}, {weights}")
 
 
-def _table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -> str:
+def html_table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -> str:
+    """Rows (and an optional header) as an HTML table, cells escaped."""
     out = ["<table>"]
     if header:
         out.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in header) + "</tr>")
@@ -280,7 +284,7 @@ def _birds_eye_html(result: ReplayResult, section: dict[str, Any] | None) -> lis
     if section is None or result.grid is None:
         return []
     grid = section["grid"]
-    parts = ["<h2>Bird's-eye drivable grid</h2>", _table([
+    parts = ["<h2>Bird's-eye drivable grid</h2>", html_table([
         ("grid", f"{grid['width']} x {grid['height']} cells of {grid['resolution_m']} m in "
                  f"{html.escape(grid['frame'])}, x {grid['x_m'][0]}..{grid['x_m'][1]} m, "
                  f"y {grid['y_m'][0]}..{grid['y_m'][1]} m, max range {grid['max_range_m']} m"),
@@ -288,7 +292,7 @@ def _birds_eye_html(result: ReplayResult, section: dict[str, Any] | None) -> lis
                          f"({section['camera_models']} calibration(s))"),
         ("camera pose", html.escape(section["pose_from"])),
         ("grids written", section["topic_messages"]),
-        ("bird's-eye drivable IoU", _fmt(section["drivable_iou"], 4)
+        ("bird's-eye drivable IoU", format_value(section["drivable_iou"], 4)
          + (f" over {section['frames_evaluated']} frames (grid of the ground truth vs grid of "
             "the prediction, cells the truth grid sees)" if section["frames_evaluated"] else "")),
     ])]
@@ -334,24 +338,24 @@ def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> 
         parts.append(f"<p>Warning: {html.escape(warning)}</p>")
     engine = data["engine"] or {}
     parts.append("<h2>Run</h2>")
-    parts.append(_table([
+    parts.append(html_table([
         ("input", f"{inp['bag']} ({inp['storage']})"),
         ("camera topic", f"{inp['image_topic']} [{inp['image_type']}]"),
         ("output", f"{data['output']['bag']} ({data['output']['storage']})"),
         ("model", model_summary(engine)),
         ("frames processed / in topic", f"{frames['processed']} / {inp['messages_in_topic']}"),
         ("corrupt messages skipped", frames["skipped_corrupt"]),
-        ("bag frame rate", _fmt(inp["frame_rate_hz"], 2, " Hz")),
-        ("replay throughput", _fmt(timing["throughput_fps"], 2, " frames/s")),
-        ("engine alone", _fmt(timing["engine_fps"], 2, " frames/s")),
-        ("real-time factor", _fmt(timing["real_time_factor"], 2, "x")
+        ("bag frame rate", format_value(inp["frame_rate_hz"], 2, " Hz")),
+        ("replay throughput", format_value(timing["throughput_fps"], 2, " frames/s")),
+        ("engine alone", format_value(timing["engine_fps"], 2, " frames/s")),
+        ("real-time factor", format_value(timing["real_time_factor"], 2, "x")
          + " (throughput / bag frame rate; > 1 keeps up with the camera)"),
-        ("wall time", _fmt(timing["wall_s"], 1, " s")),
+        ("wall time", format_value(timing["wall_s"], 1, " s")),
     ]))
     lat = timing["latency_ms"]
     parts.append("<h2>Latency per stage (ms)</h2>")
-    parts.append(_table([(s, _fmt(v["p50"], 2), _fmt(v["p90"], 2), _fmt(v["p99"], 2),
-                          _fmt(v["max"], 2)) for s, v in lat.items()],
+    parts.append(html_table([(s, format_value(v["p50"], 2), format_value(v["p90"], 2), format_value(v["p99"], 2),
+                          format_value(v["max"], 2)) for s, v in lat.items()],
                         ["stage", "p50", "p90", "p99", "max"]))
     parts.append("<p>decode: message to frame (reader thread); engine stages as reported by the "
                  "engine; engine_call: the whole engine call; write: message fields, serialization "
@@ -361,17 +365,17 @@ def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> 
     evaluation = data["evaluation"]
     if evaluation is not None:
         parts.append(f"<h2>Accuracy against ground truth ({html.escape(evaluation['ground_truth'])})</h2>")
-        parts.append(_table([
-            ("mIoU", _fmt(evaluation["miou"], 4)),
-            ("pixel accuracy", _fmt(evaluation["pixel_accuracy"], 4)),
-            ("drivable-area IoU", _fmt(evaluation["drivable_iou"], 4)),
+        parts.append(html_table([
+            ("mIoU", format_value(evaluation["miou"], 4)),
+            ("pixel accuracy", format_value(evaluation["pixel_accuracy"], 4)),
+            ("drivable-area IoU", format_value(evaluation["drivable_iou"], 4)),
             ("frames evaluated", evaluation["frames_evaluated"]),
             ("frames without ground truth", evaluation["unmatched_predictions"]),
         ]))
         for key in ("iou", "confusion"):
             if key in plots:
                 parts.append(f"<img alt='{key}' src='data:image/png;base64,{plots[key]}'>")
-        parts.append(_table([(n, _fmt(v, 4)) for n, v in evaluation["per_class_iou"].items()],
+        parts.append(html_table([(n, format_value(v, 4)) for n, v in evaluation["per_class_iou"].items()],
                             ["class", "IoU"]))
     parts.extend(_birds_eye_html(result, data["birds_eye"]))
     parts.append("<h2>Content over time</h2>")
@@ -381,9 +385,9 @@ def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> 
     content = data["content"]
     if content["label_change_fraction"]:
         c = content["label_change_fraction"]
-        parts.append(f"<p>Temporal stability: on average {_fmt(c['mean'] * 100, 2)}% of the pixels "
-                     f"change label between consecutive frames (p90 {_fmt(c['p90'] * 100, 2)}%, "
-                     f"max {_fmt(c['max'] * 100, 2)}%).</p>")
+        parts.append(f"<p>Temporal stability: on average {format_value(c['mean'] * 100, 2)}% of the pixels "
+                     f"change label between consecutive frames (p90 {format_value(c['p90'] * 100, 2)}%, "
+                     f"max {format_value(c['max'] * 100, 2)}%).</p>")
     if result.samples:
         parts.append("<h2>Sample overlays</h2><div class='samples'>")
         for index, jpeg in sorted(result.samples):
@@ -394,7 +398,7 @@ def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> 
         parts.append("<h2>Skipped messages</h2>")
         rows = [(f"image #{c['index']}", c["bag_ns"], c["reason"]) for c in frames["corrupt"]]
         rows += [(f"label #{c['index']}", c["bag_ns"], c["reason"]) for c in frames["corrupt_labels"]]
-        parts.append(_table(rows[:200], ["message", "bag time (ns)", "reason"]))
+        parts.append(html_table(rows[:200], ["message", "bag time (ns)", "reason"]))
     parts.append("<p>All figures are in metrics.json; per-frame values in frames.csv.</p>")
     parts.append("</body></html>")
     return "\n".join(parts)
