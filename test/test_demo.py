@@ -28,12 +28,18 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "alt='drivable grid'" in (demo / "report" / "report.html").read_text()
     assert (demo / "segmented_bag" / "metadata.yaml").is_file()
     assert (demo / "stdc1_synthetic.onnx").is_file()
-    # The int8 model: calibrated on the drive, checked on the validation scenes, replayed.
+    # The int8 model: calibrated on the drive, checked on the validation scenes, then compared
+    # with fp32 on the drive's frames, side by side (time per frame, mIoU, label agreement).
     quality = json.loads((demo / "stdc1_synthetic_int8.quality.json").read_text())
     assert quality["held_out_frames"] == 4 and quality["checked_on"].endswith("(val)")
     assert 0.0 <= quality["agreement"] <= 1.0 and quality["miou_fp32"] is not None
-    metrics_int8 = json.loads((demo / "report_int8" / "metrics.json").read_text())
-    assert metrics_int8["frames"]["processed"] == 12
+    compared = json.loads((demo / "report_int8" / "metrics.json").read_text())
+    fp32, int8 = compared["models"]
+    assert fp32["provenance"]["precision"] == "fp32" and int8["provenance"]["precision"] == "int8"
+    assert fp32["evaluation"]["frames_evaluated"] == int8["evaluation"]["frames_evaluated"] == 12
+    assert fp32["engine_ms_per_frame"] > 0 and int8["engine_ms_per_frame"] > 0
+    assert 0.0 <= compared["comparison"]["disagreement"]["rate"] <= 1.0
+    assert "engine ms per frame" in (demo / "report_int8" / "report.html").read_text()
     # A second run reuses the trained model instead of training again.
     again = subprocess.run(["bash", str(ROOT / "scripts" / "demo.sh")], env=env, cwd=ROOT,
                            capture_output=True, text=True, timeout=600)

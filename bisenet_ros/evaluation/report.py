@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bisenet_ros.evaluation.fleet import FleetResult, write_atomic
-from bisenet_ros.replay.report import figure_png, format_value, html_table, json_safe
+from bisenet_ros.replay.report import figure_png, format_value, html_table, json_safe, model_summary
 
 REPORT_FILES = ("report.html", "metrics.json")
 
@@ -158,10 +158,7 @@ def _html(result: FleetResult, data: dict[str, Any], plots: dict[str, str]) -> s
     ]
     for model in data["models"]:
         p = model["provenance"]
-        rows.append((f"model {model['name']}", f"{p.get('variant')} at "
-                     f"{'x'.join(map(str, p.get('resolution') or ['?']))}, {p.get('backend')}/"
-                     f"{p.get('device')} {p.get('precision')}, weights {p.get('weights')} "
-                     f"(key {p.get('model_key')})"))
+        rows.append((f"model {model['name']}", f"{model_summary(p)} (key {p.get('model_key')})"))
     parts.append(html_table(rows))
 
     evals = [m["evaluation"] for m in data["models"]]
@@ -177,6 +174,10 @@ def _html(result: FleetResult, data: dict[str, Any], plots: dict[str, str]) -> s
                 row.append(format_value(comparison["overall"].get(key, {}).get("delta_points"), 2))
             metric_rows.append(row)
         metric_rows.append(["frames evaluated"] + [e["frames_evaluated"] if e else 0 for e in evals]
+                           + ([""] if two else []))
+        # Time per frame beside the accuracy: what a precision or model change buys and costs.
+        metric_rows.append(["engine ms per frame"]
+                           + [format_value(m["engine_ms_per_frame"], 1) for m in data["models"]]
                            + ([""] if two else []))
         parts.append(html_table(metric_rows, header))
         parts.append(_img(plots, "iou"))
