@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,9 +29,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from bisenet_ros.fileio import natural_key, write_atomic
+from bisenet_ros.inference.frames import sample_indices
 from bisenet_ros.inference.quantize import (
     CALIBRATION_METHODS, QuantizeSettings, check_quantizable, label_agreement, quantize_model,
     update_calibration)
+from bisenet_ros.replay.bag import looks_like_bag
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,13 +65,6 @@ class CalibrationFrame:
     name: str = ""
 
 
-def sample_indices(count: int, wanted: int) -> list[int]:
-    """``min(count, wanted)`` indices spread evenly over ``0..count-1`` (first and last included)."""
-    if count <= wanted:
-        return list(range(count))
-    return sorted({int(round(i)) for i in np.linspace(0, count - 1, wanted)})
-
-
 class CalibrationSource:
     """Frames for calibration from a bag, a Cityscapes root or an image folder (see the module
     docstring); the kind is recognised from the path.
@@ -93,30 +88,26 @@ class CalibrationSource:
         if not self.path.exists():
             raise CalibrationError(f"calibration source {self.path}: no such file or directory "
                                    "(expected a rosbag2 bag, a folder of images or a Cityscapes root)")
-        if (image_topic or labels_topic) and not self._is_bag():
+        is_bag = looks_like_bag(self.path)
+        if (image_topic or labels_topic) and not is_bag:
             raise CalibrationError(f"--image-topic/--labels-topic apply to a bag, and {self.path} is not one")
-        if self._is_bag():
+        if is_bag:
             self.kind = "rosbag"
             self._files: list[Path] = []
             self._truth: list[Path | None] = []
         elif (self.path / "leftImg8bit").is_dir():
             self.kind = "cityscapes"
             self._files = sorted((self.path / "leftImg8bit").glob(f"{split or '*'}/*/*_leftImg8bit.png"),
-                                 key=_natural_key)
+                                 key=natural_key)
             self._truth = [self._cityscapes_truth(f) for f in self._files]
         elif self.path.is_dir():
             self.kind = "images"
             self._files = sorted((p for p in self.path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES),
-                                 key=_natural_key)
+                                 key=natural_key)
             self._truth = [None] * len(self._files)
         else:
             raise CalibrationError(f"calibration source {self.path}: expected a rosbag2 bag (directory with "
                                    "metadata.yaml, .mcap or .db3), a folder of images or a Cityscapes root")
-
-    def _is_bag(self) -> bool:
-        if self.path.is_file():
-            return self.path.suffix in (".mcap", ".db3")
-        return (self.path / "metadata.yaml").is_file() or any(self.path.glob("*.mcap")) or any(self.path.glob("*.db3"))
 
     def _cityscapes_truth(self, image: Path) -> Path | None:
         rel = image.relative_to(self.path / "leftImg8bit")
@@ -202,10 +193,6 @@ class CalibrationSource:
         except BagError as err:
             raise CalibrationError(str(err)) from None
         return list(frames.values())
-
-
-def _natural_key(path: Path) -> list[Any]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))]
 
 
 # ----------------------------------------------------------------------------- the workflow
@@ -320,8 +307,8 @@ def run_quantize(job: QuantizeJob, log: Callable[[str], None] = print) -> dict[s
             "total_s": time.perf_counter() - start,
         }
         data = update_calibration(best[2], quality=quality)
-        _write_atomic(job.output, data, tmp)
-        _write_atomic(job.quality_path(), json.dumps(quality, indent=2).encode(), tmp)
+        write_atomic(job.output, data)
+        write_atomic(job.quality_path(), json.dumps(quality, indent=2))
     log(f"wrote {job.output} ({len(data) / 1e6:.1f} MB, int8 QDQ, {job.activations} activations, {chosen}): labels "
         f"agree with fp32 on {quality['agreement'] * 100:.2f}% of check pixels"
         + (f"; mIoU fp32 {quality['miou_fp32'] * 100:.2f}, int8 {quality['miou_int8'] * 100:.2f}"
@@ -343,13 +330,5 @@ def _evaluate(segmenter: Any, frames: Sequence[CalibrationFrame], num_classes: i
     return {"labels": labels, "miou": matrix.miou() if matrix.frames else None}
 
 
-def _write_atomic(path: str, data: bytes, tmp_dir: str) -> None:
-    # Written in the output's own directory, then renamed: never a half-written file at `path`.
-    partial = os.path.join(tmp_dir, os.path.basename(path) + ".partial")
-    with open(partial, "wb") as stream:
-        stream.write(data)
-    os.replace(partial, path)
-
-
 __all__ = ["CalibrationError", "CalibrationFrame", "CalibrationSource", "MIN_FRAMES", "QuantizeJob",
-           "run_quantize", "sample_indices"]
+           "run_quantize"]

@@ -7,9 +7,9 @@ The file format (metadata, graph outputs) is described in :mod:`bisenet_ros.infe
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
+from bisenet_ros.fileio import write_atomic
 from bisenet_ros.inference.export import DEFAULT_OPSET, export_onnx_bytes, verify_export
 
 
@@ -62,12 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     width, height = config.resolution
     output = args.output or f"{config.variant}_{width}x{height}.onnx"
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    # Temp file + rename: an interrupted export never leaves a truncated .onnx behind.
-    partial = f"{output}.partial"
-    with open(partial, "wb") as stream:
-        stream.write(data)
-    os.replace(partial, output)
+    write_atomic(output, data)  # an interrupted export never leaves a truncated .onnx behind
     print(f"wrote {output} ({len(data) / 1e6:.1f} MB): {info.variant}, {info.num_classes} classes, "
           f"input {'dynamic' if info.input_size is None else f'{width}x{height}'}, outputs {', '.join(info.outputs)}")
     if args.verify:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from bisenet_ros.replay.bag import storage_files
+from bisenet_ros.replay.bag import looks_like_bag, storage_files
 
 LIST_SUFFIX = ".txt"
 _GLOB_CHARS = frozenset("*?[")
@@ -56,8 +56,9 @@ def _expand(item: str, base: Path, tried: list[str]) -> list[Path]:
     path = Path(item) if os.path.isabs(item) else base / item
     if _GLOB_CHARS & set(item):
         tried.append(item)
-        return [Path(p) for p in sorted(glob.glob(str(path), recursive=True))
-                if _looks_like_bag(Path(p))]
+        # A pattern like 'drives/*' also matches stray files (notes, labels); keep what a reader
+        # could open. Explicit paths are taken as given, so a bad one is reported, not skipped.
+        return [Path(p) for p in sorted(glob.glob(str(path), recursive=True)) if looks_like_bag(p)]
     if path.suffix == LIST_SUFFIX and path.is_file():
         out: list[Path] = []
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -68,15 +69,6 @@ def _expand(item: str, base: Path, tried: list[str]) -> list[Path]:
         raise FileNotFoundError(f"bag {item} does not exist; give a rosbag2 directory, an "
                                 ".mcap/.db3 file, a glob pattern or a .txt list of bags")
     return [path]
-
-
-def _looks_like_bag(path: Path) -> bool:
-    # A pattern like 'drives/*' also matches stray files (notes, labels); keep what a reader
-    # could open. Explicit paths are taken as given, so a bad one is reported, not skipped.
-    if path.is_dir():
-        return (path / "metadata.yaml").exists() or any(
-            p.suffix in (".mcap", ".db3") for p in path.iterdir())
-    return path.suffix in (".mcap", ".db3")
 
 
 def bag_digest(path: Path) -> str:

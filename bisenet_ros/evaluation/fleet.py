@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
@@ -24,6 +22,7 @@ from bisenet_ros.evaluation.bags import bag_digest, find_bags, labels_dir_for
 from bisenet_ros.evaluation.job import (
     FAILED, INTERRUPTED, BagResult, BagTask, Disagreement, EvalSettings, ModelSpec,
 )
+from bisenet_ros.fileio import write_atomic
 from bisenet_ros.inference.segmenter import engine_provenance
 from bisenet_ros.replay import metrics as M
 
@@ -380,16 +379,3 @@ def _load(path: Path) -> BagResult | None:
 def _store(path: Path, result: BagResult) -> None:
     """Write a per-bag result atomically (an interrupted write never leaves a truncated file)."""
     write_atomic(path, json.dumps(result.to_json()) + "\n")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from bisenet_ros.evaluation.fleet import FleetResult, write_atomic
+from bisenet_ros.evaluation.fleet import FleetResult
+from bisenet_ros.fileio import write_atomic
 from bisenet_ros.replay.report import figure_png, format_value, html_table, json_safe, model_summary
 
 REPORT_FILES = ("report.html", "metrics.json")

@@ -1,4 +1,5 @@
-"""A generated street-like camera frame, for ``bisenet-ros segment`` with no input and the benchmark.
+"""A generated street-like camera frame, for ``bisenet-ros segment`` with no input and the benchmark,
+and which frames of a recording to sample.
 
 Deliberately simple (sky, facades, road with lane marks, sidewalks, a few car-like boxes, sensor
 noise): it exists so that commands and benchmarks have a realistic-looking, deterministic 8-bit
@@ -66,3 +67,13 @@ def street_frame(width: int = 1920, height: int = 1080, seed: int = 0) -> np.nda
     # Sensor noise so that nothing is perfectly flat (as in a real camera).
     noise = rng.normal(0.0, 4.0, img.shape).astype(np.int16)
     return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def sample_indices(count: int, wanted: int) -> list[int]:
+    """``min(count, wanted)`` indices spread evenly over ``0..count-1`` (first and last included),
+    sorted; empty when either is 0 or less."""
+    if count <= 0 or wanted <= 0:
+        return []
+    if count <= wanted:
+        return list(range(count))
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, wanted)})

@@ -61,7 +61,7 @@ def choose_precision(backend: str, device: str, file_precision: str,
     if device != "cpu":
         if backend == "torch" or device == "tensorrt":
             return "fp16", f"fp16: {device} GPU, backend {backend} builds fp16 kernels"
-        return "fp32", f"fp32: onnxruntime's CUDA provider runs the fp32 file as is (use device=tensorrt for fp16)"
+        return "fp32", "fp32: onnxruntime's CUDA provider runs the fp32 file as is (use device=tensorrt for fp16)"
     bf16 = [f for f in BF16_FLAGS if f in flags]
     if backend == "onnxruntime":
         return "fp32", "fp32: onnxruntime has no bf16 on CPU (bisenet-ros quantize makes an int8 file)"

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from bisenet_ros.inference.export import OnnxModelInfo, read_onnx_info, set_onnx_info
+from bisenet_ros.inference.frames import sample_indices
 
 LOGGER = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def quantize_model(model: bytes, blobs: Sequence[np.ndarray], settings: Quantize
     if not blobs:
         raise ValueError("no calibration frames")
     if settings.method != "minmax" and len(blobs) > HISTOGRAM_FRAMES:
-        blobs = [blobs[int(i)] for i in np.linspace(0, len(blobs) - 1, HISTOGRAM_FRAMES).round()]
+        blobs = [blobs[i] for i in sample_indices(len(blobs), HISTOGRAM_FRAMES)]
     chunk = min(CHUNK, len(blobs))
     blobs = list(blobs[: len(blobs) - len(blobs) % chunk])
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import sqlite3
 import struct
@@ -27,6 +28,16 @@ LOG = logging.getLogger(__name__)
 MCAP_MAGIC = b"\x89MCAP0\r\n"
 SQLITE_MAGIC = b"SQLite format 3\x00"
 STORAGE_SUFFIXES = {".mcap": "mcap", ".db3": "sqlite3"}
+
+
+def looks_like_bag(path: str | os.PathLike[str] | Path) -> bool:
+    """Whether ``path`` is something a rosbag2 reader could open: a ``.mcap``/``.db3`` file, or a
+    folder with ``metadata.yaml`` or such files (a bag without metadata can be reindexed)."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / "metadata.yaml").exists() or any(
+            p.suffix in (".mcap", ".db3") for p in path.iterdir())
+    return path.suffix in (".mcap", ".db3")
 
 
 class BagError(RuntimeError, UserError):

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from bisenet_ros.fileio import natural_key
+
 MATCH_MODES = ("auto", "timestamp", "order")
 _NS_RE = re.compile(r"(?<!\d)(\d{16,19})(?!\d)")
 _SEC_NSEC_RE = re.compile(r"(?<!\d)(\d{9,10})[._](\d{1,9})(?!\d)")
@@ -33,10 +35,6 @@ def parse_stamp(name: str) -> int | None:
         return int(match.group(1)) * 1_000_000_000 + int(match.group(2).ljust(9, "0"))
     match = _NS_RE.search(name)
     return int(match.group(1)) if match else None
-
-
-def _natural_key(path: Path) -> list[Any]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))]
 
 
 class FolderLabels:
@@ -59,13 +57,13 @@ class FolderLabels:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise FileNotFoundError(f"labels folder {self.folder} does not exist")
-        files = sorted(self.folder.rglob("*_labelTrainIds.png"), key=_natural_key)
+        files = sorted(self.folder.rglob("*_labelTrainIds.png"), key=natural_key)
         self.label_ids = False
         if not files:
-            files = sorted(self.folder.rglob("*_labelIds.png"), key=_natural_key)
+            files = sorted(self.folder.rglob("*_labelIds.png"), key=natural_key)
             self.label_ids = bool(files)
         if not files:
-            files = sorted(self.folder.rglob("*.png"), key=_natural_key)
+            files = sorted(self.folder.rglob("*.png"), key=natural_key)
         if not files:
             raise FileNotFoundError(
                 f"labels folder {self.folder} holds no PNG masks (expected *_gtFine_labelTrainIds.png "

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, TextIO
 import numpy as np
 
 from bisenet_ros import codec, outputs as node_outputs
+from bisenet_ros.inference.frames import sample_indices
 from bisenet_ros.inference.segmenter import engine_provenance
 from bisenet_ros.replay import metrics as M
 from bisenet_ros.replay.bag import BagError, InputBag, TopicInfo
@@ -676,7 +677,7 @@ class _Sink:
         expected = result.image_topic.count if result.image_topic else 0
         if options.max_frames is not None:
             expected = min(expected, options.max_frames)
-        self.sample_at = _sample_indices(expected, options.samples)
+        self.sample_at = set(sample_indices(expected, options.samples))
         self.last_overlay: tuple[int, np.ndarray] | None = None
 
     def frame(self, done: _Done) -> None:
@@ -786,12 +787,6 @@ def labels_at(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     import cv2
 
     return cv2.resize(labels, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
-
-
-def _sample_indices(total: int, count: int) -> set[int]:
-    if total <= 0 or count <= 0:
-        return set()
-    return {int(round(x)) for x in np.linspace(0, total - 1, min(count, total))}
 
 
 def _jpeg(bgr: np.ndarray, max_width: int = 640) -> bytes:
