@@ -182,7 +182,7 @@ class SegmentationNode(Node):
             self.get_logger().fatal(f"invalid parameter: {err}")
             raise ParameterError(str(err)) from err
 
-        from bisenet_ros.inference import engine_provenance
+        from bisenet_ros.inference.segmenter import engine_provenance, model_summary
 
         if segmenter_factory is None:
             from bisenet_ros.inference import Segmenter as segmenter_factory
@@ -213,11 +213,7 @@ class SegmentationNode(Node):
         # What actually runs (an .onnx file's own variant, size and classes win over the
         # parameters): diagnostics report this, never the parameter defaults.
         self.engine_info = engine_provenance(self.segmenter)
-        self.get_logger().info(
-            "engine: {variant} {res} ({num_classes} classes) on {backend}/{device} {precision}".format(
-                res="x".join(str(v) for v in self.engine_info.get("resolution") or ["?"]),
-                **{k: self.engine_info.get(k) for k in (
-                    "variant", "num_classes", "backend", "device", "precision")}))
+        self.get_logger().info(f"engine: {model_summary(self.engine_info)}")
         self.stats = PipelineStats()
         self.frame_gaps = FrameGapEstimator()
         self._slot: LatestFrameSlot[Any] = LatestFrameSlot()
@@ -243,9 +239,10 @@ class SegmentationNode(Node):
 
         msg_type = CompressedImage if self.options.use_compressed else Image
         self._decode = decode_compressed if self.options.use_compressed else decode_image
+        qos = input_qos(self.options)
         self._subscription = self.create_subscription(
-            msg_type, self.options.input_topic, self._on_image, input_qos(self.options))
-        self._setup_grid(input_qos(self.options))
+            msg_type, self.options.input_topic, self._on_image, qos)
+        self._setup_grid(qos)
         self._diagnostics_timer = self.create_timer(
             self.options.diagnostics_period, self._publish_diagnostics)
 
@@ -349,9 +346,8 @@ class SegmentationNode(Node):
         planned = time.perf_counter()
         grid_ms: dict[str, float] = {}
         if self._grid_publisher.get_subscription_count() > 0:
-            grid_start = time.perf_counter()
             if self.publish_grid(msg.header, result.labels, frame.shape):
-                grid_ms["grid"] = (time.perf_counter() - grid_start) * 1e3
+                grid_ms["grid"] = (time.perf_counter() - planned) * 1e3
         if visual:
             for topic, fields in outputs.result_to_image_fields(
                     result, color_order, topics=visual, **image_options).items():
@@ -373,11 +369,11 @@ class SegmentationNode(Node):
         return True
 
     @staticmethod
-    def _pixels(buffer: Any) -> array.array:
+    def _pixels(buffer: Any, typecode: str = "B") -> array.array:
         # rclpy's generated setter takes array.array('B') as is (a NumPy array is rejected, a
         # list or bytes is checked element by element); frombytes is a single memcpy, the one
         # copy of the pixels this node makes (rclpy's C conversion at publish makes its own).
-        data = array.array("B")
+        data = array.array(typecode)
         data.frombytes(buffer)
         return data
 
@@ -474,9 +470,7 @@ class SegmentationNode(Node):
         position, orientation = msg.info.origin.position, msg.info.origin.orientation
         position.x, position.y, position.z = fields["origin_position"]
         orientation.x, orientation.y, orientation.z, orientation.w = fields["origin_orientation"]
-        data = array.array("b")  # int8[]: like uint8[], array.array is taken without a copy per item
-        data.frombytes(fields["data"].tobytes())
-        msg.data = data
+        msg.data = self._pixels(fields["data"], "b")  # int8[]: array.array('b'), as uint8[] takes 'B'
         self._grid_publisher.publish(msg)
         self.stats.count("grid_published")
         return True

@@ -29,6 +29,8 @@ import cv2
 import numpy as np
 
 from bisenet_ros.codec import encode_image
+from bisenet_ros.pipeline import COUNTERS
+from bisenet_ros.transport import DDS_DOCS
 
 __all__ = [
     "OUTPUT_TOPICS", "TOPIC_TO_ENGINE_OUTPUT", "COLOR_ENCODINGS", "CONFIDENCE_ENCODINGS",
@@ -240,7 +242,7 @@ def diagnostic_level(stats: Mapping[str, Any]) -> tuple[int, str]:
         return WARN, f"{recent['dropped_stale']} stale frame(s) dropped recently"
     if stats.get("recent_lost_upstream", 0):
         return WARN, (f"{stats['recent_lost_upstream']} camera frame(s) lost before the node "
-                      "recently (header stamp gaps): see docs/node.md#large-images-and-dds")
+                      f"recently (header stamp gaps): see {DDS_DOCS}")
     return OK, "segmenting"
 
 
@@ -272,11 +274,8 @@ def diagnostic_values(stats: Mapping[str, Any],
         ("input_rate_hz", f"{stats.get('input_rate_hz', 0.0):.2f}"),
         ("output_rate_hz", f"{stats.get('output_rate_hz', 0.0):.2f}"),
     ]
-    for key in ("frames_received", "frames_processed", "dropped_stale", "dropped_superseded",
-                "malformed", "errors"):
-        values.append((key, str(int(stats.get(key, 0)))))
-    # The drivable grid: published, and frames without a grid by cause (pipeline.GRID_COUNTERS).
-    for key in ("grid_published", "grid_no_camera_info", "grid_no_transform", "grid_invalid"):
+    # Frame counters, the drivable grid's (published, no grid by cause) included.
+    for key in COUNTERS:
         values.append((key, str(int(stats.get(key, 0)))))
     for stage, ms in stats.get("latency_ms", {}).items():
         values.append((f"latency_{stage}_ms", f"{ms:.2f}"))

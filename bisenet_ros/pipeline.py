@@ -26,7 +26,7 @@ __all__ = [
     "LatestFrameSlot", "RateLimiter", "RateMeter", "PipelineStats", "stamp_to_ns", "frame_age_s", "is_stale",
     "ParameterSpec", "NODE_PARAMETERS", "QOS_PROFILES", "NodeOptions", "config_parameters",
     "all_parameters", "node_options_from_parameters", "config_from_parameters",
-    "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
+    "COUNTERS", "GRID_COUNTERS", "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
 ]
 
 T = TypeVar("T")
@@ -151,8 +151,8 @@ class RateMeter:
 
 #: Counters of the drivable grid: grids published, frames without one and why.
 GRID_COUNTERS = ("grid_published", "grid_no_camera_info", "grid_no_transform", "grid_invalid")
-_COUNTERS = ("frames_received", "frames_processed", "dropped_stale", "dropped_superseded",
-             "malformed", "errors") + GRID_COUNTERS
+COUNTERS = ("frames_received", "frames_processed", "dropped_stale", "dropped_superseded",
+            "malformed", "errors") + GRID_COUNTERS
 
 
 class PipelineStats:
@@ -165,8 +165,8 @@ class PipelineStats:
 
     def __init__(self, window: int = 30, rate_window_s: float = 5.0) -> None:
         self._lock = threading.Lock()
-        self.counters = {name: 0 for name in _COUNTERS}
-        self._since_snapshot = {name: 0 for name in _COUNTERS}
+        self.counters = {name: 0 for name in COUNTERS}
+        self._since_snapshot = {name: 0 for name in COUNTERS}
         self._latency: dict[str, Deque[float]] = {}
         self._window = window
         self.input_rate = RateMeter(rate_window_s)
@@ -204,7 +204,7 @@ class PipelineStats:
         """Current values; ``recent`` holds counts since the previous snapshot."""
         with self._lock:
             recent = dict(self._since_snapshot)
-            self._since_snapshot = {name: 0 for name in _COUNTERS}
+            self._since_snapshot = {name: 0 for name in COUNTERS}
             return {
                 **self.counters,
                 "recent": recent,

@@ -74,7 +74,6 @@ class FrameGapEstimator:
         self._last_ns: int | None = None
         self._period_ns: float | None = None
         self._lock = threading.Lock()
-        self.frames_seen = 0
         self.frames_missing = 0
         self.gaps = 0
         self._recent_missing = 0
@@ -105,7 +104,6 @@ class FrameGapEstimator:
             A :class:`GapReport` when frames are missing just before this one, else None.
         """
         with self._lock:
-            self.frames_seen += 1
             self._recent_seen += 1
             if stamp_ns <= 0:
                 return None

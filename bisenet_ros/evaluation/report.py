@@ -15,7 +15,8 @@ import numpy as np
 
 from bisenet_ros.evaluation.fleet import FleetResult
 from bisenet_ros.fileio import write_atomic
-from bisenet_ros.replay.report import figure_png, format_value, html_table, json_safe, model_summary
+from bisenet_ros.inference.segmenter import model_summary
+from bisenet_ros.replay.report import figure_png, format_value, html_table, json_safe
 
 REPORT_FILES = ("report.html", "metrics.json")
 

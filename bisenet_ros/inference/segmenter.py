@@ -142,6 +142,17 @@ def engine_provenance(engine: Any) -> dict[str, Any]:
     return out
 
 
+def model_summary(engine: Mapping[str, Any]) -> str:
+    """One line naming the model that ran, from an engine provenance dict
+    (:func:`engine_provenance`)."""
+    weights = engine.get("weights") or "random weights"
+    if engine.get("weights_sha256"):
+        weights += f" (sha256 {engine['weights_sha256']})"
+    return (f"{engine.get('variant', '?')} at {'x'.join(map(str, engine.get('resolution') or ['?']))}, "
+            f"{engine.get('num_classes', '?')} classes, {engine.get('backend', '?')}/{engine.get('device', '?')} "
+            f"{engine.get('precision') or ''}, {weights}")
+
+
 class Segmenter:
     """Semantic segmentation of camera frames with a BiSeNet/STDC model on a chosen backend.
 

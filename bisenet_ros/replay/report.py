@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bisenet_ros.inference.segmenter import model_summary
 from bisenet_ros.replay import metrics as M
 from bisenet_ros.replay.pipeline import ReplayResult
 from bisenet_ros.replay.writer import OutputExistsError
@@ -255,17 +256,6 @@ def format_value(value: Any, digits: int = 3, suffix: str = "") -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}{suffix}"
     return f"{value}{suffix}"
-
-
-def model_summary(engine: dict[str, Any]) -> str:
-    """One line naming the model that ran, from an engine provenance dict
-    (:func:`bisenet_ros.inference.engine_provenance`)."""
-    weights = engine.get("weights") or "random weights"
-    if engine.get("weights_sha256"):
-        weights += f" (sha256 {engine['weights_sha256']})"
-    return (f"{engine.get('variant', '?')} at {'x'.join(map(str, engine.get('resolution') or ['?']))}, "
-            f"{engine.get('num_classes', '?')} classes, {engine.get('backend', '?')}/{engine.get('device', '?')} "
-            f"{engine.get('precision') or ''}, {weights}")
 
 
 def html_table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -> str:
