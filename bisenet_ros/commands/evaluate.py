@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 
 from bisenet_ros.commands.replay import (
     add_bag_arguments, add_engine_arguments, add_ground_truth_arguments, add_run_arguments,
-    check_run_arguments, output_bag_fields,
+    check_run_arguments, metrics_text, output_bag_fields,
 )
 from bisenet_ros.config import BACKENDS, PRECISIONS, SegmenterConfig, config_from_args
 
@@ -192,13 +192,10 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
     return result.exit_code(fail_on_regression=args.fail_on_regression is not None)
 
 
-def threads_text(threads: int) -> str:
-    return (f"{threads} engine thread(s) per worker" if threads > 0
-            else "engine threads: the backend's default")
-
-
 def print_summary(result: Any) -> None:
     """The console summary: aggregate figures, failed bags, regressions."""
+    from bisenet_ros.evaluation.report import threads_text
+
     fps = result.throughput_fps()
     cached = sum(b.cached for b in result.bags)
     print(f"bags: {len(result.counted)} counted, {len(result.failed)} failed"
@@ -212,10 +209,7 @@ def print_summary(result: Any) -> None:
             continue
         if cm is None:
             continue
-        print(f"model {summary.name}: " + ", ".join(
-            f"{k} {v:.4f}" if v is not None else f"{k} n/a"
-            for k, v in (("mIoU", cm.miou()), ("pixel accuracy", cm.pixel_accuracy()),
-                         ("drivable IoU", cm.drivable_iou()))) + f" over {cm.frames} frames")
+        print(f"model {summary.name}: {metrics_text(cm)}")
     comparison = result.comparison()
     if comparison is not None:
         d = comparison["disagreement"]

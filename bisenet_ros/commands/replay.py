@@ -330,6 +330,13 @@ def _run_with_bag(options: Any, config: SegmenterConfig, bag: Any,
     return result.exit_code
 
 
+def metrics_text(cm: Any) -> str:
+    """mIoU, pixel accuracy and drivable IoU of a confusion matrix, for the console."""
+    return ", ".join(f"{k} {v:.4f}" if v is not None else f"{k} n/a"
+                     for k, v in (("mIoU", cm.miou()), ("pixel accuracy", cm.pixel_accuracy()),
+                                  ("drivable IoU", cm.drivable_iou()))) + f" over {cm.frames} frames"
+
+
 def _print_summary(result: Any) -> None:
     fps, rtf = result.throughput_fps(), result.real_time_factor()
     print(f"frames: {result.frames_processed} processed of {result.frames_read} read, "
@@ -337,12 +344,7 @@ def _print_summary(result: Any) -> None:
           + (f"; {fps:.2f} frames/s" if fps else "")
           + (f", real-time factor {rtf:.2f}x" if rtf else ""))
     if result.confusion is not None:
-        cm = result.confusion
-        miou, acc, drv = cm.miou(), cm.pixel_accuracy(), cm.drivable_iou()
-        print("evaluation: " + ", ".join(
-            f"{k} {v:.4f}" if v is not None else f"{k} n/a"
-            for k, v in (("mIoU", miou), ("pixel accuracy", acc), ("drivable IoU", drv)))
-            + f" over {cm.frames} frames")
+        print(f"evaluation: {metrics_text(result.confusion)}")
     if result.grid is not None and result.grid.iou() is not None:
         print(f"bird's-eye drivable IoU {result.grid.iou():.4f} over {result.grid.evaluated} frames "
               f"({result.grid.source.grid.resolution:g} m cells in {result.grid.source.grid.frame_id})")

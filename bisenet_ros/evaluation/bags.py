@@ -94,6 +94,11 @@ def bag_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def bag_name(bag: Path) -> str:
+    """A bag's name: its folder's name, or its file name without ``.mcap``/``.db3``."""
+    return bag.name[: -len(bag.suffix)] if bag.suffix in (".mcap", ".db3") else bag.name
+
+
 def labels_dir_for(template: str | None, bag: Path) -> Path | None:
     """The ground-truth folder of one bag.
 
@@ -102,7 +107,7 @@ def labels_dir_for(template: str | None, bag: Path) -> Path | None:
     """
     if not template:
         return None
-    name = bag.name[: -len(bag.suffix)] if bag.suffix in (".mcap", ".db3") else bag.name
+    name = bag_name(bag)
     if "{bag}" in template:
         return Path(template.replace("{bag}", name))
     per_bag = Path(template) / name

@@ -18,9 +18,9 @@ from typing import Any, Sequence, TextIO
 import numpy as np
 
 from bisenet_ros.evaluation import runners
-from bisenet_ros.evaluation.bags import bag_digest, find_bags, labels_dir_for
+from bisenet_ros.evaluation.bags import bag_digest, bag_name, find_bags, labels_dir_for
 from bisenet_ros.evaluation.job import (
-    FAILED, INTERRUPTED, BagResult, BagTask, Disagreement, EvalSettings, ModelSpec,
+    FAILED, INTERRUPTED, BagResult, BagTask, Disagreement, EvalSettings, ModelSpec, drivable_ids,
 )
 from bisenet_ros.fileio import write_atomic
 from bisenet_ros.inference.segmenter import engine_provenance
@@ -254,7 +254,7 @@ def _evaluate(options: FleetOptions, models: Sequence[ModelSpec], paths: Sequenc
         options.progress if options.progress is not None else stream.isatty()))
 
     index_of = {(t.key, str(t.bag)): t.index for t in tasks}
-    drivable = _drivable_ids(engines[0], class_names)
+    drivable = drivable_ids(engines[0], class_names)
 
     def on_result(result: BagResult) -> None:
         index = index_of[(result.key, result.bag)]
@@ -315,19 +315,12 @@ def _build(spec: ModelSpec) -> Any:
         raise EngineError(f"cannot build the segmentation engine of model {spec.name}: {err}") from err
 
 
-def _drivable_ids(engine: Any, class_names: list[str]) -> list[int]:
-    from bisenet_ros.replay.pipeline import resolve_drivable_ids
-
-    config = getattr(engine, "config", None)
-    return resolve_drivable_ids(config.drivable_classes, class_names) if config is not None else []
-
-
 def _plan(paths: Sequence[Path], options: FleetOptions, models: Sequence[ModelSpec],
           cache: Path | None, results: dict[int, BagResult]) -> tuple[list[BagTask], int]:
     """Key every bag, take cached results, check the rest open; returns the bags to run and
     their frames (for the progress line). Unusable bags go straight into ``results``."""
     from bisenet_ros.replay.bag import BagError
-    from bisenet_ros.replay.pipeline import open_input
+    from bisenet_ros.replay.pipeline import open_input, pick_image_topic
 
     settings = options.settings
     model_keys = [m.key for m in models]
@@ -337,10 +330,11 @@ def _plan(paths: Sequence[Path], options: FleetOptions, models: Sequence[ModelSp
         labels = labels_dir_for(settings.labels_dir, path)
         output = None
         if settings.output_dir:
-            name = path.name[: -len(path.suffix)] if path.suffix in (".mcap", ".db3") else path.name
-            output = Path(settings.output_dir) / name
+            output = Path(settings.output_dir) / bag_name(path)
         try:
-            digest = bag_digest(path)
+            # The content digest keys the per-bag results kept in the report folder; without
+            # one, the path tells bags apart and no bag is read twice just to hash it.
+            digest = bag_digest(path) if cache is not None else str(path.resolve())
         except OSError as err:
             results[index] = BagResult(bag=str(path), key="", status=FAILED,
                                        reason=f"cannot read the bag: {err}")
@@ -355,13 +349,13 @@ def _plan(paths: Sequence[Path], options: FleetOptions, models: Sequence[ModelSp
             results[index] = cached
             continue
         try:
-            bag = open_input(settings.replay_options(path, labels, output))
+            options = settings.replay_options(path, labels, output)
+            bag = open_input(options)
         except (BagError, OSError, ValueError) as err:
             results[index] = BagResult.failure(task, str(err))
             continue
         try:
-            count = bag.pick_image_topic(settings.image_topic,
-                                         exclude=[settings.labels_topic or ""]).count
+            count = pick_image_topic(bag, options).count
         finally:
             bag.close()
         total += min(count, settings.max_frames) if settings.max_frames else count

@@ -21,6 +21,7 @@ import numpy as np
 from bisenet_ros.config import SegmenterConfig
 from bisenet_ros.inference.segmenter import file_digest
 from bisenet_ros.replay import metrics as M
+from bisenet_ros.replay.pipeline import labels_at
 
 # Config fields that change a model's label maps (the rest, e.g. num_threads or overlay_alpha,
 # only change speed or pictures): with the weights' content they key the cached results.
@@ -173,8 +174,7 @@ class Disagreement:
     def add_frame(self, a: np.ndarray, b: np.ndarray) -> None:
         import cv2
 
-        if a.shape != b.shape:
-            b = _resize_labels(b, a.shape)
+        b = labels_at(b, a.shape)
         differ = a != b
         self.pixels += differ.size
         self.differing += int(np.count_nonzero(differ))
@@ -268,10 +268,12 @@ class BagResult:
         return cls(bag=str(task.bag), key=task.key, status=status, reason=reason, attempts=attempts)
 
 
-def _resize_labels(labels: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    from bisenet_ros.replay.pipeline import labels_at
+def drivable_ids(engine: Any, class_names: list[str]) -> list[int]:
+    """Ids of ``engine``'s drivable classes among ``class_names`` (none for a config-less engine)."""
+    from bisenet_ros.replay.pipeline import resolve_drivable_ids
 
-    return labels_at(labels, shape)
+    config = getattr(engine, "config", None)
+    return resolve_drivable_ids(config.drivable_classes, class_names) if config is not None else []
 
 
 class _Paired:
@@ -308,15 +310,17 @@ class _FleetEngine:
         self.engine_ms[0] += (t1 - t0) * 1e3
         if self.disagreement is not None:
             other = self.engines[1](frame, color_order=color_order, outputs=set())
-            self.engine_ms[1] += (time.perf_counter() - t1) * 1e3
+            t2 = time.perf_counter()
+            self.engine_ms[1] += (t2 - t1) * 1e3
             b_labels = np.asarray(other.labels)
             self.disagreement.add_frame(np.asarray(result.labels), b_labels)
             timings = dict(getattr(result, "timings", None) or {})
-            timings.update({"model_a": (t1 - t0) * 1e3, "model_b": (time.perf_counter() - t1) * 1e3})
+            timings.update({"model_a": (t1 - t0) * 1e3, "model_b": (t2 - t1) * 1e3})
             result = _Paired(result, b_labels, timings)
         self.frames += 1
-        if self.tick is not None and (time.perf_counter() - self._last_tick >= TICK_INTERVAL_S):
-            self._last_tick = time.perf_counter()
+        now = time.perf_counter()
+        if self.tick is not None and now - self._last_tick >= TICK_INTERVAL_S:
+            self._last_tick = now
             self.tick(self.frames)
         return result
 
@@ -335,7 +339,7 @@ def evaluate_bag(task: BagTask, settings: EvalSettings, engines: Sequence[Any], 
         The bag's :class:`BagResult` (``failed`` with the reason when the bag cannot be used).
     """
     from bisenet_ros.replay.bag import BagError
-    from bisenet_ros.replay.pipeline import open_input, replay, resolve_drivable_ids
+    from bisenet_ros.replay.pipeline import open_input, replay
 
     options = settings.replay_options(task.bag, task.labels_dir, task.output)
     try:
@@ -346,14 +350,11 @@ def evaluate_bag(task: BagTask, settings: EvalSettings, engines: Sequence[Any], 
     second: M.ConfusionMatrix | None = None
     hook = None
     if len(engines) > 1 and (settings.labels_topic or task.labels_dir):
-        config_b = getattr(engines[1], "config", None)
-        drivable = (resolve_drivable_ids(config_b.drivable_classes, engine.class_names)
-                    if config_b is not None else [])
-        second = M.ConfusionMatrix(len(engine.class_names), drivable)
+        second = M.ConfusionMatrix(len(engine.class_names), drivable_ids(engines[1], engine.class_names))
 
         def hook(result: Any, truth: np.ndarray) -> None:
             assert second is not None
-            second.update(_resize_labels(result.b_labels, truth.shape), truth)
+            second.update(labels_at(result.b_labels, truth.shape), truth)
     started_at = time.time()
     try:
         result = replay(options, engine, stream=io.StringIO(), install_signal_handlers=False,

@@ -21,6 +21,12 @@ from bisenet_ros.replay.report import figure_png, format_value, html_table, json
 REPORT_FILES = ("report.html", "metrics.json")
 
 
+def threads_text(threads: int) -> str:
+    """How many engine threads each worker runs, for the report and the console."""
+    return (f"{threads} engine thread(s) per worker" if threads > 0
+            else "engine threads: the backend's default")
+
+
 def build_metrics(result: FleetResult) -> dict[str, Any]:
     """Every figure of the report as a JSON-ready dict."""
     models = []
@@ -66,17 +72,7 @@ def build_metrics(result: FleetResult) -> dict[str, Any]:
         "disagreement_heatmap": (None if result.disagreement is None
                                  else result.disagreement.heatmap()),
     }
-    return json_safe(_plain(data))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+    return json_safe(data)
 
 
 def write_report(result: FleetResult, folder: str | Path) -> Path:
@@ -152,8 +148,7 @@ def _html(result: FleetResult, data: dict[str, Any], plots: dict[str, str]) -> s
                      + "".join(f"<li>{html.escape(r)}</li>" for r in comparison["regressions"]) + "</ul>")
     parts.append("<h2>Run</h2>")
     rows: list[tuple[Any, ...]] = [
-        ("runner", f"{run['runner']}, " + (f"{run['engine_threads_per_worker']} engine thread(s) per "
-                   "worker" if run["engine_threads_per_worker"] else "engine threads: the backend's default")),
+        ("runner", f"{run['runner']}, {threads_text(run['engine_threads_per_worker'] or 0)}"),
         ("bags counted / failed / from cache", f"{bags['counted']} / {bags['failed']} / {bags['cached']}"),
         ("throughput (bags run now)", format_value(run["throughput_fps"], 2, " frames/s")),
         ("wall time", format_value(run["wall_s"], 1, " s")),

@@ -353,9 +353,19 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
     return result
 
 
+def pick_image_topic(bag: InputBag, options: ReplayOptions) -> TopicInfo:
+    """The camera topic the replay reads: ``options.image_topic``, or the bag's only image topic
+    other than the labels topic.
+
+    Raises:
+        BagError: The topic is missing, or there is no or more than one image topic to choose.
+    """
+    return bag.pick_image_topic(options.image_topic,
+                                exclude=[options.labels_topic] if options.labels_topic else [])
+
+
 def _check_topics(bag: InputBag, options: ReplayOptions) -> tuple[TopicInfo, list[str]]:
-    exclude = [options.labels_topic] if options.labels_topic else []
-    image_topic = bag.pick_image_topic(options.image_topic, exclude=exclude)
+    image_topic = pick_image_topic(bag, options)
     if options.labels_topic and options.labels_topic not in bag.topics:
         raise BagError(f"labels topic {options.labels_topic!r} is not in {options.input}; "
                        f"topics: {', '.join(bag.topics)}")

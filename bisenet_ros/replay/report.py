@@ -43,7 +43,7 @@ def prepare_report_dir(path: str | Path, *, overwrite: bool) -> Path:
 
 
 def json_safe(value: Any) -> Any:
-    """``value`` with NaN/inf replaced by None, recursively (JSON has neither)."""
+    """``value`` with NaN/inf replaced by None and arrays by lists, recursively (JSON has neither)."""
     # JSON has no NaN/inf; an undefined metric is null.
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -53,6 +53,8 @@ def json_safe(value: Any) -> Any:
         return [json_safe(v) for v in value]
     if isinstance(value, np.generic):
         return json_safe(value.item())
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
     return value
 
 
