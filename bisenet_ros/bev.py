@@ -484,7 +484,7 @@ def vote_table(subsamples: int) -> np.ndarray:
     for uncounted in range(n + 1):
         counted = n - uncounted
         for drivable in range(counted + 1):
-            if 2 * counted < n or counted == 0:
+            if 2 * counted < n:  # fewer than half the samples counted (n >= 1)
                 continue
             table[drivable + _UNCOUNTED * uncounted] = FREE if 2 * drivable > counted else OCCUPIED
     return table

@@ -373,6 +373,7 @@ class _McapScanner:
 
     def __iter__(self) -> Iterator[RawMessage]:
         with self.path.open("rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
             if stream.read(8) != MCAP_MAGIC:
                 self.damage.append(f"{self.path.name}: not an MCAP file (bad magic)")
                 return
@@ -389,7 +390,7 @@ class _McapScanner:
                 op, length = head[0], struct.unpack_from("<Q", head, 1)[0]
                 # A garbage length (a corrupt or non-MCAP file) must not allocate exabytes:
                 # read at most what the file still holds; the check below reports it.
-                body = stream.read(min(length, max(self.path.stat().st_size - stream.tell(), 0)))
+                body = stream.read(min(length, max(size - stream.tell(), 0)))
                 if len(body) < length:
                     self.damage.append(f"{self.path.name}: truncated record at byte {start} "
                                        f"(needs {length} bytes, {len(body)} left)")

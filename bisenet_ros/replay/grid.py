@@ -43,7 +43,6 @@ class TransformTree:
 
     def __init__(self) -> None:
         self._parents: dict[str, tuple[str, bev.Pose]] = {}
-        self._static: set[str] = set()
 
     def add(self, msg: Any, *, static: bool) -> None:
         """Add the transforms of a TFMessage (typestore message)."""
@@ -52,18 +51,14 @@ class TransformTree:
             child = str(transform.child_frame_id).lstrip("/")
             if not parent or not child or parent == child:
                 continue
-            if child in self._parents and not static and child not in self._static:
-                continue  # /tf: the first sample stands for the bag
-            if child in self._static and not static:
-                continue
+            if not static and child in self._parents:
+                continue  # /tf: the first sample stands for the bag; /tf_static replaces
             t, q = transform.transform.translation, transform.transform.rotation
             try:
                 pose = bev.Pose.from_transform((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
             except bev.BevError:
                 continue  # a zero quaternion: tf2 rejects it too
             self._parents[child] = (parent, pose)
-            if static:
-                self._static.add(child)
 
     @property
     def frames(self) -> list[str]:
@@ -120,10 +115,12 @@ class GridSource:
     static_pose: bev.Pose | None = None
     pose_from: str = ""
 
+    def __post_init__(self) -> None:
+        self._stamps = [stamp for stamp, _ in self.cameras]  # bisected per frame
+
     def camera_at(self, stamp_ns: int) -> bev.CameraModel:
         """The latest calibration stamped at or before ``stamp_ns`` (else the first)."""
-        stamps = [s for s, _ in self.cameras]
-        index = max(bisect.bisect_right(stamps, stamp_ns) - 1, 0)
+        index = max(bisect.bisect_right(self._stamps, stamp_ns) - 1, 0)
         return self.cameras[index][1]
 
     def pose_for(self, frame_id: str) -> bev.Pose:
