@@ -173,14 +173,11 @@ def _random_checkpoint(variant: str, directory: str) -> str:
 
 def _export(weights: str, variant: str, resolution: tuple[int, int], directory: str) -> str:
     from bisenet_ros.config import SegmenterConfig
-    from bisenet_ros.inference.export import export_onnx
-    from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
+    from bisenet_ros.inference.segmenter import export_checkpoint
 
-    config = SegmenterConfig(variant=variant, weights=weights)
-    model = load_torch_model(config)
-    path = os.path.join(directory, f"{variant}_{resolution[0]}x{resolution[1]}.onnx")
-    export_onnx(model, path, resolution=resolution, class_set=resolve_class_set(config, model), confidence=True)
-    return path
+    config = SegmenterConfig(variant=variant, weights=weights, resolution=resolution)
+    return export_checkpoint(config, os.path.join(directory, f"{variant}_{resolution[0]}x{resolution[1]}.onnx"),
+                             confidence=True)
 
 
 def _quantize(onnx_weights: str, options: BenchOptions, directory: str) -> str:
@@ -281,14 +278,7 @@ def _segmenter_options(options: BenchOptions, variant: str, weights: str, backen
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as stream:
-            for line in stream:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpu_field("model name") or platform.processor() or platform.machine()
 
 
 def _versions() -> dict[str, str]:
@@ -410,13 +400,13 @@ def run_benchmark(options: BenchOptions, log: Callable[..., None] = print) -> di
     """
     camera, network = options.camera, options.network
     variants, backends, precisions = options.variants, options.backends, options.precisions
-    from bisenet_ros.inference.precision import cpu_flags, relevant_flags
+    from bisenet_ros.inference.precision import RELEVANT_FLAGS, cpu_flags, relevant_flags
 
     load_before = os.getloadavg()
     flags = relevant_flags(cpu_flags())
     log(f"bench: {', '.join(variants)} | camera {camera[0]}x{camera[1]} -> network {network[0]}x{network[1]} | "
         f"{options.frames} timed frames per configuration | {_cpu_name()}, {os.cpu_count()} CPUs | "
-        f"CPU flags: {' '.join(flags) or 'none of ' + 'avx2, avx512f, avx512_vnni, avx512_bf16, amx'} | "
+        f"CPU flags: {' '.join(flags) or 'none of ' + ', '.join(RELEVANT_FLAGS)} | "
         f"load {load_before[0]:.2f}", flush=True)
     ghz = float(_cpu_field("cpu MHz") or 0) / 1e3
     vendor, family = _cpu_field("vendor_id"), _cpu_field("cpu family")
@@ -545,15 +535,14 @@ def _agreements(rows: list[dict[str, Any]], labels: dict[int, dict[str, np.ndarr
     base = next((r for r in ok if r["backend"].startswith("baseline")), None)
     fp32 = {r["backend"]: r for r in ok if r["precision"] == "fp32"}
     for row in ok:
-        if row["precision"] != "fp32" and row["backend"] in fp32:
-            row["speedup_vs_fp32"] = fp32[row["backend"]]["e2e_ms"]["median"] / row["e2e_ms"]["median"]
-    for row in ok:
         if row is base:
             continue
         if base is not None:
             row["speedup_vs_baseline"] = base["e2e_ms"]["median"] / row["e2e_ms"]["median"]
             row["agreement_vs_baseline"] = agree(labels[row["_job"]], labels[base["_job"]])
         if row["precision"] != "fp32":
+            if row["backend"] in fp32:
+                row["speedup_vs_fp32"] = fp32[row["backend"]]["e2e_ms"]["median"] / row["e2e_ms"]["median"]
             reference = fp32.get(row["backend"]) or fp32.get("torch")
             if reference is not None:
                 row["agreement_vs_fp32"] = agree(labels[row["_job"]], labels[reference["_job"]])

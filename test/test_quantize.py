@@ -178,7 +178,7 @@ def test_quantize_from_cityscapes_root_reports_miou(fp32_model, bag_int8, frames
 
 def _bad(capsys, *argv: str) -> str:
     assert main(["quantize", *argv]) == 2
-    out = capsys.readouterr().out.strip().splitlines()
+    out = capsys.readouterr().err.strip().splitlines()  # errors go to stderr
     # One error line; a bag error may list the bag's topics below it, indented.
     assert out[0].startswith("bisenet-ros quantize: error: ") and all(line.startswith("  ") for line in out[1:])
     return "\n".join(out)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 
 from bisenet_ros.inference.quantize import ACTIVATION_TYPES, CALIBRATION_METHODS
@@ -48,11 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``bisenet-ros quantize``."""
-    from bisenet_ros.calibration import CalibrationSource, QuantizeJob, run_quantize
+    from bisenet_ros.calibration import MIN_FRAMES, CalibrationSource, QuantizeJob, run_quantize
 
     try:
-        if args.frames < 5:
-            raise ValueError(f"--frames {args.frames}: expected at least 5 (4 to calibrate, 1 to check)")
+        if args.frames < MIN_FRAMES:
+            raise ValueError(f"--frames {args.frames}: expected at least {MIN_FRAMES} "
+                             f"({MIN_FRAMES - 1} to calibrate, 1 to check)")
         source = CalibrationSource(args.calibration, image_topic=args.image_topic, labels_topic=args.labels_topic,
                                    split=args.split)
         check = CalibrationSource(args.check, split=args.split) if args.check else None
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
                                      method=args.method, activations=args.activations, resize=args.resize,
                                      overwrite=args.overwrite, check=check, check_frames=args.check_frames))
     except (ValueError, OSError) as exc:  # CalibrationError, CheckpointError included
-        print(f"bisenet-ros quantize: error: {exc}")
+        print(f"bisenet-ros quantize: error: {exc}", file=sys.stderr)
         return 2
     return 0
 
@@ -78,12 +80,8 @@ def _fp32_onnx(args: argparse.Namespace, tmp: str) -> str:
     if not args.model.endswith((".pth", ".pt")):
         raise ValueError(f"{args.model}: expected an exported .onnx or a .pth checkpoint")
     from bisenet_ros.config import SegmenterConfig
-    from bisenet_ros.inference.export import export_onnx
-    from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
+    from bisenet_ros.inference.segmenter import export_checkpoint
 
     options = {"weights": args.model, "variant": args.variant, "resolution": args.resolution}
     config = SegmenterConfig.from_dict({k: v for k, v in options.items() if v is not None})
-    model = load_torch_model(config)
-    path = os.path.join(tmp, "fp32.onnx")
-    export_onnx(model, path, resolution=config.resolution, class_set=resolve_class_set(config, model))
-    return path
+    return export_checkpoint(config, os.path.join(tmp, "fp32.onnx"))

@@ -151,6 +151,16 @@ def read_onnx_info(model: str | os.PathLike[str] | bytes) -> OnnxModelInfo:
     Raises:
         ValueError: The file cannot be read or carries no ``bisenet_ros`` metadata (naming the fix).
     """
+    proto, source = load_onnx(model)
+    return onnx_info(proto, source)
+
+
+def load_onnx(model: str | os.PathLike[str] | bytes) -> tuple[Any, str]:
+    """Decode an ONNX file or its bytes once: ``(ModelProto, name for messages)``.
+
+    Raises:
+        ValueError: No such file, or not an ONNX model.
+    """
     onnx = _import_onnx()
     source = "<bytes>" if isinstance(model, bytes) else os.fspath(model)
     try:
@@ -164,6 +174,11 @@ def read_onnx_info(model: str | os.PathLike[str] | bytes) -> OnnxModelInfo:
         raise
     except Exception as exc:  # protobuf DecodeError etc.: one message for "not an ONNX file"
         raise ValueError(f"{source}: cannot be read as an ONNX model ({exc})") from None
+    return proto, source
+
+
+def onnx_info(proto: Any, source: str = "<model>") -> OnnxModelInfo:
+    """The embedded metadata of a decoded model (see :func:`read_onnx_info`)."""
     props = {p.key: p.value for p in proto.metadata_props}
     if METADATA_KEY not in props:
         raise ValueError(
@@ -306,5 +321,5 @@ def verify_export(model: Any, data: bytes, info: OnnxModelInfo, seed: int = 0) -
 
 __all__: Sequence[str] = [
     "FILE_PRECISIONS", "METADATA_KEY", "OnnxModelInfo", "set_onnx_info", "export_onnx", "export_onnx_bytes",
-    "read_onnx_info", "verify_export",
+    "load_onnx", "onnx_info", "read_onnx_info", "verify_export",
 ]

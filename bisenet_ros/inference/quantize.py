@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from bisenet_ros.inference.export import OnnxModelInfo, read_onnx_info, set_onnx_info
+from bisenet_ros.inference.export import OnnxModelInfo, load_onnx, onnx_info, set_onnx_info
 from bisenet_ros.inference.frames import sample_indices
 
 LOGGER = logging.getLogger(__name__)
@@ -82,10 +82,9 @@ def check_quantizable(model: bytes, source: str) -> OnnxModelInfo:
     Raises:
         ValueError: Not a ``bisenet_ros`` export, or already quantized (one line, naming the fix).
     """
-    import onnx
-
-    info = read_onnx_info(model)
-    if info.precision != "fp32" or is_quantized(onnx.load_from_string(model)):
+    proto, _ = load_onnx(model)
+    info = onnx_info(proto, source)
+    if info.precision != "fp32" or is_quantized(proto):
         raise ValueError(f"{source} is already quantized ({info.precision}); quantize the fp32 export "
                          "it was made from (bisenet-ros export)")
     return info
@@ -164,10 +163,10 @@ def quantize_model(model: bytes, blobs: Sequence[np.ndarray], settings: Quantize
     blobs = list(blobs[: len(blobs) - len(blobs) % chunk])
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
-    proto = onnx.load_from_string(model)
     with tempfile.TemporaryDirectory(prefix="bisenet_quantize_") as tmp:
         source, prepared, output = (os.path.join(tmp, n) for n in ("in.onnx", "pre.onnx", "int8.onnx"))
-        onnx.save(proto, source)
+        with open(source, "wb") as stream:
+            stream.write(model)
         # Shape inference + graph optimisation first, as ONNX Runtime recommends: BatchNorms left
         # after export are folded into convolutions so that they do not get Q/DQ pairs of their own.
         # (Symbolic shape inference is for dynamic transformer graphs; ONNX's own suffices here.)
@@ -199,11 +198,9 @@ def quantize_model(model: bytes, blobs: Sequence[np.ndarray], settings: Quantize
 
 def update_calibration(model: bytes, **entries: Any) -> bytes:
     """Add entries (e.g. the ``quality`` check) to an int8 file's ``calibration`` block."""
-    import onnx
-
-    info = read_onnx_info(model)
+    proto, source = load_onnx(model)
+    info = onnx_info(proto, source)
     info.calibration = {**(info.calibration or {}), **entries}
-    proto = onnx.load_from_string(model)
     set_onnx_info(proto, info)
     return proto.SerializeToString()
 

@@ -108,6 +108,17 @@ def resolve_class_set(config: SegmenterConfig, model: Any = None) -> ClassSet:
     return load_class_set(config.class_set, config.num_classes)
 
 
+def export_checkpoint(config: SegmenterConfig, path: str, *, confidence: bool = False) -> str:
+    """Export ``config``'s checkpoint (``weights``; random if None) to ONNX at ``config.resolution``
+    with the argmax in the graph and its metadata embedded; returns ``path``."""
+    from bisenet_ros.inference.export import export_onnx
+
+    model = load_torch_model(config)
+    export_onnx(model, path, resolution=config.resolution, class_set=resolve_class_set(config, model),
+                confidence=confidence)
+    return path
+
+
 def file_digest(path: str | os.PathLike[str], length: int = 12) -> str:
     """The first ``length`` hex digits of the SHA-256 of a file (identifies weights in reports).
 
@@ -438,23 +449,20 @@ class Segmenter:
                 result.confidence = post.mark_padding(confidence_net, geometry, 0.0)
         else:
             result.labels = post.to_camera(labels_net, geometry)
-            if ("color" in wanted or "overlay" in wanted) and (
-                    self.config.visualization_resolution == "network"):
-                # For people only: the network-sized picture (content region, no letterbox
-                # padding) costs a quarter of the camera-sized one at 1080p to build and encode.
+            if "color" in wanted or "overlay" in wanted:
+                # Colour the small network-resolution map (content region, no letterbox padding).
                 color = post.colorize(post.crop_to_content(labels_net, geometry), lut)
+                if self.config.visualization_resolution == "network":
+                    # For people only: the network-sized picture costs a quarter of the
+                    # camera-sized one at 1080p to build and encode.
+                    base = post.crop_to_content(fitted, geometry)
+                else:
+                    # Then resize: identical pixels (nearest only copies), a sixth of the LUT
+                    # work at 1080p.
+                    color, base = post.to_camera(color, _content_geometry(geometry)), frame
                 result.color = color if "color" in wanted else None
                 if "overlay" in wanted:
-                    result.overlay = post.blend(post.crop_to_content(fitted, geometry), color,
-                                                self.config.overlay_alpha)
-            elif "color" in wanted or "overlay" in wanted:
-                # Colour the small network-resolution map, then resize: identical pixels (nearest
-                # only copies), a sixth of the LUT work at 1080p.
-                color = post.to_camera(post.colorize(post.crop_to_content(labels_net, geometry), lut),
-                                       _content_geometry(geometry))
-                result.color = color if "color" in wanted else None
-                if "overlay" in wanted:
-                    result.overlay = post.blend(frame, color, self.config.overlay_alpha)
+                    result.overlay = post.blend(base, color, self.config.overlay_alpha)
             if "confidence" in wanted and confidence_net is not None:
                 result.confidence = post.to_camera(confidence_net, geometry)
         if "drivable" in wanted:
