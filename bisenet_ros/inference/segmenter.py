@@ -345,9 +345,8 @@ class Segmenter:
                 "resize": self.config.resize, "weights": weights,
                 "weights_sha256": file_digest(weights) if weights else None,
             }
-            reason = getattr(self, "precision_reason", None)
-            if reason:
-                self._provenance["precision_reason"] = reason
+            if self.precision_reason:
+                self._provenance["precision_reason"] = self.precision_reason
         return dict(self._provenance)
 
     def geometry(self, frame_width: int, frame_height: int) -> FitGeometry:
