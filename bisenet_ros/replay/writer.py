@@ -166,7 +166,7 @@ def prepare_output_path(path: str | Path, *, overwrite: bool) -> Path:
     if not overwrite:
         raise OutputExistsError(
             f"output {path} exists already; pass --overwrite to replace it, or choose another path")
-    if path.is_dir() and _looks_like_bag(path):
+    if path.is_dir() and _only_bag_files(path):
         shutil.rmtree(path)
         return path
     raise OutputExistsError(
@@ -174,7 +174,8 @@ def prepare_output_path(path: str | Path, *, overwrite: bool) -> Path:
         "content); refusing to delete it even with --overwrite. Choose another path")
 
 
-def _looks_like_bag(path: Path) -> bool:
+def _only_bag_files(path: Path) -> bool:
+    # Stricter than replay.bag.looks_like_bag: nothing but bag files, so --overwrite never deletes data.
     entries = list(path.iterdir())
     if not entries:
         return True
