@@ -13,7 +13,8 @@ Publishes:
     ``~/mask`` (mono8 class ids), ``~/drivable_mask`` (mono8, 255 = drivable), ``~/confidence``
     (32FC1 or mono8, with ``publish_confidence``) and ``~/drivable_grid`` (nav_msgs/OccupancyGrid
     in ``grid_frame``, only while somebody subscribes: the drivable area projected onto the ground
-    with the camera's ``camera_info`` and its tf pose, :mod:`bisenet_ros.bev`): first, on every
+    with the camera's CameraInfo, subscribed beside the image subscription's resolved name as
+    image_transport does, and its tf pose, :mod:`bisenet_ros.bev`): first, on every
     frame; then, at most ``visualization_rate`` per second, ``~/color_mask`` and ``~/overlay`` (bgr8
     or rgb8), ``~/overlay/compressed`` (JPEG) and ``~/color_mask/compressed`` (PNG);
     ``~/label_info`` (vision_msgs/LabelInfo, transient local) and ``/diagnostics``
@@ -54,8 +55,8 @@ from bisenet_ros.codec import CodecError, decode_compressed, decode_image
 from bisenet_ros.labels import make_class_set
 from bisenet_ros.pipeline import (
     LatestFrameSlot, NodeOptions, ParameterSpec, PipelineStats, RateLimiter, all_parameters,
-    config_from_parameters, frame_age_s, grid_options_from_parameters, is_stale,
-    node_options_from_parameters, stamp_to_ns)
+    choose_camera_info_topic, config_from_parameters, frame_age_s, grid_options_from_parameters,
+    is_stale, node_options_from_parameters, stamp_to_ns)
 from bisenet_ros.runtime import prefer_passive_openmp
 from bisenet_ros.transport import DDS_DOCS, FrameGapEstimator, dds_config_problems
 
@@ -175,7 +176,7 @@ class SegmentationNode(Node):
             raise ParameterError(str(err)) from err
         try:
             self.options = node_options_from_parameters(values)
-            self.grid_options = grid_options_from_parameters(values, self.options.image_topic)
+            self.grid_options = grid_options_from_parameters(values)
             self.config = config_from_parameters(
                 values, publish_confidence=self.options.publish_confidence)
         except ValueError as err:
@@ -248,9 +249,13 @@ class SegmentationNode(Node):
 
         self._worker = threading.Thread(target=self._run_worker, name="segmentation", daemon=True)
         self._worker.start()
+        # Resolved names (namespace and remapping applied): what `ros2 topic list` shows.
         self.get_logger().info(
-            f"segmenting {self.options.input_topic} ({msg_type.__name__}, QoS {self.options.qos}, "
-            f"depth {self.options.qos_depth}); max frame age {self.options.max_frame_age} s")
+            f"segmenting {self._subscription.topic_name} ({msg_type.__name__}, QoS "
+            f"{self.options.qos}, depth {self.options.qos_depth}); max frame age "
+            f"{self.options.max_frame_age} s; CameraInfo {self._camera_info_subscription.topic_name} "
+            f"({self._camera_info_reason}); outputs "
+            + ", ".join(p.topic_name for p in self._image_publishers.values()))
 
     # -- input ------------------------------------------------------------------------------
 
@@ -408,8 +413,16 @@ class SegmentationNode(Node):
             OccupancyGrid, "~/drivable_grid",
             QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                        reliability=ReliabilityPolicy.RELIABLE))
+        # image_transport's rule on the image subscription's resolved name, unless the
+        # camera_info_topic parameter or a remap of 'camera_info' says otherwise.
+        remapped = self.resolve_topic_name("camera_info")
+        topic, self._camera_info_reason = choose_camera_info_topic(
+            self._subscription.topic_name, compressed=self.options.use_compressed,
+            parameter=opts.camera_info_topic,
+            remapped=remapped if remapped != self.resolve_topic_name(
+                "camera_info", only_expand=True) else None)
         self._camera_info_subscription = self.create_subscription(
-            CameraInfo, opts.camera_info_topic, self._on_camera_info, qos)
+            CameraInfo, topic, self._on_camera_info, qos)
 
     def _on_camera_info(self, msg: Any) -> None:
         self._camera_info = msg  # one reference assignment: safe against the worker thread

@@ -495,6 +495,39 @@ def test_double_provides_exactly_what_node_imports() -> None:
     assert used_top <= set(vars(modules["rclpy"]))
 
 
+@pytest.mark.parametrize("name, node, namespace, expected", [
+    # rcl's expansion rules (rcl/test/rcl/test_expand_topic_name.cpp)
+    ("ping", "my_node", "/my_ns", "/my_ns/ping"),
+    ("ping", "my_node", "/", "/ping"),
+    ("/ping", "my_node", "/my_ns", "/ping"),
+    ("~", "my_node", "/my_ns", "/my_ns/my_node"),
+    ("~/ping", "my_node", "/", "/my_node/ping"),
+    ("~/ping", "my_node", "/my_ns/sub", "/my_ns/sub/my_node/ping"),
+    ("{node}/ping", "my_node", "/my_ns", "/my_ns/my_node/ping"),
+    ("{ns}/ping", "my_node", "/my_ns", "/my_ns/ping"),
+])
+def test_double_expands_names_like_rcl(name: str, node: str, namespace: str, expected: str) -> None:
+    assert rclpy_double.expand_topic_name(name, node, namespace) == expected
+
+
+def test_double_remaps_like_rcl() -> None:
+    rules = [rclpy_double.RemapRule(r) for r in (
+        "other:image:=/wrong", "image:=/cam/image_raw", "/ns/image:=/later", "~/out:=/o")]
+    resolve = rclpy_double.resolve_topic_name
+    # first matching rule for this node; the match side is expanded before comparing
+    assert resolve("image", "seg", "/ns", [], rules) == "/cam/image_raw"
+    assert resolve("/ns/image", "seg", "/ns", [], rules) == "/cam/image_raw"
+    assert resolve("image", "other", "/ns", [], rules) == "/wrong"
+    assert resolve("out", "seg", "/", [], rules) == "/out"  # the rule is for ~/out: /seg/out
+    assert resolve("~/out", "seg", "/", [], rules) == "/o"
+    assert resolve("image", "seg", "/ns", [], rules, only_expand=True) == "/ns/image"
+    # the node's own arguments before the process's
+    local = [rclpy_double.RemapRule("image:=mine")]
+    assert resolve("image", "seg", "/ns", local, rules) == "/ns/mine"
+    with pytest.raises(ValueError, match="remap rule"):
+        rclpy_double.RemapRule("image")
+
+
 # ---------------------------------------------------------------------------- real engine
 
 
