@@ -15,8 +15,10 @@ Publishes:
     in ``grid_frame``, only while somebody subscribes: the drivable area projected onto the ground
     with the camera's CameraInfo, subscribed beside the image subscription's resolved name as
     image_transport does, and its tf pose, :mod:`bisenet_ros.bev`): first, on every
-    frame; then, at most ``visualization_rate`` per second, ``~/color_mask`` and ``~/overlay`` (bgr8
-    or rgb8), ``~/overlay/compressed`` (JPEG) and ``~/color_mask/compressed`` (PNG);
+    frame; and, at most ``visualization_rate`` per second, built and published on the
+    visualization worker thread (:mod:`bisenet_ros.visualization`), ``~/color_mask`` and
+    ``~/overlay`` (bgr8 or rgb8), ``~/overlay/compressed`` (JPEG) and
+    ``~/color_mask/compressed`` (PNG);
     ``~/label_info`` (vision_msgs/LabelInfo, transient local) and ``/diagnostics``
     (diagnostic_msgs/DiagnosticArray).
 
@@ -59,6 +61,7 @@ from bisenet_ros.pipeline import (
     is_stale, node_options_from_parameters, stamp_to_ns)
 from bisenet_ros.runtime import prefer_passive_openmp
 from bisenet_ros.transport import DDS_DOCS, FrameGapEstimator, dds_config_problems
+from bisenet_ros.visualization import VisualizationWorker
 
 # Throttle period of the per-frame warnings (malformed input, stale frames, engine errors):
 # a broken camera at 30 Hz must not flood the log, but the first occurrence is shown at once.
@@ -229,7 +232,11 @@ class SegmentationNode(Node):
         # subscribers pick them up as the compressed transport of ~/overlay and ~/color_mask.
         self._image_publishers.update({t: self.create_publisher(CompressedImage, f"~/{t}", out_qos)
                                        for t in outputs.COMPRESSED_TOPICS})
+        self._image_options = {"color_encoding": self.options.color_mask_encoding,
+                               "confidence_encoding": self.options.confidence_encoding}
         self._visualization_limiter = RateLimiter(self.options.visualization_rate)
+        self._visualization: VisualizationWorker[Any] = VisualizationWorker(
+            self._publish_visualization, self.stats, on_error=self._on_visualization_error)
         # Transient local: a subscriber starting later still receives the class map.
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
@@ -306,9 +313,11 @@ class SegmentationNode(Node):
     def process(self, msg: Any) -> bool:
         """Segment one message and publish the outputs; returns whether anything was published.
 
-        ``~/mask`` and ``~/drivable_mask`` are built and published first; the visualization
-        topics (raw and compressed) follow. Never raises on bad input: stale, malformed and
-        failing frames are logged (throttled) and counted in ``/diagnostics``.
+        ``~/mask`` and ``~/drivable_mask`` are built and published here; the visualization
+        topics (raw and compressed) are handed to the visualization worker, which builds and
+        publishes them on its own thread (newest result only). Never raises on bad input:
+        stale, malformed and failing frames are logged (throttled) and counted in
+        ``/diagnostics``.
         """
         stamp_ns = stamp_to_ns(msg.header.stamp)
         now_ns = self.get_clock().now().nanoseconds
@@ -343,10 +352,8 @@ class SegmentationNode(Node):
                                     throttle_duration_sec=LOG_THROTTLE_S)
             return False
         inferred = time.perf_counter()
-        image_options = {"color_encoding": self.options.color_mask_encoding,
-                         "confidence_encoding": self.options.confidence_encoding}
         for topic, fields in outputs.result_to_image_fields(
-                result, color_order, topics=planner, **image_options).items():
+                result, color_order, topics=planner, **self._image_options).items():
             self._image_publishers[topic].publish(self._image_message(msg.header, fields))
         planned = time.perf_counter()
         grid_ms: dict[str, float] = {}
@@ -354,14 +361,8 @@ class SegmentationNode(Node):
             if self.publish_grid(msg.header, result.labels, frame.shape):
                 grid_ms["grid"] = (time.perf_counter() - planned) * 1e3
         if visual:
-            for topic, fields in outputs.result_to_image_fields(
-                    result, color_order, topics=visual, **image_options).items():
-                self._image_publishers[topic].publish(self._image_message(msg.header, fields))
-            for topic, fields in outputs.result_to_compressed_fields(
-                    result, color_order, color_encoding=self.options.color_mask_encoding,
-                    jpeg_quality=self.options.jpeg_quality, topics=visual).items():
-                self._image_publishers[topic].publish(
-                    self._compressed_message(msg.header, fields))
+            # Built and published on the visualization worker: only references cross over.
+            self._visualization.submit((msg.header, result, color_order, tuple(visual)))
         done = time.perf_counter()
         engine = dict(getattr(result, "timings", None) or {})
         if "total" in engine:  # 'total' below is the node's (decode to publish)
@@ -372,6 +373,23 @@ class SegmentationNode(Node):
         age = frame_age_s(stamp_ns, self.get_clock().now().nanoseconds)
         self.stats.record_frame(timings, None if age is None else age * 1e3)
         return True
+
+    def _publish_visualization(self, job: tuple[Any, Any, str, tuple[str, ...]]) -> None:
+        """The visualization worker's job: ``~/overlay``, ``~/color_mask`` and their
+        ``/compressed`` for one result (raw first, as subscribers of both expect)."""
+        header, result, color_order, topics = job
+        for topic, fields in outputs.result_to_image_fields(
+                result, color_order, topics=topics, **self._image_options).items():
+            self._image_publishers[topic].publish(self._image_message(header, fields))
+        for topic, fields in outputs.result_to_compressed_fields(
+                result, color_order, color_encoding=self.options.color_mask_encoding,
+                jpeg_quality=self.options.jpeg_quality, topics=topics).items():
+            self._image_publishers[topic].publish(self._compressed_message(header, fields))
+
+    def _on_visualization_error(self, err: BaseException) -> None:
+        self.stats.record_error(f"visualization: {type(err).__name__}: {err}")
+        self.get_logger().error(f"publishing the visualization failed: {type(err).__name__}: "
+                                f"{err}", throttle_duration_sec=LOG_THROTTLE_S)
 
     @staticmethod
     def _pixels(buffer: Any, typecode: str = "B") -> array.array:
@@ -514,12 +532,15 @@ class SegmentationNode(Node):
         self._diagnostics_publisher.publish(msg)
 
     def destroy_node(self) -> None:
-        """Stop the worker thread, then destroy the node."""
+        """Stop the worker threads, then destroy the node."""
         slot, worker = getattr(self, "_slot", None), getattr(self, "_worker", None)
         if slot is not None:
             slot.close()
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout=5.0)
+        visualization = getattr(self, "_visualization", None)
+        if visualization is not None:
+            visualization.close()
         super().destroy_node()
 
 

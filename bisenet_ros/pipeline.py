@@ -26,7 +26,7 @@ __all__ = [
     "LatestFrameSlot", "RateLimiter", "RateMeter", "PipelineStats", "stamp_to_ns", "frame_age_s", "is_stale",
     "ParameterSpec", "NODE_PARAMETERS", "QOS_PROFILES", "NodeOptions", "config_parameters",
     "all_parameters", "node_options_from_parameters", "config_from_parameters",
-    "COUNTERS", "GRID_COUNTERS", "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
+    "COUNTERS", "GRID_COUNTERS", "VISUALIZATION_COUNTERS", "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
     "choose_camera_info_topic",
 ]
 
@@ -73,6 +73,12 @@ class LatestFrameSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def empty(self) -> bool:
+        """Whether no item waits to be taken."""
+        with self._cond:
+            return self._item is None
 
 
 def stamp_to_ns(stamp: Any) -> int:
@@ -152,8 +158,11 @@ class RateMeter:
 
 #: Counters of the drivable grid: grids published, frames without one and why.
 GRID_COUNTERS = ("grid_published", "grid_no_camera_info", "grid_no_transform", "grid_invalid")
+#: Counters of the visualization worker (bisenet_ros.visualization): overlays/colour masks
+#: published, and results replaced by a newer one before the worker got to them.
+VISUALIZATION_COUNTERS = ("visualization_published", "visualization_skipped")
 COUNTERS = ("frames_received", "frames_processed", "dropped_stale", "dropped_superseded",
-            "malformed", "errors") + GRID_COUNTERS
+            "malformed", "errors") + GRID_COUNTERS + VISUALIZATION_COUNTERS
 
 
 class PipelineStats:
@@ -185,15 +194,21 @@ class PipelineStats:
 
     def record_frame(self, timings_ms: Mapping[str, float], age_ms: float | None = None) -> None:
         """Record one processed frame with its per-stage timings (ms)."""
+        self.record_timings(timings_ms)
         with self._lock:
             self.counters["frames_processed"] += 1
             self._since_snapshot["frames_processed"] += 1
             self.output_rate.tick()
+            self.last_age_ms = age_ms
+            self.last_error = None
+
+    def record_timings(self, timings_ms: Mapping[str, float]) -> None:
+        """Record stage timings (ms) of work done apart from a frame's own path (the
+        visualization worker's), without counting a processed frame."""
+        with self._lock:
             for stage, ms in timings_ms.items():
                 self._latency.setdefault(stage, collections.deque(maxlen=self._window)).append(
                     float(ms))
-            self.last_age_ms = age_ms
-            self.last_error = None
 
     def record_error(self, message: str) -> None:
         with self._lock:
