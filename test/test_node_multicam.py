@@ -1,0 +1,188 @@
+"""One node serving several cameras on one batched engine (``cameras`` parameter), on the rclpy
+test double: per-camera topics, headers, diagnostics, fairness, and refusals at start."""
+from __future__ import annotations
+
+import re
+import sys
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from bisenet_ros.codec import image_to_array
+from ros_double import rclpy_double
+from ros_double.messages import rclpy_style_class
+from test_node import _serializes, ros, wait_until  # noqa: F401  (ros is a fixture)
+
+CAMERAS = ["steady", "flood", "stopped", "broken"]
+# Each camera its own resolution and content, so a mixed-up output shows.
+FRAMES = {name: np.random.default_rng(i).integers(0, 256, (16 + 8 * i, 24 + 4 * i, 3), np.uint8)
+          for i, name in enumerate(CAMERAS)}
+
+
+def _status(ros: Any, node: Any) -> dict[str, tuple[Any, dict[str, str]]]:
+    received = ros.listen("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray")
+    node._publish_diagnostics()
+    return {s.name: (s, {kv.key: kv.value for kv in s.values}) for s in received[-1].status}
+
+
+def test_four_cameras_stopped_flooding_malformed_none_starved_own_headers(ros: Any) -> None:
+    node = ros.make(cameras=CAMERAS)
+    masks = {c: ros.listen(f"/{c}/segmentation/mask") for c in CAMERAS}
+    publishers = {c: ros.camera(f"/{c}/image_raw") for c in CAMERAS}
+    sent: dict[str, tuple[str, int]] = {}  # frame_id -> (camera, stamp)
+    stamp = [1_700_000_000 * 10**9]
+
+    def send(camera: str, tag: str, **overrides: Any) -> None:
+        stamp[0] += 1_000_003
+        frame_id = f"{camera}/{tag}"
+        sent[frame_id] = (camera, stamp[0])
+        publishers[camera].publish(ros.image(FRAMES[camera], stamp_ns=stamp[0], frame_id=frame_id,
+                                             **overrides))
+
+    send("stopped", "only")  # then it stops for good
+    rounds = 12
+    for r in range(rounds):
+        for i in range(10):  # ten times the others' rate
+            send("flood", f"{r}.{i}")
+        send("steady", f"{r}")
+        if r % 2:
+            send("broken", f"{r}")
+        else:
+            send("broken", f"{r}-bad", encoding="bgr9")  # malformed
+        wait_until(lambda: len(masks["steady"]) == r + 1
+                   and node.cameras[3].stream.stats.counters["malformed"]
+                   + len(masks["broken"]) == r + 1)
+        wait_until(lambda: masks["flood"] and masks["flood"][-1].header.frame_id == f"flood/{r}.9")
+
+    # None starved: every live camera's newest frame of every round went through; the stopped
+    # one delivered its only frame and was never waited for.
+    assert len(masks["steady"]) == rounds
+    assert rounds <= len(masks["flood"]) <= 2 * rounds  # a batch may catch it mid-burst
+    assert len(masks["broken"]) == rounds // 2
+    assert [m.header.frame_id for m in masks["stopped"]] == ["stopped/only"]
+    # Every output carries its own camera's header, bit for bit, and its own camera's pixels.
+    for camera, got in masks.items():
+        for msg in got:
+            owner, stamp_ns = sent[msg.header.frame_id]
+            assert owner == camera
+            assert msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == stamp_ns
+            np.testing.assert_array_equal(image_to_array(msg),
+                                          node.segmenter.labels_for(FRAMES[camera]))
+    _serializes(masks["flood"][0], "sensor_msgs/msg/Image")
+    assert max(node.segmenter.batches) >= 2  # cameras shared engine calls
+
+    status = _status(ros, node)
+    DiagnosticStatus = sys.modules["diagnostic_msgs.msg"].DiagnosticStatus
+    assert sorted(status) == sorted([f"/{c}/segmentation: segmentation" for c in CAMERAS]
+                                    + ["/segmentation: engine"])
+    flood = status["/flood/segmentation: segmentation"][1]
+    assert flood["frames_received"] == str(10 * rounds)
+    assert int(flood["dropped_superseded"]) + int(flood["frames_processed"]) == 10 * rounds
+    assert "arrival_ratio" in flood and "latency_total_ms" in flood
+    broken_status, broken = status["/broken/segmentation: segmentation"]
+    assert broken["malformed"] == str(rounds // 2) and broken_status.level == DiagnosticStatus.WARN
+    assert status["/steady/segmentation: segmentation"][0].level == DiagnosticStatus.OK
+    engine_status, engine = status["/segmentation: engine"]
+    assert engine_status.level == DiagnosticStatus.OK and engine["variant"] == node.engine_info["variant"]
+    assert int(engine["frames_processed"]) == sum(len(m) for m in masks.values())
+    assert float(engine["mean_batch_size"]) >= 1.0
+    # One camera's malformed frames are logged for that camera, once (throttled per camera).
+    warnings = [m for m in ros.graph.messages("warning") if "malformed" in m]
+    assert len(warnings) == 1 and warnings[0].startswith("camera broken: ")
+
+
+def test_round_robin_under_max_batch_size_while_one_camera_floods(ros: Any) -> None:
+    node = ros.make(cameras=["a", "b", "c"], max_batch_size=1)
+    order: list[str] = []
+    listener = rclpy_double.Node("order_listener")
+    for c in "abc":
+        listener.create_subscription(rclpy_style_class("sensor_msgs/msg/Image"),
+                                     f"/{c}/segmentation/mask",
+                                     lambda m: order.append(m.header.frame_id),
+                                     ros.rclpy.qos.QoSProfile(depth=10))
+    publishers = {c: ros.camera(f"/{c}/image_raw") for c in "abc"}
+    engine = node.segmenter
+    engine.gate.clear()  # the engine is busy with a0: the next frames wait in the scheduler
+    publishers["a"].publish(ros.image(frame_id="a0"))
+    assert engine.started.wait(10)
+    for i in range(10):  # "a" floods while b and c send one frame each
+        publishers["a"].publish(ros.image(frame_id=f"a1.{i}"))
+    publishers["b"].publish(ros.image(frame_id="b1"))
+    publishers["c"].publish(ros.image(frame_id="c1"))
+    engine.gate.set()
+    wait_until(lambda: len(order) == 4)
+    # Batches of one, least recently served first: the flooder waits its turn with its newest.
+    assert order == ["a0", "b1", "c1", "a1.9"]
+    assert node.scheduler.counters()["a"].replaced == 9
+
+
+def test_per_camera_topics_compressed_input_camera_info_and_visualization(ros: Any) -> None:
+    node = ros.make(cameras=["front", "rear"], image_topics=["/sensors/front/image", "/rear_raw"],
+                    use_compressed=True)
+    topics = {s.topic_name for s in node.subscriptions}
+    assert {"/sensors/front/image/compressed", "/rear_raw/compressed",
+            "/sensors/front/camera_info", "/camera_info"} <= topics
+    published = {p.topic_name for p in node.publishers}
+    for camera in ("front", "rear"):
+        for topic in ("mask", "drivable_mask", "color_mask", "overlay", "overlay/compressed",
+                      "color_mask/compressed", "label_info"):
+            assert f"/{camera}/segmentation/{topic}" in published
+    assert "/front/segmentation/drivable_grid" not in published  # only with per_camera_grids
+    overlays = {c: ros.listen(f"/{c}/segmentation/overlay") for c in ("front", "rear")}
+    label_info = ros.listen("/rear/segmentation/label_info", "vision_msgs/msg/LabelInfo",
+                            transient=True)
+    assert [c.class_name for c in label_info[0].class_map] == node.segmenter.class_names
+    Compressed = rclpy_style_class("sensor_msgs/msg/CompressedImage")
+    for camera, topic in (("front", "/sensors/front/image/compressed"),
+                          ("rear", "/rear_raw/compressed")):
+        msg = Compressed(format="png", data=cv2.imencode(".png", FRAMES["steady"])[1].tobytes())
+        msg.header.frame_id = camera
+        ros.camera(topic, "sensor_msgs/msg/CompressedImage").publish(msg)
+    # Each camera has its own visualization rate limit: both get their overlay.
+    wait_until(lambda: all(overlays.values()))
+    assert [overlays[c][0].header.frame_id for c in ("front", "rear")] == ["front", "rear"]
+    start = [m for m in ros.graph.messages("info") if "segmenting" in m]
+    assert any(m.startswith("camera front: segmenting /sensors/front/image/compressed") for m in start)
+
+
+@pytest.mark.parametrize("cameras, text", [
+    (["front", "front"], "named twice: front"),
+    (["front", ""], "entry 1 (counting from 0) empty"),
+    (["front", "2nd"], "not a ROS namespace"),
+])
+def test_bad_camera_lists_are_refused_at_start(ros: Any, cameras: list[str], text: str) -> None:
+    with pytest.raises(ros.module.ParameterError, match=re.escape(text)):
+        ros.make(cameras=cameras)
+    fatal = ros.graph.messages("fatal")
+    assert len(fatal) == 1 and text in fatal[0] and "\n" not in fatal[0]
+
+
+def test_bad_image_topics_are_refused_and_main_exits_1(ros: Any) -> None:
+    with pytest.raises(ros.module.ParameterError, match="1 entries for 2 cameras"):
+        ros.make(cameras=["a", "b"], image_topics=["/a/image"])
+    ros.rclpy.try_shutdown()
+    before = len(ros.graph.messages("fatal"))
+    assert ros.module.main(["--ros-args", "-p", "cameras:=[left, left]"]) == 1
+    fatal = ros.graph.messages("fatal")[before:]
+    assert len(fatal) == 1 and "named twice: left" in fatal[0]
+
+
+def test_a_backend_failure_fails_the_batch_not_the_node(ros: Any) -> None:
+    node = ros.make(cameras=["a", "b"])
+    masks = {c: ros.listen(f"/{c}/segmentation/mask") for c in "ab"}
+    node.segmenter.fail_with = RuntimeError("CUDA out of memory")
+    ros.camera("/a/image_raw").publish(ros.image(frame_id="a"))
+    wait_until(lambda: node.cameras[0].stream.stats.counters["errors"] == 1)
+    status = _status(ros, node)
+    DiagnosticStatus = sys.modules["diagnostic_msgs.msg"].DiagnosticStatus
+    assert status["/a/segmentation: segmentation"][0].level == DiagnosticStatus.ERROR
+    assert status["/segmentation: engine"][0].level == DiagnosticStatus.ERROR
+    assert "CUDA out of memory" in status["/segmentation: engine"][0].message
+    node.segmenter.fail_with = None
+    ros.camera("/b/image_raw").publish(ros.image(frame_id="b"))
+    wait_until(lambda: masks["b"])
+    time.sleep(0.02)
+    assert node._worker.is_alive() and masks["a"] == []
