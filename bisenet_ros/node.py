@@ -238,7 +238,7 @@ class CameraIO:
         return self.stream.wanted_topics(
             {t: p.get_subscription_count() for t, p in self.publishers.items()})
 
-    def publish(self, job: "_Job", result: Any, inferred: float) -> None:
+    def publish(self, job: "_Job", result: Any) -> None:
         """Publish one result: planner topics (and this camera's grid), then hand the
         visualization to its worker; record the frame's timings."""
         msg = job.msg
@@ -317,7 +317,8 @@ class CameraIO:
     def _grid_problem(self, counter: str, message: str) -> None:
         self.stream.stats.count(counter)
         # Throttled per cause: one cause must not hide another.
-        self.warn(counter, f"no drivable grid: {message}")
+        self.warn(counter, f"no {'~/drivable_grid' if self.stream.prefix == '' else 'grid'}: "
+                  f"{message}")
 
     def diagnostic_status(self, engine_info: dict[str, Any] | None) -> DiagnosticStatus:
         """This camera's ``/diagnostics`` entry (with the engine's provenance when given)."""
@@ -538,7 +539,7 @@ class SegmentationNode(Node):
                                        else f"{type(failed).__name__}: {failed}")
         for job, result in zip(jobs, results):
             try:
-                job.camera.publish(job, result, inferred)
+                job.camera.publish(job, result)
             except Exception as err:  # noqa: BLE001 - one camera's publisher must not stop others
                 if self.scheduler.closed:
                     return
