@@ -27,6 +27,7 @@ __all__ = [
     "ParameterSpec", "NODE_PARAMETERS", "QOS_PROFILES", "NodeOptions", "config_parameters",
     "all_parameters", "node_options_from_parameters", "config_from_parameters",
     "COUNTERS", "GRID_COUNTERS", "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
+    "GRID_EXTENT_PARAMETERS",
 ]
 
 T = TypeVar("T")
@@ -472,12 +473,23 @@ def camera_info_topic(image_topic: str) -> str:
     return f"{head}/camera_info" if head or image_topic.startswith("/") else "camera_info"
 
 
-def grid_options_from_parameters(values: Mapping[str, Any], image_topic: str) -> GridOptions:
+#: The grid extent parameters and the :class:`bisenet_ros.bev.GridSpec` field each sets.
+GRID_EXTENT_PARAMETERS = {"grid_x_min": "x_min", "grid_x_max": "x_max", "grid_y_min": "y_min",
+                          "grid_y_max": "y_max"}
+
+
+def grid_options_from_parameters(values: Mapping[str, Any], image_topic: str, *,
+                                 cameras: int = 1) -> GridOptions:
     """Validate the grid parameters.
 
     Args:
         values: parameter name -> value (missing names take their defaults).
         image_topic: the node's image topic (for the default CameraInfo topic).
+        cameras: How many cameras the grid fuses. With several, each extent parameter
+            (:data:`GRID_EXTENT_PARAMETERS`) missing or left at its single-camera default takes
+            the surround extent's value instead (:func:`bisenet_ros.bev.surround_grid`: x and y
+            from -grid_max_range to +grid_max_range around grid_frame), so a rear camera is in
+            the grid; one camera keeps today's defaults.
 
     Raises:
         ValueError: naming the parameter and what is expected (``BevError`` is a ValueError).
@@ -495,6 +507,12 @@ def grid_options_from_parameters(values: Mapping[str, Any], image_topic: str) ->
         y_min=float(merged["grid_y_min"]), y_max=float(merged["grid_y_max"]),
         max_range=float(merged["grid_max_range"]),
         ground_height=float(merged["grid_ground_height"]))
+    defaults = {spec.name: spec.default for spec in GRID_PARAMETERS}
+    unset = [field for name, field in GRID_EXTENT_PARAMETERS.items()
+             if float(merged[name]) == float(defaults[name])]
+    if cameras > 1 and unset:
+        surround = bev.surround_grid(grid)
+        grid = dataclasses.replace(grid, **{field: getattr(surround, field) for field in unset})
     static_pose = None
     if merged["use_static_camera_pose"]:
         mount = [float(v) for v in merged["static_camera_pose"]]
