@@ -55,12 +55,13 @@ from vision_msgs.msg import LabelInfo, VisionClass
 
 from bisenet_ros import bev, outputs
 from bisenet_ros.codec import CodecError, decode_compressed, decode_image
+from bisenet_ros.fusion import CameraStatus, GridFuser
 from bisenet_ros.labels import make_class_set
 from bisenet_ros.pipeline import (
     NodeOptions, ParameterSpec, all_parameters, choose_camera_info_topic, config_from_parameters,
     frame_age_s, grid_options_from_parameters, node_options_from_parameters, stamp_to_ns)
 from bisenet_ros.runtime import prefer_passive_openmp
-from bisenet_ros.scheduler import Batch, BatchScheduler, camera_topics
+from bisenet_ros.scheduler import Batch, BatchScheduler, CameraTopics, camera_topics
 from bisenet_ros.streams import CameraStream, EngineStats, segment_frames
 from bisenet_ros.transport import DDS_DOCS, dds_config_problems
 from bisenet_ros.visualization import VisualizationWorker
@@ -196,6 +197,7 @@ class CameraIO:
         self.camera_info_subscription = node.create_subscription(
             CameraInfo, info_topic, self._on_camera_info, qos)
         self._info_hint = info_hint
+        self.grid_status: CameraStatus | None = None  # its place in the fused grid
 
     def _on_image(self, msg: Any) -> None:
         """Subscription callback: count, keep only the newest message, decode nothing here."""
@@ -238,17 +240,18 @@ class CameraIO:
         return self.stream.wanted_topics(
             {t: p.get_subscription_count() for t, p in self.publishers.items()})
 
-    def publish(self, job: "_Job", result: Any) -> None:
+    def publish(self, job: "_Job", result: Any) -> bool:
         """Publish one result: planner topics (and this camera's grid), then hand the
-        visualization to its worker; record the frame's timings."""
+        visualization to its worker; record the frame's timings. False when ``result`` is the
+        frame's error instead (counted, logged)."""
         msg = job.msg
         if isinstance(result, ValueError):  # the engine's "bad frame" error (empty, huge image)
             self.stream.stats.count("malformed")
             self.warn("malformed", f"skipping a frame the engine rejects: {result}")
-            return
+            return False
         if isinstance(result, Exception):  # the node must outlive a backend failure
             self.error(f"inference failed: {type(result).__name__}: {result}")
-            return
+            return False
         started = time.perf_counter()
         for topic, fields in outputs.result_to_image_fields(
                 result, job.color_order, topics=job.planner, **self.node.image_options).items():
@@ -273,6 +276,7 @@ class CameraIO:
                    "publish": (done - started) * 1e3, "total": (done - job.start) * 1e3}
         age = frame_age_s(stamp_to_ns(msg.header.stamp), self.node.get_clock().now().nanoseconds)
         self.stream.stats.record_frame(timings, None if age is None else age * 1e3)
+        return True
 
     def _publish_visualization(self, job: tuple[Any, Any, str, tuple[str, ...]]) -> None:
         """The visualization worker's job: overlay, colour mask and their ``/compressed`` for
@@ -292,40 +296,119 @@ class CameraIO:
     def _on_visualization_error(self, err: BaseException) -> None:
         self.error(f"publishing the visualization failed: {type(err).__name__}: {err}")
 
+    def grid_inputs(self, header: Any) -> tuple[bev.CameraModel | None, bev.Pose | None, str]:
+        """This camera's model (CameraInfo) and pose (tf) for the frame of ``header``:
+        ``(camera, pose, "")``, or a None and why (counted in its diagnostics, logged)."""
+        camera, counter, problem = self.stream.camera_model()
+        topic = self.camera_info_subscription.topic_name
+        if camera is None:
+            problem = (f"no CameraInfo received on {topic} yet ({self._info_hint})"
+                       if counter == "grid_no_camera_info" else f"{problem} (on {topic})")
+            self.grid_problem(counter, problem)
+            return None, None, problem
+        pose, why = self.node.camera_poses.pose(header.frame_id, stamp_to_ns(header.stamp))
+        if pose is None:
+            self.grid_problem("grid_no_transform", str(why))
+        return camera, pose, str(why or "")
+
     def grid_values(self, header: Any, labels: np.ndarray,
                     frame_shape: tuple[int, ...]) -> np.ndarray | None:
         """This camera's labels projected onto the ground (the grid's int8 values), or None
         (counted in its diagnostics, logged) without CameraInfo, transform or usable geometry."""
-        camera, counter, problem = self.stream.camera_model()
-        topic = self.camera_info_subscription.topic_name
-        if camera is None:
-            self._grid_problem(counter, f"no CameraInfo received on {topic} yet ({self._info_hint})"
-                               if counter == "grid_no_camera_info" else f"{problem} (on {topic})")
-            return None
-        pose, why = self.node.camera_poses.pose(header.frame_id, stamp_to_ns(header.stamp))
-        if pose is None:
-            self._grid_problem("grid_no_transform", str(why))
+        camera, pose, _ = self.grid_inputs(header)
+        if camera is None or pose is None:
             return None
         try:
             labels = np.asarray(labels)
             window = bev.label_window(frame_shape, labels.shape, self.node.config.resize)
             return self.node.bev(labels, camera, pose, window=window)
         except bev.BevError as err:
-            self._grid_problem("grid_invalid", str(err))
+            self.grid_problem("grid_invalid", str(err))
             return None
 
-    def _grid_problem(self, counter: str, message: str) -> None:
+    def grid_problem(self, counter: str, message: str) -> None:
+        """Count and log (throttled per cause) why this frame adds nothing to the grid."""
         self.stream.stats.count(counter)
         # Throttled per cause: one cause must not hide another.
         self.warn(counter, f"no {'~/drivable_grid' if self.stream.prefix == '' else 'grid'}: "
                   f"{message}")
 
+
     def diagnostic_status(self, engine_info: dict[str, Any] | None) -> DiagnosticStatus:
-        """This camera's ``/diagnostics`` entry (with the engine's provenance when given)."""
+        """This camera's ``/diagnostics`` entry (with the engine's provenance when given; with
+        several cameras, its place in the fused grid as ``grid_state`` and ``grid_problem``)."""
         snapshot = self.stream.snapshot()
         level, message = outputs.diagnostic_level(snapshot)
-        return self.node.diagnostic_status(self.diagnostic_name, level, message,
-                                           outputs.diagnostic_values(snapshot, engine_info))
+        values = outputs.diagnostic_values(snapshot, engine_info)
+        if self.grid_status is not None:
+            values += [("grid_state", self.grid_status.state),
+                       ("grid_problem", self.grid_status.message)]
+        return self.node.diagnostic_status(self.diagnostic_name, level, message, values)
+
+
+class SurroundGridIO:
+    """The ROS wiring of the fused ``~/drivable_grid`` of several cameras, around the ROS-free
+    :class:`bisenet_ros.fusion.GridFuser` (the overlap rule is documented there).
+
+    After each batch, every camera of the batch gives the fuser its labels with its CameraInfo
+    model and tf pose (or why it has none: its cells stay unknown unless another camera sees
+    them, and its diagnostics say why); the grid of every camera's latest votes is published,
+    stamped with the batch's newest frame. Votes older than ``max_frame_age`` are left out. With
+    ``per_camera_grids``, each camera's own grid goes to ``/<C>/segmentation/drivable_grid``.
+
+    Args:
+        node: The node.
+        drivable_ids: Class ids counted as drivable.
+        topics: The cameras' topics (for the per-camera grid names).
+    """
+
+    def __init__(self, node: "SegmentationNode", drivable_ids: list[int],
+                 topics: tuple[CameraTopics, ...]) -> None:
+        self.node = node
+        self.fuser = GridFuser(node.grid_options.grid, drivable_ids,
+                               cameras=[t.name for t in topics])
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE)
+        self.publisher = node.create_publisher(OccupancyGrid, "~/drivable_grid", qos)
+        self.camera_publishers = {t.name: node.create_publisher(
+            OccupancyGrid, t.output("drivable_grid"), qos) for t in topics
+        } if node.grid_options.per_camera_grids else {}
+        age = node.options.max_frame_age
+        self.max_age_ns = int(age * 1e9) if age > 0 else None
+
+    def wanted(self) -> bool:
+        """Whether anybody listens to a grid (nothing is projected otherwise)."""
+        return any(p.get_subscription_count() > 0
+                   for p in [self.publisher, *self.camera_publishers.values()])
+
+    def publish(self, done: list[tuple["_Job", Any]]) -> None:
+        """Fuse the batch's label maps (``(job, result)`` pairs) and publish the grids."""
+        for job, result in done:
+            camera = job.camera
+            header = job.msg.header
+            model, pose, problem = camera.grid_inputs(header)
+            labels = np.asarray(result.labels)
+            status = self.fuser.update(
+                camera.stream.name, labels, model, pose, stamp_ns=stamp_to_ns(header.stamp),
+                window=bev.label_window(job.frame.shape, labels.shape, self.node.config.resize),
+                problem=problem or None)
+            if status.state in ("outside_extent", "invalid"):  # e.g. a view that misses the extent
+                camera.grid_problem("grid_invalid", status.message)
+            camera.grid_status = status
+        stamp_ns = max(stamp_to_ns(job.msg.header.stamp) for job, _ in done)
+        fused = self.fuser.fuse(stamp_ns=stamp_ns, max_age_ns=self.max_age_ns)
+        self.publisher.publish(self.node.grid_message(Time(nanoseconds=stamp_ns).to_msg(),
+                                                      fused.values))
+        for job, _ in done:
+            camera = job.camera
+            camera.grid_status = fused.cameras[camera.stream.name]
+            if not camera.grid_status.fused:
+                continue
+            camera.stream.stats.count("grid_published")
+            values = fused.camera_grid(camera.stream.name)
+            publisher = self.camera_publishers.get(camera.stream.name)
+            if publisher is not None and values is not None:
+                publisher.publish(self.node.grid_message(job.msg.header.stamp, values))
 
 
 class _Job(NamedTuple):
@@ -381,7 +464,8 @@ class SegmentationNode(Node):
             raise ParameterError(str(err)) from err
         try:
             self.options = node_options_from_parameters(values)
-            self.grid_options = grid_options_from_parameters(values)
+            self.grid_options = grid_options_from_parameters(
+                values, cameras=max(1, len(self.options.cameras)))
             self.config = config_from_parameters(
                 values, publish_confidence=self.options.publish_confidence)
             topics = camera_topics(self.options.cameras, image_suffix=self.options.image_suffix,
@@ -435,13 +519,11 @@ class SegmentationNode(Node):
             max_batch_wait_ms=self.options.max_batch_wait_ms,
             max_frame_age_s=self.options.max_frame_age,
             now_ns=lambda: self.get_clock().now().nanoseconds)
-        per_camera_grid = self.grid_options.per_camera_grids
         self.cameras = [CameraIO(
             self, CameraStream(t.name, visualization_rate=self.options.visualization_rate,
                                rectified=self.grid_options.rectified_input),
             input_topic=t.input_topic, output=t.output_namespace,
-            diagnostic_name=f"{t.output_namespace}: segmentation",
-            grid_topic=t.output("drivable_grid") if per_camera_grid else None,
+            diagnostic_name=f"{t.output_namespace}: segmentation", grid_topic=None,
             info_hint=f"publish it beside {t.image_topic} or set image_topics") for t in topics]
         if not topics:  # one camera: the topics and names the node has always had
             self.cameras = [CameraIO(
@@ -458,7 +540,7 @@ class SegmentationNode(Node):
             self._camera_info_subscription = only.camera_info_subscription
             self._visualization = only.visualization
         self._by_name = {c.stream.name: c for c in self.cameras}
-        self._setup_grid()
+        self._setup_grid(topics)
         self._diagnostics_timer = self.create_timer(
             self.options.diagnostics_period, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._run_worker, name="segmentation", daemon=True)
@@ -537,13 +619,17 @@ class SegmentationNode(Node):
                        and not isinstance(r, ValueError)), None)
         self.engine_stats.record_batch(len(jobs), (inferred - started) * 1e3, None if failed is None
                                        else f"{type(failed).__name__}: {failed}")
+        done = []
         for job, result in zip(jobs, results):
             try:
-                job.camera.publish(job, result)
+                if job.camera.publish(job, result):
+                    done.append((job, result))
             except Exception as err:  # noqa: BLE001 - one camera's publisher must not stop others
                 if self.scheduler.closed:
                     return
                 job.camera.error(f"processing a frame failed: {type(err).__name__}: {err}")
+        if done and self.surround is not None and self.surround.wanted():
+            self.surround.publish(done)
 
     # -- messages ---------------------------------------------------------------------------
 
@@ -566,7 +652,7 @@ class SegmentationNode(Node):
 
     # -- bird's-eye drivable grid -------------------------------------------------------------
 
-    def _setup_grid(self) -> None:
+    def _setup_grid(self, topics: tuple[CameraTopics, ...]) -> None:
         opts = self.grid_options
         try:
             class_set = make_class_set(self.segmenter.class_names)
@@ -576,6 +662,8 @@ class SegmentationNode(Node):
             drivable = np.zeros(0, dtype=np.int64)
         self.bev = bev.BevProjector(opts.grid, drivable.tolist())
         self.camera_poses = CameraPoseLookup(self, opts.grid.frame_id, opts.static_pose)
+        # Several cameras: one fused grid (the surround extent unless the parameters set one).
+        self.surround = SurroundGridIO(self, drivable.tolist(), topics) if topics else None
 
     def grid_message(self, stamp: Any, values: np.ndarray) -> OccupancyGrid:
         """The OccupancyGrid of grid ``values`` (int8, ``bev`` layout) stamped ``stamp``."""

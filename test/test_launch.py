@@ -219,7 +219,7 @@ def test_launched_batched_node_reads_and_writes_every_camera_namespace(
         published = {p.topic_name for p in node.publishers}
         # the names one node per camera (mode:=separate) gives them: subscribers do not change
         assert {"/front/segmentation/mask", "/rear/segmentation/overlay/compressed",
-                "/rear/segmentation/label_info"} <= published
+                "/rear/segmentation/label_info", "/segmentation/drivable_grid"} <= published
         assert node.get_fully_qualified_name() == "/segmentation"
     finally:
         node.destroy_node()

@@ -186,3 +186,115 @@ def test_a_backend_failure_fails_the_batch_not_the_node(ros: Any) -> None:
     wait_until(lambda: masks["b"])
     time.sleep(0.02)
     assert node._worker.is_alive() and masks["a"] == []
+
+
+# ------------------------------------------------------------------------------ fused grid
+
+def _static_tf(ros: Any, mounts: dict[str, tuple[float, ...]]) -> None:
+    """One /tf_static message with a base_link -> cam_<name> transform per mount."""
+    from bisenet_ros import bev
+
+    transforms = []
+    for name, mount in mounts.items():
+        pose = bev.Pose.from_mount(*mount)
+        t = rclpy_style_class("geometry_msgs/msg/TransformStamped")()
+        t.header.frame_id, t.child_frame_id = "base_link", f"cam_{name}"
+        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (
+            float(v) for v in pose.translation)
+        q = t.transform.rotation
+        q.x, q.y, q.z, q.w = bev.matrix_to_quaternion(pose.rotation)
+        transforms.append(t)
+    msg = rclpy_style_class("tf2_msgs/msg/TFMessage")()
+    msg.transforms = transforms
+    qos = ros.rclpy.qos
+    ros.rclpy.node.Node(f"tf_{'_'.join(mounts)}").create_publisher(
+        rclpy_style_class("tf2_msgs/msg/TFMessage"), "/tf_static",
+        qos.QoSProfile(depth=1, durability=qos.DurabilityPolicy.TRANSIENT_LOCAL)).publish(msg)
+
+
+def test_fused_grid_of_front_and_rear_with_a_camera_without_tf_and_one_outside(ros: Any) -> None:
+    import math
+
+    from bisenet_ros import bev, fusion
+    from test_node_grid import camera_info, frame
+
+    mounts = {"front": (0.5, 0.0, 1.5, 0.0, math.radians(12.0), 0.0),
+              "rear": (-0.5, 0.0, 1.5, 0.0, math.radians(12.0), math.pi),
+              "up": (0.0, 0.0, 1.5, 0.0, math.radians(-60.0), 0.0)}  # looks at the sky
+    _static_tf(ros, mounts)  # "left" has CameraInfo but no transform
+    cameras = ["front", "rear", "left", "up"]
+    node = ros.make(cameras=cameras, per_camera_grids=True, grid_resolution=0.5,
+                    grid_max_range=18.0, drivable_classes=["class0"])
+    spec = node.grid_options.grid
+    assert (spec.x_min, spec.x_max, spec.y_min, spec.y_max) == (-18.0, 18.0, -18.0, 18.0)
+    fused = ros.listen("/segmentation/drivable_grid", "nav_msgs/msg/OccupancyGrid")
+    rear_own = ros.listen("/rear/segmentation/drivable_grid", "nav_msgs/msg/OccupancyGrid")
+    masks = {c: ros.listen(f"/{c}/segmentation/mask") for c in cameras}
+    driver = ros.rclpy.node.Node("camera_driver")
+    for name in cameras:
+        info = camera_info()
+        info.header.frame_id = f"cam_{name}"
+        driver.create_publisher(rclpy_style_class("sensor_msgs/msg/CameraInfo"),
+                                f"/{name}/camera_info", ros.rclpy.qos.QoSProfile(depth=1)).publish(info)
+    stamps = {name: 1_700_000_000 * 10**9 + i * 1_000_000 for i, name in enumerate(cameras)}
+    for name in cameras:
+        ros.camera(f"/{name}/image_raw").publish(
+            ros.image(frame(), stamp_ns=stamps[name], frame_id=f"cam_{name}"))
+    wait_until(lambda: all(masks.values()) and fused and rear_own
+               and node.cameras[2].grid_status is not None
+               and node.cameras[3].grid_status is not None)
+    grid = fused[-1]
+    assert grid.header.frame_id == "base_link"
+    assert (grid.info.width, grid.info.height) == (72, 72)
+    values = np.frombuffer(grid.data, dtype=np.int8).reshape(72, 72)
+    # The expected grid: the ROS-free fuser on the same inputs (its overlap rule is tested in
+    # test_fusion.py); front and rear do not overlap, so each keeps its own cells.
+    labels = node.segmenter.labels_for(frame())
+    model = bev.CameraModel.from_camera_info(camera_info())
+    reference = fusion.GridFuser(spec, [0])
+    for name in ("front", "rear"):
+        reference.update(name, labels, model, bev.Pose.from_mount(*mounts[name]))
+    np.testing.assert_array_equal(values, reference.fuse().values)
+    front_alone = bev.BevProjector(spec, [0])(labels, model, bev.Pose.from_mount(*mounts["front"]))
+    rear_alone = bev.BevProjector(spec, [0])(labels, model, bev.Pose.from_mount(*mounts["rear"]))
+    front_seen, rear_seen = front_alone != bev.UNKNOWN, rear_alone != bev.UNKNOWN
+    assert front_seen.sum() > 100 and rear_seen.sum() > 100 and not (front_seen & rear_seen).any()
+    np.testing.assert_array_equal(values[front_seen], front_alone[front_seen])
+    np.testing.assert_array_equal(values[rear_seen], rear_alone[rear_seen])
+    assert (values[~(front_seen | rear_seen)] == bev.UNKNOWN).all()  # left and up add nothing
+    np.testing.assert_array_equal(np.frombuffer(rear_own[-1].data, np.int8).reshape(72, 72),
+                                  rear_alone)
+    assert rear_own[-1].header.stamp.nanosec == stamps["rear"] % 10**9  # its own frame's stamp
+    # The camera without tf and the one that sees no ground add nothing, say why, and the
+    # others go on.
+    status = _status(ros, node)
+    left = status["/left/segmentation: segmentation"][1]
+    assert left["grid_state"] == "no_pose" and left["grid_no_transform"] == "1"
+    assert "cam_left" in left["grid_problem"]
+    up = status["/up/segmentation: segmentation"][1]
+    assert up["grid_state"] == "invalid" and up["grid_invalid"] == "1"
+    assert status["/front/segmentation: segmentation"][1]["grid_state"] == "fused"
+    warnings = ros.graph.messages("warning")
+    assert any(m.startswith("camera left: no grid: no transform from 'cam_left'") for m in warnings)
+    assert any(m.startswith("camera up: no grid:") for m in warnings)
+
+
+def test_a_view_outside_the_grid_extent_is_a_warning(ros: Any) -> None:
+    import math
+
+    from test_node_grid import camera_info, frame
+
+    # The single-camera forward extent (x 0..40) given explicitly: a rear camera misses it.
+    _static_tf(ros, {"rear": (-0.5, 0.0, 1.5, 0.0, math.radians(12.0), math.pi)})
+    node = ros.make(cameras=["rear", "spare"], grid_x_min=0.5, grid_max_range=18.0,
+                    grid_resolution=0.5)
+    fused = ros.listen("/segmentation/drivable_grid", "nav_msgs/msg/OccupancyGrid")
+    ros.rclpy.node.Node("driver").create_publisher(
+        rclpy_style_class("sensor_msgs/msg/CameraInfo"), "/rear/camera_info",
+        ros.rclpy.qos.QoSProfile(depth=1)).publish(camera_info())
+    ros.camera("/rear/image_raw").publish(ros.image(frame(), frame_id="cam_rear"))
+    wait_until(lambda: fused)
+    assert (np.frombuffer(fused[0].data, np.int8) == -1).all()
+    assert node.cameras[0].grid_status.state == "outside_extent"
+    assert any(m.startswith("camera rear: no grid:") and "outside the grid extent" in m
+               for m in ros.graph.messages("warning"))
