@@ -270,12 +270,13 @@ class SegmentationNode(Node):
         """Subscription callback: keep only the newest message, decode nothing here."""
         self.stats.count("frames_received")
         gap = self.frame_gaps.observe(stamp_to_ns(msg.header.stamp))
-        if gap is not None:
+        if gap is not None and self.frame_gaps.loss_warning:  # >= 20% of the recent frames
             self.get_logger().warning(
-                f"{gap.missing} camera frame(s) never reached this node (header stamps "
-                f"{gap.gap_s * 1e3:.0f} ms apart, camera period {gap.period_s * 1e3:.0f} ms): "
-                "large images are being dropped by the DDS transport (or the driver); see "
-                f"{DDS_DOCS} (config/cyclonedds.xml, net.core.rmem_max)",
+                f"{gap.missing} camera frame(s) never reached this node "
+                f"({self.frame_gaps.recent_loss_fraction:.0%} of the recent ones, from the header "
+                f"stamps: camera period {gap.period_s * 1e3:.0f} ms, last gap "
+                f"{gap.gap_s * 1e3:.0f} ms): large images are being dropped by the DDS transport "
+                f"(or the driver); see {DDS_DOCS} (config/cyclonedds.xml, net.core.rmem_max)",
                 throttle_duration_sec=TRANSPORT_LOG_THROTTLE_S)
         if self._slot.put(msg):
             self.stats.count("dropped_superseded")
