@@ -34,6 +34,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -186,7 +187,8 @@ class SegmentationNode(Node):
             self.get_logger().fatal(f"invalid parameter: {err}")
             raise ParameterError(str(err)) from err
 
-        from bisenet_ros.inference.segmenter import engine_provenance, model_summary
+        from bisenet_ros.inference.segmenter import (
+            RandomWeightsWarning, engine_provenance, model_summary)
 
         if segmenter_factory is None:
             from bisenet_ros.inference import Segmenter as segmenter_factory
@@ -198,21 +200,16 @@ class SegmentationNode(Node):
             self.get_logger().warning(
                 "no 'weights' given: the model is randomly initialised and its output is "
                 "meaningless (set weights:=/path/to/model.pth or .onnx)")
-        try:
-            self.segmenter = segmenter_factory(self.config)
-        except (ImportError, OSError, ValueError, RuntimeError) as err:
-            self.get_logger().fatal(f"cannot build the segmentation engine: {err}")
-            raise StartupError(str(err)) from err
-        warmup = getattr(self.segmenter, "warmup", None)
-        if warmup is not None:
-            # Lazy initialisation (cuDNN autotuning, TensorRT engine build: minutes on a Jetson on
-            # the first run, cached afterwards) happens here rather than on the first camera frame.
-            self.get_logger().info("warming up the engine (a first TensorRT run builds its engine)")
+        # Python warnings of the engine go to the ROS log (once each); the random-weights one
+        # was just said in the node's words.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            warnings.simplefilter("ignore", RandomWeightsWarning)
             try:
-                warmup(frame_size=tuple(self.config.resolution))
-            except Exception as err:  # noqa: BLE001 - report like a construction error
-                self.get_logger().fatal(f"the segmentation engine fails on a blank frame: {err}")
-                raise StartupError(str(err)) from err
+                self._build_engine(segmenter_factory)
+            finally:
+                for item in caught:
+                    self.get_logger().warning(f"engine: {item.message}")
 
         # What actually runs (an .onnx file's own variant, size and classes win over the
         # parameters): diagnostics report this, never the parameter defaults.
@@ -263,6 +260,27 @@ class SegmentationNode(Node):
             f"{self.options.max_frame_age} s; CameraInfo {self._camera_info_subscription.topic_name} "
             f"({self._camera_info_reason}); outputs "
             + ", ".join(p.topic_name for p in self._image_publishers.values()))
+
+    def _build_engine(self, segmenter_factory: Callable[[Any], Any]) -> None:
+        try:
+            self.segmenter = segmenter_factory(self.config)
+        except (ImportError, OSError, ValueError, RuntimeError) as err:
+            self.get_logger().fatal(f"cannot build the segmentation engine: {err}")
+            raise StartupError(str(err)) from err
+        warmup = getattr(self.segmenter, "warmup", None)
+        if warmup is None:
+            return
+        # Lazy initialisation (cuDNN autotuning, TensorRT engine build: minutes on a Jetson on
+        # the first run, cached afterwards) happens here rather than on the first camera frame.
+        self.get_logger().info(
+            "warming up the engine" + (" (a first TensorRT run builds its engine: minutes on a "
+                                       "Jetson, cached afterwards)"
+                                       if self.config.device == "tensorrt" else ""))
+        try:
+            warmup(frame_size=tuple(self.config.resolution))
+        except Exception as err:  # noqa: BLE001 - report like a construction error
+            self.get_logger().fatal(f"the segmentation engine fails on a blank frame: {err}")
+            raise StartupError(str(err)) from err
 
     # -- input ------------------------------------------------------------------------------
 

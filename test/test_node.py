@@ -654,6 +654,29 @@ def test_real_segmenter_end_to_end(ros: Any) -> None:
     assert float(values["latency_inference_ms"]) > 0
 
 
+def test_random_weights_warned_once_and_no_tensorrt_talk_on_the_cpu(ros: Any) -> None:
+    import warnings
+
+    from bisenet_ros.inference import Segmenter
+
+    with warnings.catch_warnings(record=True) as python_warnings:
+        warnings.simplefilter("always")
+        ros.make(engine=Segmenter, variant="bisenetv2", resolution="64x32")
+    said = [m for m in ros.graph.messages() if "randomly initialised" in m]
+    assert len(said) == 1 and "weights:=" in said[0]
+    assert not [w for w in python_warnings if "randomly initialised" in str(w.message)]
+    warmup = [m for m in ros.graph.messages("info") if m.startswith("warming up")]
+    assert warmup == ["warming up the engine"]  # onnxruntime/torch on the CPU: no TensorRT
+
+    class WarmingEngine(FakeSegmenter):
+        def warmup(self, frame_size: tuple[int, int]) -> None:
+            self.calls.append({"warmup": frame_size})
+
+    ros.make(engine=WarmingEngine, backend="onnxruntime", device="tensorrt")
+    warmup = [m for m in ros.graph.messages("info") if m.startswith("warming up")]
+    assert len(warmup) == 2 and "TensorRT" in warmup[1]
+
+
 def test_publishing_failure_in_the_worker_is_survived(ros: Any) -> None:
     node = ros.make()
     mask = ros.listen("/segmentation/mask")
