@@ -34,6 +34,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -203,10 +204,12 @@ class CameraIO:
         """Subscription callback: count, keep only the newest message, decode nothing here."""
         stamp_ns = stamp_to_ns(msg.header.stamp)
         gap = self.stream.received(stamp_ns)
-        if gap is not None:
+        gaps = self.stream.gaps
+        if gap is not None and gaps.loss_warning:  # >= 20% of the recent frames
             self.warn("transport", f"{gap.missing} camera frame(s) never reached this node "
-                      f"(header stamps {gap.gap_s * 1e3:.0f} ms apart, camera period "
-                      f"{gap.period_s * 1e3:.0f} ms): large images are being dropped by the DDS "
+                      f"({gaps.recent_loss_fraction:.0%} of the recent ones, from the header "
+                      f"stamps: camera period {gap.period_s * 1e3:.0f} ms, last gap "
+                      f"{gap.gap_s * 1e3:.0f} ms): large images are being dropped by the DDS "
                       f"transport (or the driver); see {DDS_DOCS} (config/cyclonedds.xml, "
                       "net.core.rmem_max)", TRANSPORT_LOG_THROTTLE_S)
         if self.node.scheduler.put(self.stream.name, msg, stamp_ns):
@@ -476,7 +479,8 @@ class SegmentationNode(Node):
             self.get_logger().fatal(f"invalid parameter: {err}")
             raise ParameterError(str(err)) from err
 
-        from bisenet_ros.inference.segmenter import engine_provenance, model_summary
+        from bisenet_ros.inference.segmenter import (
+            RandomWeightsWarning, engine_provenance, model_summary)
 
         if segmenter_factory is None:
             from bisenet_ros.inference import Segmenter as segmenter_factory
@@ -488,21 +492,16 @@ class SegmentationNode(Node):
             self.get_logger().warning(
                 "no 'weights' given: the model is randomly initialised and its output is "
                 "meaningless (set weights:=/path/to/model.pth or .onnx)")
-        try:
-            self.segmenter = segmenter_factory(self.config)
-        except (ImportError, OSError, ValueError, RuntimeError) as err:
-            self.get_logger().fatal(f"cannot build the segmentation engine: {err}")
-            raise StartupError(str(err)) from err
-        warmup = getattr(self.segmenter, "warmup", None)
-        if warmup is not None:
-            # Lazy initialisation (cuDNN autotuning, TensorRT engine build: minutes on a Jetson on
-            # the first run, cached afterwards) happens here rather than on the first camera frame.
-            self.get_logger().info("warming up the engine (a first TensorRT run builds its engine)")
+        # Python warnings of the engine go to the ROS log (once each); the random-weights one
+        # was just said in the node's words.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            warnings.simplefilter("ignore", RandomWeightsWarning)
             try:
-                warmup(frame_size=tuple(self.config.resolution))
-            except Exception as err:  # noqa: BLE001 - report like a construction error
-                self.get_logger().fatal(f"the segmentation engine fails on a blank frame: {err}")
-                raise StartupError(str(err)) from err
+                self._build_engine(segmenter_factory)
+            finally:
+                for item in caught:
+                    self.get_logger().warning(f"engine: {item.message}")
 
         # What actually runs (an .onnx file's own variant, size and classes win over the
         # parameters): diagnostics report this, never the parameter defaults.
@@ -566,6 +565,27 @@ class SegmentationNode(Node):
             parameter=self.grid_options.camera_info_topic,
             remapped=remapped if remapped != self.resolve_topic_name(
                 "camera_info", only_expand=True) else None)
+
+    def _build_engine(self, segmenter_factory: Callable[[Any], Any]) -> None:
+        try:
+            self.segmenter = segmenter_factory(self.config)
+        except (ImportError, OSError, ValueError, RuntimeError) as err:
+            self.get_logger().fatal(f"cannot build the segmentation engine: {err}")
+            raise StartupError(str(err)) from err
+        warmup = getattr(self.segmenter, "warmup", None)
+        if warmup is None:
+            return
+        # Lazy initialisation (cuDNN autotuning, TensorRT engine build: minutes on a Jetson on
+        # the first run, cached afterwards) happens here rather than on the first camera frame.
+        self.get_logger().info(
+            "warming up the engine" + (" (a first TensorRT run builds its engine: minutes on a "
+                                       "Jetson, cached afterwards)"
+                                       if self.config.device == "tensorrt" else ""))
+        try:
+            warmup(frame_size=tuple(self.config.resolution))
+        except Exception as err:  # noqa: BLE001 - report like a construction error
+            self.get_logger().fatal(f"the segmentation engine fails on a blank frame: {err}")
+            raise StartupError(str(err)) from err
 
     # -- processing -------------------------------------------------------------------------
 

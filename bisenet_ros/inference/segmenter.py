@@ -31,6 +31,13 @@ from bisenet_ros.labels import IGNORE_ID, ClassSet, load_class_set, make_class_s
 
 LOGGER = logging.getLogger(__name__)
 
+
+class RandomWeightsWarning(UserWarning):
+    """The engine runs a randomly initialised model (no ``weights``): its output is meaningless.
+
+    A category of its own so that a caller that says so in its own words (the node's log) can
+    silence this one and keep every other warning."""
+
 #: Outputs a caller may ask for besides the always-computed labels.
 OUTPUTS = frozenset({"color", "overlay", "drivable", "confidence"})
 
@@ -83,7 +90,8 @@ def load_torch_model(config: SegmenterConfig) -> Any:
     if config.weights is None:
         warnings.warn(
             f"no weights given: {config.variant} is randomly initialised and its output is "
-            "meaningless (use this for tests and benchmarks only)", UserWarning, stacklevel=3)
+            "meaningless (use this for tests and benchmarks only)", RandomWeightsWarning,
+            stacklevel=3)
     elif not os.path.isfile(config.weights):
         raise ValueError(f"weights={config.weights!r}: no such file")
     return build_model(config.variant, config.num_classes, weights=config.weights)
