@@ -132,6 +132,10 @@ class GridFuser:
         self._latest: dict[str, _Latest] = {}
         self._status: dict[str, CameraStatus] = {}
         self._coverage: dict[tuple[object, ...], bev.ViewCoverage] = {}
+        #: Fused grids made so far (:meth:`fuse` calls).
+        self.grids = 0
+        # name -> state -> (grids in that state, the latest message)
+        self._tally: dict[str, dict[str, tuple[int, str]]] = {}
         for name in cameras:
             self._status[name] = CameraStatus(name, "no_frame", "no frame received yet")
 
@@ -222,10 +226,35 @@ class GridFuser:
             elif latest is not None:
                 fused[name] = latest.votes
             statuses[name] = status
+            tally = self._tally.setdefault(name, {})
+            tally[status.state] = (tally.get(status.state, (0, ""))[0] + 1, status.message)
+        self.grids += 1
         stamps = [self._latest[name].stamp_ns for name in fused
                   if self._latest[name].stamp_ns is not None]
         return FusedGrid(fuse_votes(list(fused.values()), self.grid), self.grid, statuses, fused,
                          max(stamps) if stamps else None)
+
+    def summary(self) -> dict[str, object]:
+        """Per camera, over every fused grid so far: how many grids were in each state and the
+        latest message of each (for a report or ``metrics.json``)::
+
+            {"fused_grids": 120, "cameras": {"rear": {"grids": {"fused": 100, "no_pose": 20},
+             "messages": {"no_pose": "no transform ..."}}}}
+        """
+        cameras: dict[str, object] = {}
+        for name, tally in self._tally.items():
+            cameras[name] = {"grids": {state: count for state, (count, _) in tally.items()},
+                             "messages": {state: message for state, (_, message) in tally.items()
+                                          if message}}
+        return {"fused_grids": self.grids, "cameras": cameras}
+
+    def warnings(self) -> list[str]:
+        """One line per camera and state that left it out of fused grids so far, with the
+        count (a report's warnings: a camera that adds nothing is never silent)."""
+        return [f"camera {name!r}: left out of {count} of {self.grids} fused grid(s) ({state}): "
+                f"{message}"
+                for name, tally in self._tally.items()
+                for state, (count, message) in tally.items() if state != "fused"]
 
 
 @dataclasses.dataclass(frozen=True)
