@@ -295,7 +295,8 @@ def fuse_votes(votes: Sequence[bev.CellVotes], grid: bev.GridSpec) -> np.ndarray
         (height, width) int8 OccupancyGrid values; unknown everywhere when ``votes`` is empty.
 
     Raises:
-        BevError: votes from another grid shape or sampling.
+        BevError: votes from another grid shape or sampling, or more than 63 cameras at 2 x 2
+            samples per cell (28 at 3 x 3): the sums are 8-bit.
     """
     shape = (grid.height, grid.width)
     values = np.full(shape, bev.UNKNOWN, dtype=np.int8)
@@ -308,19 +309,27 @@ def fuse_votes(votes: Sequence[bev.CellVotes], grid: bev.GridSpec) -> np.ndarray
                                f"{grid.subsamples}x{grid.subsamples} (one GridSpec for all)")
     if len(votes) == 1:  # the camera's own grid: the same rule, one table lookup
         return votes[0].values()
+    if len(votes) * grid.subsamples ** 2 > 252:  # the 8-bit sums below (2 x drivable too)
+        raise bev.BevError(f"{len(votes)} cameras with {grid.subsamples ** 2} samples per cell: "
+                           f"at most {252 // grid.subsamples ** 2} cameras can be fused")
     tables = _tables(grid.subsamples)
-    # Only the block that any camera sees is summed (16-bit: 9 samples x any camera count).
+    # Only the block that any camera sees is summed.
     rows = slice(min(v.rows.start for v in votes), max(v.rows.stop for v in votes))
     cols = slice(min(v.cols.start for v in votes), max(v.cols.stop for v in votes))
     block_shape = (rows.stop - rows.start, cols.stop - cols.start)
-    counted = np.zeros(block_shape, np.uint16)
-    drivable = np.zeros(block_shape, np.uint16)
+    counted = np.zeros(block_shape, np.uint8)
+    drivable = np.zeros(block_shape, np.uint8)
     for item in votes:
         r = slice(item.rows.start - rows.start, item.rows.stop - rows.start)
         c = slice(item.cols.start - cols.start, item.cols.stop - cols.start)
         counted[r, c] += cv2.LUT(item.codes, tables.counted)
         drivable[r, c] += cv2.LUT(item.codes, tables.drivable)
-    block = values[rows, cols]
-    block[counted > 0] = bev.OCCUPIED
-    block[2 * drivable > counted] = bev.FREE  # strict majority: a tie is not free
+    # 255/0 masks, then OccupancyGrid bytes without branches: known -> 100, free (a strict
+    # majority: a tie is not free) -> 0, unknown -> 255 (-1).
+    known = cv2.compare(counted, 0, cv2.CMP_GT)
+    free = cv2.compare(cv2.add(drivable, drivable), counted, cv2.CMP_GT)
+    block = known & np.uint8(bev.OCCUPIED)
+    block &= ~free
+    block |= ~known
+    values[rows, cols] = block.view(np.int8)
     return values

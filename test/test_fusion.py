@@ -126,6 +126,9 @@ def test_overlap_rule_sums_the_votes_of_the_cameras_that_see_a_cell() -> None:
     c = votes([[0, 0, 0, 0, 0, 0, 0]], grid)
     assert fusion.fuse_votes([a, a, c], grid)[0, 0] == bev.FREE  # 8 of 12
     assert fusion.fuse_votes([], grid).tolist() == [[bev.UNKNOWN] * 7]
+    np.testing.assert_array_equal(fusion.fuse_votes([a] * 63, grid), a.values())
+    with pytest.raises(bev.BevError, match="at most 63 cameras"):
+        fusion.fuse_votes([a] * 64, grid)
     with pytest.raises(bev.BevError, match="one GridSpec for all"):
         fusion.fuse_votes([a, votes([[0]], bev.GridSpec(resolution=1.0, x_max=1.0, y_max=1.0,
                                                          y_min=0.0))], grid)
