@@ -25,7 +25,9 @@ Method: the lookup goes from the ground to the image, which needs no iterative u
 ``subsamples x subsamples`` points (a regular sub-grid, 2 x 2 by default); every sample point is
 projected once, when the (camera model, pose, grid, mask size) changes, into an integer pixel
 map of the mask (:class:`GroundLookup`). Per frame it is one ``cv2.remap`` (nearest) of the label
-map, one table lookup per sample and one per cell.
+map over the block of cells the camera can see, one table lookup per sample and one per cell.
+The per-cell sums before the vote (:class:`CellVotes`) are what :mod:`bisenet_ros.fusion` adds up
+over several cameras.
 
 Vote rule per cell (stated here, used by :func:`vote_table`): a sample *counts* when its ground
 point lies in front of the camera (``z > 5 cm`` in the optical frame), within the lens's valid

@@ -75,10 +75,12 @@ def test_front_rear_and_side_cameras_fuse_into_the_true_drivable_area(scene: dic
     assert np.count_nonzero(fused.values[:, xs < -5] == bev.FREE) > 1000
     assert np.count_nonzero(fused.values[ys > 8][:, (xs > 4) & (xs < 8)] == bev.FREE) > 200
     # The fused grid knows exactly the cells some camera knows.
-    np.testing.assert_array_equal(fused.values != bev.UNKNOWN, np.logical_or.reduce(list(seen.values())))
+    np.testing.assert_array_equal(fused.values != bev.UNKNOWN,
+                                  np.logical_or.reduce(list(seen.values())))
     # Each single-camera grid is the single-camera projector's, and alone it covers less.
     for name, (labels, camera, pose) in scene.items():
-        np.testing.assert_array_equal(singles[name], bev.BevProjector(GRID, [DRIVABLE])(labels, camera, pose))
+        single = bev.BevProjector(GRID, [DRIVABLE])(labels, camera, pose)
+        np.testing.assert_array_equal(singles[name], single)
         assert np.count_nonzero(seen[name]) < 0.7 * np.count_nonzero(fused.values != bev.UNKNOWN)
     # The cameras overlap, and where one camera alone sees a cell it decides it.
     assert np.count_nonzero(seen["front"] & seen["left"]) > 500
@@ -124,6 +126,9 @@ def test_overlap_rule_sums_the_votes_of_the_cameras_that_see_a_cell() -> None:
     c = votes([[0, 0, 0, 0, 0, 0, 0]], grid)
     assert fusion.fuse_votes([a, a, c], grid)[0, 0] == bev.FREE  # 8 of 12
     assert fusion.fuse_votes([], grid).tolist() == [[bev.UNKNOWN] * 7]
+    np.testing.assert_array_equal(fusion.fuse_votes([a] * 63, grid), a.values())
+    with pytest.raises(bev.BevError, match="at most 63 cameras"):
+        fusion.fuse_votes([a] * 64, grid)
     with pytest.raises(bev.BevError, match="one GridSpec for all"):
         fusion.fuse_votes([a, votes([[0]], bev.GridSpec(resolution=1.0, x_max=1.0, y_max=1.0,
                                                          y_min=0.0))], grid)
@@ -155,6 +160,15 @@ def test_a_camera_without_tf_or_camera_info_leaves_its_cells_unknown_and_is_repo
     assert np.count_nonzero(fuser.fuse().values[:, xs < -5] == bev.FREE) > 1000
     fuser.update("rear", labels, camera, None)
     assert np.all(fuser.fuse().values[:, xs < 0] == bev.UNKNOWN)
+    # Over the three grids: what each camera missed, for a report.
+    summary = fuser.summary()
+    assert summary["fused_grids"] == 3
+    assert summary["cameras"]["rear"]["grids"] == {"no_pose": 2, "fused": 1}
+    assert summary["cameras"]["front"]["grids"] == {"fused": 3}
+    assert "rear_optical" not in summary["cameras"]["rear"]["messages"]["no_pose"]  # the latest
+    lines = fuser.warnings()
+    assert lines[0].startswith("camera 'rear': left out of 2 of 3 fused grid(s) (no_pose): no ")
+    assert sum("camera 'front'" in line for line in lines) == 0 and len(lines) == 3
 
 
 def test_stale_votes_are_left_out(scene: dict) -> None:
