@@ -597,6 +597,10 @@ def grid_options_from_parameters(values: Mapping[str, Any], *, cameras: int = 1)
         surround = bev.surround_grid(grid)
         grid = dataclasses.replace(grid, **{field: getattr(surround, field) for field in unset})
     static_pose = None
+    if merged["use_static_camera_pose"] and cameras > 1:
+        raise ValueError("parameter use_static_camera_pose=true with several cameras: one "
+                         "static_camera_pose cannot place them all; publish each camera's mount "
+                         "on /tf_static (robot_state_publisher or static_transform_publisher)")
     if merged["use_static_camera_pose"]:
         mount = [float(v) for v in merged["static_camera_pose"]]
         if len(mount) != 6:

@@ -160,6 +160,12 @@ def test_bad_camera_lists_are_refused_at_start(ros: Any, cameras: list[str], tex
     assert len(fatal) == 1 and text in fatal[0] and "\n" not in fatal[0]
 
 
+def test_one_static_camera_pose_for_several_cameras_is_refused(ros: Any) -> None:
+    with pytest.raises(ros.module.ParameterError, match="cannot place them all"):
+        ros.make(cameras=["a", "b"], use_static_camera_pose=True)
+    assert ros.make(cameras=["a"], use_static_camera_pose=True).cameras[0].stream.name == "a"
+
+
 def test_bad_image_topics_are_refused_and_main_exits_1(ros: Any) -> None:
     with pytest.raises(ros.module.ParameterError, match="1 entries for 2 cameras"):
         ros.make(cameras=["a", "b"], image_topics=["/a/image"])
