@@ -304,3 +304,23 @@ def test_a_view_outside_the_grid_extent_is_a_warning(ros: Any) -> None:
     assert node.cameras[0].grid_status.state == "outside_extent"
     assert any(m.startswith("camera rear: no grid:") and "outside the grid extent" in m
                for m in ros.graph.messages("warning"))
+
+
+def test_real_segmenter_batches_two_cameras_of_different_sizes(ros: Any) -> None:
+    from bisenet_ros.inference import Segmenter
+
+    node = ros.make(engine=Segmenter, cameras=["left", "right"], variant="bisenetv2",
+                    resolution="64x32", max_batch_wait_ms=1000.0)
+    frames = {"left": FRAMES["steady"], "right": np.ascontiguousarray(FRAMES["broken"][:, :, ::-1])}
+    encodings = {"left": "bgr8", "right": "rgb8"}
+    masks = {c: ros.listen(f"/{c}/segmentation/mask") for c in frames}
+    cameras = {c: ros.camera(f"/{c}/image_raw") for c in frames}
+    for round_ in range(2):  # the first round makes both cameras live for max_batch_wait_ms
+        for c in frames:
+            cameras[c].publish(ros.image(frames[c], encodings[c], frame_id=f"{c}{round_}"))
+        wait_until(lambda: all(len(m) == round_ + 1 for m in masks.values()), timeout=60)
+    assert node.engine_stats.batches <= 3 and node.engine_stats.frames == 4  # one batch of two
+    for c, order in (("left", "bgr"), ("right", "rgb")):
+        alone = node.segmenter(frames[c], color_order=order).labels
+        np.testing.assert_array_equal(image_to_array(masks[c][-1]), alone)
+        assert masks[c][-1].header.frame_id == f"{c}1"
