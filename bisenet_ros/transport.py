@@ -57,10 +57,10 @@ class FrameGapEstimator:
       quantile of the intervals as a guess, then the median of each interval divided by its
       nearest multiple of the guess), else the approximate greatest common divisor of the
       intervals (the shortest interval divided by 1, 2, ... ``max_multiple``, refined, down to
-      four times ``jitter_s``), accepted
-      when all but a tenth of the intervals (all of them, below ten) sit within ``tolerance`` x T
-      (at least ``jitter_s``) of a multiple. The largest such period is never shorter than the camera's, so the count
-      below never exceeds the frames really lost.
+      four times ``jitter_s``), accepted when all but a tenth of the intervals (all of them,
+      below ten) sit within ``tolerance`` x T (at least ``jitter_s``) of a multiple. The largest
+      such period is never shorter than the camera's, so the count below never exceeds the
+      frames really lost.
     * **Lost frames.** An interval of k periods (k >= 2, above ``gap_factor`` periods) hides
       k - 1 frames. Dense arrivals (``min_intervals`` intervals before ``sparse_after_s`` of
       stamps): the first ``min_intervals`` intervals are a warm-up and not counted. Sparse arrivals
@@ -89,7 +89,8 @@ class FrameGapEstimator:
         sparse_after_s: stamp span after which few intervals are treated as sparse arrivals.
         sparse_max_gap_s: intervals longer than this are pauses while the period is unknown.
         tolerance: how far (in periods) an interval may sit from a multiple of the period.
-        jitter_s: ... but at least this far (stamp jitter of fast cameras), seconds.
+        jitter_s: the least distance from a multiple still on the grid (stamp jitter of fast
+            cameras), seconds.
         phase_tolerance: farther than this (in periods) from the grid is a timing restart.
         max_multiple: the largest divisor of the shortest interval tried for the period.
         rate_change_run: equal multiples in a row (after consecutive frames) that mean a new rate.
