@@ -182,7 +182,8 @@ class GridFuser:
             labels = np.ascontiguousarray(labels)
             projector = self.projector(name)
             try:
-                votes = projector.votes(labels, camera, pose, window=window)
+                lookup = projector.lookup(camera, pose, labels.shape, window)
+                votes = lookup.votes(labels, projector.lut)
             except bev.BevError as err:
                 key = (camera.key, pose.key)
                 if key not in self._coverage:  # the projector caches the failure; so does this
@@ -190,9 +191,8 @@ class GridFuser:
                 status = CameraStatus(name, "outside_extent" if self._coverage[key].outside
                                       else "invalid", str(err), stamp_ns)
             else:
-                visible = projector.lookup(camera, pose, labels.shape, window).visible_cells
-                self._latest[name] = _Latest(votes, stamp_ns, visible)
-                status = CameraStatus(name, "fused", "", stamp_ns, visible)
+                self._latest[name] = _Latest(votes, stamp_ns, lookup.visible_cells)
+                status = CameraStatus(name, "fused", "", stamp_ns, lookup.visible_cells)
         if not status.fused:
             self._latest.pop(name, None)
         self._status[name] = status
