@@ -131,7 +131,7 @@ class GridFuser:
         self._projectors: dict[str, bev.BevProjector] = {}
         self._latest: dict[str, _Latest] = {}
         self._status: dict[str, CameraStatus] = {}
-        self._coverage: dict[tuple[object, ...], bev.ViewCoverage] = {}
+        self._coverage: dict[str, tuple[tuple[object, ...], bev.ViewCoverage]] = {}
         #: Fused grids made so far (:meth:`fuse` calls).
         self.grids = 0
         # name -> state -> (grids in that state, the latest message)
@@ -182,17 +182,20 @@ class GridFuser:
             labels = np.ascontiguousarray(labels)
             projector = self.projector(name)
             try:
-                votes = projector.votes(labels, camera, pose, window=window)
+                lookup = projector.lookup(camera, pose, labels.shape, window)
+                votes = lookup.votes(labels, projector.lut)
             except bev.BevError as err:
+                # Why, once per camera model and pose (the projector caches the failure too).
                 key = (camera.key, pose.key)
-                if key not in self._coverage:  # the projector caches the failure; so does this
-                    self._coverage[key] = bev.view_coverage(camera, pose, self.grid)
-                status = CameraStatus(name, "outside_extent" if self._coverage[key].outside
-                                      else "invalid", str(err), stamp_ns)
+                known = self._coverage.get(name)
+                if known is None or known[0] != key:
+                    known = self._coverage[name] = (key, bev.view_coverage(camera, pose,
+                                                                           self.grid))
+                status = CameraStatus(name, "outside_extent" if known[1].outside else "invalid",
+                                      str(err), stamp_ns)
             else:
-                visible = projector.lookup(camera, pose, labels.shape, window).visible_cells
-                self._latest[name] = _Latest(votes, stamp_ns, visible)
-                status = CameraStatus(name, "fused", "", stamp_ns, visible)
+                self._latest[name] = _Latest(votes, stamp_ns, lookup.visible_cells)
+                status = CameraStatus(name, "fused", "", stamp_ns, lookup.visible_cells)
         if not status.fused:
             self._latest.pop(name, None)
         self._status[name] = status
@@ -203,6 +206,7 @@ class GridFuser:
         self._latest.pop(name, None)
         self._status.pop(name, None)
         self._projectors.pop(name, None)
+        self._coverage.pop(name, None)
 
     def fuse(self, *, stamp_ns: int | None = None, max_age_ns: int | None = None) -> FusedGrid:
         """The grid of every camera's latest votes (see the overlap rule in the module docstring).

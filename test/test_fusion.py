@@ -216,3 +216,26 @@ def test_several_cameras_default_to_the_surround_extent() -> None:
     assert (mixed.x_min, mixed.x_max, mixed.y_min, mixed.y_max) == (-12.0, 50.0, -12.0, 12.0)
     with pytest.raises(ValueError, match="surround grid"):
         grid_options_from_parameters({"grid_max_range": 500.0}, cameras=2)
+
+
+@pytest.mark.parametrize("name", list(CAMERAS))
+def test_a_camera_remaps_only_the_block_of_cells_it_can_see(name: str, scene: dict) -> None:
+    labels, camera, pose = scene[name]
+    lookup = bev.GroundLookup(camera, pose, GRID, labels.shape)
+    # Every sample of the whole grid that the camera sees (checked here point by point, without
+    # the lookup's pruning) lies in the lookup's block, and the block is a part of the grid.
+    points = GRID.sample_points()
+    np.testing.assert_array_equal(GRID.sample_points(lookup.rows, lookup.cols),
+                                  points[:, lookup.rows, lookup.cols])
+    flat = points.reshape(-1, 3)
+    near = np.hypot(*(flat[:, :2] - pose.translation[:2]).T) <= GRID.max_range
+    uv, valid = camera.project((flat - pose.translation) @ pose.rotation)
+    width, height = camera.image_size
+    with np.errstate(invalid="ignore"):
+        seen = near & valid & (uv[:, 0] > -0.5) & (uv[:, 0] < width - 0.5) & (
+            uv[:, 1] > -0.5) & (uv[:, 1] < height - 0.5)
+    rows, cols = np.nonzero(seen.reshape(points.shape[:3]).any(axis=0))
+    assert rows.min() >= lookup.rows.start and rows.max() < lookup.rows.stop
+    assert cols.min() >= lookup.cols.start and cols.max() < lookup.cols.stop
+    block_cells = (lookup.rows.stop - lookup.rows.start) * (lookup.cols.stop - lookup.cols.start)
+    assert block_cells < 0.6 * GRID.width * GRID.height
