@@ -3,8 +3,10 @@
 The only module of the package that imports rclpy and ROS message packages. It is a thin adapter:
 message -> array (:mod:`bisenet_ros.codec`) -> engine (:class:`bisenet_ros.inference.Segmenter`)
 -> arrays -> messages (:mod:`bisenet_ros.outputs`), with the input header copied onto every
-output. Frame scheduling, statistics and parameter validation live in the ROS-free
-:mod:`bisenet_ros.pipeline`.
+output. Parameter validation and statistics live in the ROS-free :mod:`bisenet_ros.pipeline`,
+frame scheduling in :mod:`bisenet_ros.scheduler`, each camera's state in :mod:`bisenet_ros.streams`
+and grid fusion in :mod:`bisenet_ros.fusion`; this module wires them (:class:`CameraIO` per camera,
+:class:`SurroundGridIO` for the fused grid).
 
 Subscribes:
     ``image`` (sensor_msgs/Image; or ``image/compressed``, sensor_msgs/CompressedImage, with
@@ -22,9 +24,14 @@ Publishes:
     ``~/label_info`` (vision_msgs/LabelInfo, transient local) and ``/diagnostics``
     (diagnostic_msgs/DiagnosticArray).
 
-Latency never builds up: the subscription callback only stores the newest message in a one-slot
-buffer, and a worker thread runs inference on whatever is newest when it is free. Frames replaced
-before inference, frames older than ``max_frame_age`` and malformed messages are counted in
+With ``cameras`` (several cameras, one engine) the same topics exist per camera ``C``: input
+``/C/<image_suffix>`` (or ``image_topics``), outputs under ``/C/segmentation/``, one
+``/diagnostics`` entry per camera plus one for the engine, and ``~/drivable_grid`` fuses them all.
+
+Latency never builds up: the subscription callbacks only store each camera's newest message, and
+a worker thread runs the newest frame of every camera that has one, as one batch, whenever it is
+free (no sync barrier; round-robin under ``max_batch_size``). Frames replaced before inference,
+frames older than ``max_frame_age`` and malformed messages are counted per camera in
 ``/diagnostics``; the node never dies on input.
 """
 from __future__ import annotations
