@@ -310,5 +310,11 @@ def test_camvid_fine_tune_records_the_effective_config_and_resumes_from_it(
         assert "ignoring train.iters=5" in err and f"resumed {run_dir / 'last.pth'} at step 3" in err
         again = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert again == {**recorded, "data": {**recorded["data"], "root": str(tmp_path / "moved")}}
+        # Export without --size: the size the run was scored at.
+        from bisenet_ros.inference.export import read_onnx_info
+
+        assert main(["export", str(run_dir), "--out", str(tmp_path / "camvid.onnx"), "--no-verify"]) == 0
+        info = read_onnx_info(str(tmp_path / "camvid.onnx"))
+        assert (info.input_size, info.num_classes, info.class_names[3]) == ((192, 144), 11, "Road")
     finally:
         torch.set_num_threads(threads)
