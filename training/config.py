@@ -126,8 +126,8 @@ def resolve_shadowing(config: dict[str, Any], given: Mapping[str, Any], *, recor
         if not recorded and _get(given, shadowed) is not None:
             raise ConfigError(
                 f"{shadowed} has no effect while {shadowing} is set ({shadowing}="
-                f"{_get(config, shadowing)!r}); set only one of them (e.g. --set {shadowing}=null "
-                f"to use {shadowed})")
+                f"{_get(config, shadowing)!r}); set only one of them: --set {shadowed}=null to keep "
+                f"{shadowing}, or --set {shadowing}=null to use {shadowed}")
         section, key = shadowed.split(".")
         config[section][key] = None
 
