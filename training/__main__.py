@@ -20,7 +20,7 @@ import sys
 from typing import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("training.synth", "write a synthetic street-scene dataset (Cityscapes layout)"),
+    "synth": ("training.synth", "write synthetic street scenes (Cityscapes, or CamVid's SegNet layout)"),
     "prepare": ("training.prepare", "convert a public dataset (CamVid, SegNet layout) to the folder format"),
     "train": ("training.train", "train a model (single process, or one per GPU under torchrun)"),
     "eval": ("training.evaluate", "evaluate a run or checkpoint: mIoU and per-class IoU"),

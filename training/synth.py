@@ -14,6 +14,9 @@ Output layout (the official one, so the Cityscapes loader reads it unchanged)::
     OUT/leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
     OUT/gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
     OUT/gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_color.png   (optional)
+
+or, with ``--layout camvid-segnet`` (:func:`write_segnet_camvid`), CamVid's SegNet layout with the
+classes mapped to CamVid's 11, the input of ``python -m training prepare camvid``.
 """
 from __future__ import annotations
 
@@ -544,6 +547,8 @@ def write_segnet_camvid(out: str | Path, *, train: int = 40, val: int = 10, test
     lut[:len(_TRAIN_ID_TO_CAMVID)] = _TRAIN_ID_TO_CAMVID
     out = Path(out)
     for split, count in (("train", train), ("val", val), ("test", test)):
+        if split == "test" and not count:
+            continue  # no test split at all (prepare camvid then converts train and val)
         (out / split).mkdir(parents=True, exist_ok=True)
         (out / f"{split}annot").mkdir(parents=True, exist_ok=True)
         lines = []
