@@ -32,6 +32,14 @@ def test_training_missing_dataset_is_one_line(capsys: pytest.CaptureFixture[str]
     assert "/nonexistent/leftImg8bit/train does not exist" in line and "--debug" in line
 
 
+def test_training_shadowed_override_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # The STDC recipes draw from data.scale_choices, so data.scale could never take effect.
+    code = training_main(["train", "--config", "stdc1_cityscapes", "--set", "data.scale=[0.75,1.5]"])
+    assert code == 1
+    line = _one_error_line(capsys, "python -m training train")
+    assert "data.scale has no effect while data.scale_choices is set" in line
+
+
 def test_training_debug_shows_the_traceback() -> None:
     from training.data import DatasetError
 

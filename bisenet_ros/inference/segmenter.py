@@ -58,9 +58,11 @@ class _Deferred:
             return None  # the dataclass field's default
         if obj.__dict__.get("_render") is not None:
             with self._lock:
-                render, obj.__dict__["_render"] = obj.__dict__.get("_render"), None
+                render = obj.__dict__.get("_render")
                 if render is not None:
                     render(obj)
+                    # only now: a reader that saw it pending waits on the lock until set
+                    obj.__dict__["_render"] = None
         return obj.__dict__.get(self._name)
 
     def __set__(self, obj: Any, value: Any) -> None:
