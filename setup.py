@@ -29,7 +29,7 @@ setup(
     description="Real-time BiSeNet V1/V2 and STDC semantic segmentation for ROS 2.",
     license="Apache-2.0",
     python_requires=">=3.10",
-    # colcon test runs pytest for packages that name it here (setuptools >= 72 drops tests_require).
+    # colcon test runs pytest for packages that name it here (current setuptools ignores tests_require).
     extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
