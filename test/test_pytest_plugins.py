@@ -21,14 +21,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # launch_testing.pytest.hooks.pytest_pycollect_makemodule, reduced to what matters here: the
 # legacy path argument and the import of each module (as pytest's default "prepend" mode does)
-# to look for a launch test entry point; then pytest's own module collection (None).
+# to look for a launch test entry point; then the next implementation collects the module (None).
 LAUNCH_TESTING_DOUBLE = '''
 import importlib
 import sys
 
+import pytest
+
 seen = []
 
 
+# First: where ROS 2 is sourced, the real plugin answers this hook too, and the first answer wins.
+@pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makemodule(path, parent):
     seen.append(path.basename)  # a py.path.local, as launch_testing reads it
     if str(path.dirpath()) not in sys.path:
