@@ -182,6 +182,28 @@ def test_segmenter_outputs_are_consistent_with_its_labels() -> None:
     assert result.timings["total"] >= result.timings["inference"]
 
 
+def test_colour_outputs_are_built_on_their_first_read_in_the_reading_thread() -> None:
+    # The node reads colour and overlay on its visualization worker: the engine call must not
+    # build them (the planners' outputs would wait), the first read builds both, once.
+    import threading
+
+    frame, _ = make_scene(96, 160, [(10, 10, 50, 70, RED)])
+    seg = segmenter(overlay_alpha=0.5)
+    result = seg(frame, outputs={"color", "overlay"})
+    assert vars(result)["_color"] is None and vars(result)["_overlay"] is None  # not built yet
+    seen: list = []
+    readers = [threading.Thread(target=lambda: seen.append((result.overlay, result.color)))
+               for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert all(o is seen[0][0] and c is seen[0][1] for o, c in seen)  # built once
+    np.testing.assert_array_equal(result.color, CITYSCAPES_PALETTE[result.labels][:, :, ::-1])
+    # a result without colour outputs has nothing pending
+    assert seg(frame, outputs={"drivable"}).overlay is None
+
+
 def test_outputs_subset_and_confidence() -> None:
     frame, _ = make_scene(64, 64, [(0, 0, 32, 64, RED)])
     seg = segmenter()

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from bisenet_ros.fileio import atomic_writer
 from bisenet_ros.models import make_checkpoint
 
 
@@ -54,26 +54,11 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash (even SIGKILL) at any point leaves either the old or the new complete file, never a
-    truncated one: ``os.replace`` is atomic within a file system.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as stream:
+    """``torch.save`` through :func:`bisenet_ros.fileio.atomic_writer` with ``fsync``: a crash
+    (even SIGKILL or a power loss) at any point leaves either the old or the new complete file,
+    never a truncated one; the file gets the user's umask like any other."""
+    with atomic_writer(path, fsync=True) as stream:
         torch.save(obj, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-    try:  # persist the rename itself
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def build_training_checkpoint(model: nn.Module, *, class_names: list[str], palette: list[list[int]],
