@@ -14,6 +14,7 @@ import sys
 
 from bisenet_ros.benchmark import BenchOptions, format_table, run_benchmark
 from bisenet_ros.config import parse_resolution
+from bisenet_ros.runtime import USER_ERROR_STATUS
 
 DEFAULT_OUTPUT = os.path.join("bench_results", "bench.json")
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             int8=args.int8)
     except ValueError as exc:
         print(f"bisenet-ros bench: error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_STATUS
     report = run_benchmark(options)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as stream:

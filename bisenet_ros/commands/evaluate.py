@@ -20,7 +20,8 @@ Per-bag results are kept in ``DIR/bags/`` keyed by the bag's content and the mod
 the same command again (after an interruption, or with more bags) evaluates only what is new.
 
 Exit status: 0 done; 1 some bags could not be evaluated (reported; the others count);
-2 bad usage; 3 ``--fail-on-regression``: model B is worse than A beyond the threshold;
+2 a user error (options, bags, weights, class names: the same status as every
+command; nothing is left behind); 3 ``--fail-on-regression``: model B is worse than A beyond the threshold;
 130 interrupted by Ctrl-C or SIGTERM (finished bags are kept for the next run).
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ from bisenet_ros.commands.replay import (
     check_run_arguments, metrics_text, output_bag_fields,
 )
 from bisenet_ros.config import BACKENDS, PRECISIONS, SegmenterConfig, config_from_args
+from bisenet_ros.runtime import USER_ERROR_STATUS
 
 LOCAL_RAY = "local"
 
@@ -88,7 +90,7 @@ def _interrupt(signum: int, _frame: Any) -> None:
 
 def _error(message: str) -> int:
     print(f"bisenet-ros evaluate: error: {message}", file=sys.stderr)
-    return 2
+    return USER_ERROR_STATUS
 
 
 def _ray_address(value: str | None) -> str | None:

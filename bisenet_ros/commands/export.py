@@ -11,6 +11,7 @@ import sys
 
 from bisenet_ros.fileio import write_atomic
 from bisenet_ros.inference.export import DEFAULT_OPSET, export_onnx_bytes, verify_export
+from bisenet_ros.runtime import USER_ERROR_STATUS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
                                        dynamic=args.dynamic, opset=args.opset)
     except ValueError as exc:  # CheckpointError included
         print(f"bisenet-ros export: error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_STATUS
     width, height = config.resolution
     output = args.output or f"{config.variant}_{width}x{height}.onnx"
     write_atomic(output, data)  # an interrupted export never leaves a truncated .onnx behind

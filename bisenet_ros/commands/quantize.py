@@ -14,6 +14,7 @@ import sys
 import tempfile
 
 from bisenet_ros.inference.quantize import ACTIVATION_TYPES, CALIBRATION_METHODS
+from bisenet_ros.runtime import USER_ERROR_STATUS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                                      overwrite=args.overwrite, check=check, check_frames=args.check_frames))
     except (ValueError, OSError) as exc:  # CalibrationError, CheckpointError included
         print(f"bisenet-ros quantize: error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_STATUS
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from bisenet_ros.config import add_config_arguments, config_from_args
+from bisenet_ros.runtime import USER_ERROR_STATUS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,16 +39,16 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         print(f"bisenet-ros segment: error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_STATUS
     inputs: list[tuple[str, np.ndarray]] = []
     for name in args.images:
         if not os.path.isfile(name):
             print(f"bisenet-ros segment: error: {name}: no such file", file=sys.stderr)
-            return 2
+            return USER_ERROR_STATUS
         image = cv2.imread(name, cv2.IMREAD_COLOR)   # always 8-bit BGR, alpha and grey converted
         if image is None:
             print(f"bisenet-ros segment: error: {name}: not an image OpenCV can read", file=sys.stderr)
-            return 2
+            return USER_ERROR_STATUS
         inputs.append((Path(name).stem, image))
     if not inputs:
         inputs.append(("generated_street", street_frame(1280, 720)))
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             segmenter = Segmenter(config)
     except (ValueError, ImportError, BackendError) as exc:
         print(f"bisenet-ros segment: error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_STATUS
     print(f"model: {segmenter.describe()}")
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
