@@ -563,7 +563,9 @@ def test_diagnostics_name_the_model_that_runs(ros: Any, tmp_path: Path) -> None:
         model = load_torch_model(config)
     onnx = tmp_path / "stdc1_64x32.onnx"
     export_onnx(model, str(onnx), resolution=(64, 32), class_set=resolve_class_set(config, model))
-    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="128x64", weights=str(onnx),
+    # variant and resolution as the shipped bisenetv2.yaml gives them: defaults, which the file's
+    # own values replace (an explicit other size is refused: test_weights_file_describes_itself)
+    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="1024x512", weights=str(onnx),
                     backend="onnxruntime")
     status, values = _diagnostics(ros, node)
     assert values["variant"] == "stdc1" and values["resolution"] == "64x32"

@@ -111,6 +111,7 @@ def build_models(args: argparse.Namespace, config: SegmenterConfig,
         OSError: A weights file cannot be read.
     """
     from bisenet_ros.evaluation.job import ModelSpec, model_key
+    from bisenet_ros.inference.weights import resolve_config
 
     if factory is None and not config.weights:
         raise ValueError("evaluate needs --weights (or weights in --config): random weights differ "
@@ -118,26 +119,20 @@ def build_models(args: argparse.Namespace, config: SegmenterConfig,
     for weights in (config.weights, args.compare):
         if weights and not Path(weights).is_file():
             raise ValueError(f"weights file {weights} does not exist")
-    config = _onnx_backend(config, explicit=args.backend is not None)
-    models = [ModelSpec(f"A ({Path(config.weights).name if config.weights else 'engine'})", config,
-                        model_key(config, factory), factory)]
+    # Each file supplies what it describes (an .onnx also its backend unless one is given), so
+    # `--weights fp32.onnx --compare int8.onnx` works as written; B takes A's options, not the
+    # values A's file supplied. An injected factory builds its engines from the options as given.
+    resolve = resolve_config if factory is None else (lambda given: given)
+    config_a = resolve(config)
+    models = [ModelSpec(f"A ({Path(config.weights).name if config.weights else 'engine'})", config_a,
+                        model_key(config_a, factory), factory)]
     if args.compare:
         changes = {"weights": args.compare, "backend": args.compare_backend,
                    "precision": args.compare_precision, "variant": args.compare_variant}
-        config_b = config.replace(**{k: v for k, v in changes.items() if v is not None})
-        config_b = _onnx_backend(config_b, explicit=args.compare_backend is not None)
+        config_b = resolve(config.replace(**{k: v for k, v in changes.items() if v is not None}))
         models.append(ModelSpec(f"B ({Path(args.compare).name})", config_b,
                                 model_key(config_b, factory), factory))
     return models
-
-
-def _onnx_backend(config: SegmenterConfig, *, explicit: bool) -> SegmenterConfig:
-    """An .onnx model runs on onnxruntime unless a backend was chosen: the torch backend needs a
-    .pth checkpoint, so ``--weights fp32.onnx --compare int8.onnx`` works as written."""
-    if (not explicit and config.backend == "torch" and config.weights
-            and str(config.weights).endswith(".onnx")):
-        return config.replace(backend="onnxruntime")
-    return config
 
 
 def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig], Any] | None = None) -> int:

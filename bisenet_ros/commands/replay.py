@@ -266,11 +266,13 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
         engine_factory: Builds the engine from the config (default:
             :class:`bisenet_ros.inference.Segmenter`); tests inject a fake here.
     """
+    from bisenet_ros.inference.weights import resolve_config
     from bisenet_ros.replay.bag import BagError
     from bisenet_ros.replay.pipeline import open_input
 
     try:
-        config = config_from_args(args)
+        # The weights file's own variant, classes and size unless given (cheap: no model built).
+        config = resolve_config(config_from_args(args))
         options, config = build_options(args, config)
     except (ValueError, OSError) as err:
         return _error(str(err))
