@@ -26,10 +26,13 @@ REPORT_FILES = ("report.html", "metrics.json", "frames.csv")
 
 
 def prepare_report_dir(path: str | Path, *, overwrite: bool) -> Path:
-    """Create the report folder; refuse to replace an earlier report unless ``overwrite``.
+    """Check the report folder before the run: refuse to replace an earlier report unless
+    ``overwrite``. Nothing is created (:func:`write_report` makes the folder), so a run that fails
+    leaves no empty folder behind.
 
     Raises:
-        OutputExistsError: A report is already there and ``overwrite`` is False.
+        OutputExistsError: A report is already there and ``overwrite`` is False, or ``path`` is a
+            file.
     """
     path = Path(path)
     existing = [name for name in REPORT_FILES if (path / name).exists()]
@@ -38,7 +41,6 @@ def prepare_report_dir(path: str | Path, *, overwrite: bool) -> Path:
                                 "--overwrite to replace it, or choose another --report folder")
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"--report {path} is a file; expected a folder")
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
