@@ -145,7 +145,7 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
     """
     from bisenet_ros.evaluation.bags import NoBagsError
     from bisenet_ros.evaluation.fleet import (
-        DEFAULT_REGRESSION_POINTS, ClassSetMismatch, EngineError, FleetOptions, evaluate_fleet,
+        DEFAULT_REGRESSION_POINTS, EngineError, FleetOptions, evaluate_fleet,
     )
     from bisenet_ros.evaluation.job import EvalSettings
     from bisenet_ros.evaluation.runners import RayError
@@ -177,7 +177,9 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = evaluate_fleet(options, models)
-    except (NoBagsError, FileNotFoundError, ClassSetMismatch, EngineError, RayError) as err:
+    except (NoBagsError, FileNotFoundError, ValueError, EngineError, RayError) as err:
+        # ClassSetMismatch and unknown drivable class names are ValueErrors: user errors found
+        # before any bag ran, so nothing was written.
         return _error(str(err))
     finally:
         signal.signal(signal.SIGTERM, previous)
