@@ -55,21 +55,29 @@ class SegmenterConfig:
 
     variant: str = field(default="bisenetv2", metadata=_help(
         "Model architecture: bisenetv1, bisenetv1_xception39, bisenetv2, stdc1 or stdc2. "
-        "Ignored when 'weights' is an exported .onnx file (the file names its variant)."))
+        "A training checkpoint or an exported .onnx names its own: leave it out for those."))
     weights: str | None = field(default=None, metadata=_help(
         "Checkpoint (.pth: this project's, CoinCheung/BiSeNet or STDC-Seg format, detected "
-        "automatically) or exported .onnx file. Empty: random weights (for testing only)."))
+        "automatically) or exported .onnx file. This project's checkpoints and .onnx files carry "
+        "their variant, classes and network size, so they run with this option alone (an option "
+        "given explicitly that contradicts the file is an error). Empty: random weights (for "
+        "testing only)."))
     num_classes: int = field(default=19, metadata=_help(
-        "Number of classes the model predicts (19 for Cityscapes)."))
+        "Number of classes the model predicts (19 for Cityscapes; a self-describing weights "
+        "file supplies it)."))
     class_set: str = field(default="cityscapes", metadata=_help(
-        "Class names and palette: 'cityscapes' or a YAML file with 'names' and 'palette'."))
+        "Class names and palette: 'cityscapes' or a YAML file with 'names' and 'palette' "
+        "(default: the weights file's names where it stores them)."))
     resolution: tuple[int, int] = field(default=(1024, 512), metadata=_help(
-        "Network input size as width x height, e.g. 1024x512 (STDC 'Seg50') or 1536x768 ('Seg75')."))
+        "Network input size as width x height, e.g. 1024x512 (STDC 'Seg50') or 1536x768 ('Seg75'). "
+        "Default: the size a training checkpoint was evaluated at or an .onnx was exported at "
+        "(an .onnx runs at no other), else 1024x512."))
     resize: str = field(default="stretch", metadata=_help(
         "How a camera frame is fitted to the network size: 'stretch' or 'letterbox' "
         "(keeps the aspect ratio, pads; the label map is mapped back either way)."))
     backend: str = field(default="torch", metadata=_help(
-        "Inference backend: torch, onnxruntime or openvino."))
+        "Inference backend: torch, onnxruntime or openvino (an .onnx file runs on onnxruntime, "
+        "or openvino where only that is installed, unless one is given)."))
     device: str = field(default="cpu", metadata=_help(
         "Device: 'cpu', 'cuda', 'cuda:N'; for onnxruntime also 'tensorrt' (TensorRT execution "
         "provider, the Jetson deploy path)."))
@@ -79,7 +87,8 @@ class SegmenterConfig:
         "(the fastest the file, backend and CPU support: bf16 where the CPU has avx512_bf16/amx, "
         "int8 for an int8 file; the choice and why are logged)."))
     drivable_classes: tuple[str, ...] = field(default=("road",), metadata=_help(
-        "Class names (or ids) that count as drivable area in the drivable mask."))
+        "Class names (any case: 'road' is a class named 'Road') or ids that count as drivable "
+        "area in the drivable mask."))
     overlay_alpha: float = field(default=0.5, metadata=_help(
         "Weight of the colour mask in the overlay, 0..1."))
     output_resolution: str = field(default="camera", metadata=_help(
