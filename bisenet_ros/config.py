@@ -263,11 +263,12 @@ def non_default_options(values: Mapping[str, Any]) -> frozenset[str]:
         if name not in values or values[name] is None:
             continue
         value = coerce_field(name, values[name])
-        defaults = [_DEFAULTS[name]]
-        if name == "resolution":
-            defaults.append(recommended_resolution(str(variant)))
-        if value not in defaults:
-            out.add(name)
+        if value == _DEFAULTS[name]:
+            continue
+        # Asked only then: the registry imports torch, which a default config never needs.
+        if name == "resolution" and value == recommended_resolution(str(variant)):
+            continue
+        out.add(name)
     return frozenset(out)
 
 
