@@ -504,6 +504,21 @@ def test_class_names_match_as_in_the_engine_and_a_refused_run_leaves_nothing(
     assert not (tmp_path / "out2").exists() and not (tmp_path / "new").exists()
 
 
+def test_a_report_that_cannot_be_written_leaves_no_half_report(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from bisenet_ros.replay import report as report_module
+
+    def full_disk(*_: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "_write_csv", full_disk)   # after metrics.json was written
+    bag = write_image_bag(tmp_path / "in", [split_frame(0)])
+    with pytest.raises(OSError, match="No space left"):
+        run_cli([str(bag), "-o", str(tmp_path / "out"), "--report", str(tmp_path / "r" / "report"),
+                 "--no-progress"])
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_training_checkpoint_replays_with_weights_alone(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     from trained import NAMES, write_training_checkpoint
