@@ -200,8 +200,6 @@ class SegmentationNode(Node):
         except (ImportError, OSError, ValueError, RuntimeError) as err:
             self.get_logger().fatal(f"cannot build the segmentation engine: {err}")
             raise StartupError(str(err)) from err
-        # The config the engine runs (the weights file's variant, classes, size, backend).
-        self.config = getattr(self.segmenter, "config", None) or self.config
         warmup = getattr(self.segmenter, "warmup", None)
         if warmup is not None:
             # Lazy initialisation (cuDNN autotuning, TensorRT engine build: minutes on a Jetson on

@@ -581,7 +581,8 @@ def test_weights_file_describes_itself(ros: Any, tmp_path: Path) -> None:
 
     weights = str(write_training_checkpoint(tmp_path / "best.pth"))
     node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="1024x512", weights=weights)
-    assert (node.config.variant, node.config.resolution, node.config.num_classes) == ("stdc1", (64, 32), 5)
+    config = node.segmenter.config
+    assert (config.variant, config.resolution, config.num_classes) == ("stdc1", (64, 32), 5)
     assert node.segmenter.class_names == NAMES
     status, values = _diagnostics(ros, node)
     assert values["variant"] == "stdc1" and values["resolution"] == "64x32"
