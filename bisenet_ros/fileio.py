@@ -1,13 +1,10 @@
-"""File helpers shared by the commands and the replay: atomic writes, outputs removed when a
-command fails, and natural sort order."""
+"""File helpers shared by the commands and the replay: atomic writes and natural sort order."""
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 
@@ -38,7 +35,7 @@ def natural_key(path: str | os.PathLike[str]) -> list[Any]:
 
 
 class NewOutputs:
-    """What a command writes, removed again when it fails: a failed command leaves nothing behind.
+    """Outputs removed again when a command fails: a failed command leaves nothing behind.
 
     Only what did not exist when the command started is removed: a named folder the command
     creates (with the folders above it that it creates) goes whole; in a folder the user had
@@ -64,6 +61,8 @@ class NewOutputs:
 
     def remove(self) -> None:
         """Remove the registered files and the paths that did not exist at the start."""
+        import shutil  # only on the failure path
+
         for path in self._files:
             path.unlink(missing_ok=True)
         for path in self._created:
@@ -75,8 +74,7 @@ class NewOutputs:
     def __enter__(self) -> "NewOutputs":
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         if kind is not None:  # Ctrl-C included: an interrupted command leaves nothing either
             self.remove()
 
