@@ -35,7 +35,7 @@ def test_training_missing_dataset_is_one_line(capsys: pytest.CaptureFixture[str]
 def test_training_shadowed_override_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     # The STDC recipes draw from data.scale_choices, so data.scale could never take effect.
     code = training_main(["train", "--config", "stdc1_cityscapes", "--set", "data.scale=[0.75,1.5]"])
-    assert code == 1
+    assert code == USER_ERROR_STATUS == 2
     line = _one_error_line(capsys, "python -m training train")
     assert "data.scale has no effect while data.scale_choices is set" in line
 
