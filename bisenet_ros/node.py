@@ -491,10 +491,11 @@ class SegmentationNode(Node):
 
         if segmenter_factory is None:
             from bisenet_ros.inference import Segmenter as segmenter_factory
+        # A weights file that describes itself supplies variant, classes and size: the engine
+        # line below ("engine: ...") says what was loaded.
         self.get_logger().info(
-            f"loading {self.config.variant} ({self.config.weights or 'random weights'}) on "
-            f"{self.config.backend}/{self.config.device} at "
-            f"{self.config.resolution[0]}x{self.config.resolution[1]}")
+            f"loading {self.config.weights or f'random {self.config.variant} weights'} on "
+            f"{self.config.device}")
         if not self.config.weights:
             self.get_logger().warning(
                 "no 'weights' given: the model is randomly initialised and its output is "

@@ -436,7 +436,7 @@ def config_from_parameters(values: Mapping[str, Any], *, publish_confidence: boo
     Raises:
         ValueError: from :meth:`SegmenterConfig.validate`, naming the option and the fix.
     """
-    from bisenet_ros.config import SegmenterConfig
+    from bisenet_ros.config import SegmenterConfig, non_default_options
 
     specs = {spec.name: spec for spec in config_parameters()}
     options = {}
@@ -446,7 +446,9 @@ def config_from_parameters(values: Mapping[str, Any], *, publish_confidence: boo
         options[name] = value
     if publish_confidence:
         options["confidence"] = True
-    return SegmenterConfig.from_dict(options)
+    # rclpy cannot tell a parameter file's or the launch file's default from a value the user
+    # set: a value equal to the default is a default, and a weights file describing itself wins.
+    return SegmenterConfig.from_dict(options, explicit=non_default_options(options))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -716,9 +716,28 @@ def test_diagnostics_name_the_model_that_runs(ros: Any, tmp_path: Path) -> None:
         model = load_torch_model(config)
     onnx = tmp_path / "stdc1_64x32.onnx"
     export_onnx(model, str(onnx), resolution=(64, 32), class_set=resolve_class_set(config, model))
-    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="128x64", weights=str(onnx),
+    # variant and resolution as the shipped bisenetv2.yaml gives them: defaults, which the file's
+    # own values replace (an explicit other size is refused: test_weights_file_describes_itself)
+    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="1024x512", weights=str(onnx),
                     backend="onnxruntime")
     status, values = _diagnostics(ros, node)
     assert values["variant"] == "stdc1" and values["resolution"] == "64x32"
     assert values["backend"] == "onnxruntime" and values["precision"] == "fp32"
     assert len(values["weights_sha256"]) == 12 and status.hardware_id == "cpu"
+
+
+def test_weights_file_describes_itself(ros: Any, tmp_path: Path) -> None:
+    """weights:= a training checkpoint, everything else as the launch file's defaults give it: the
+    file's variant, classes and size run; an explicit other variant is refused naming both."""
+    from bisenet_ros.inference import Segmenter
+    from trained import NAMES, write_training_checkpoint
+
+    weights = str(write_training_checkpoint(tmp_path / "best.pth"))
+    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="1024x512", weights=weights)
+    config = node.segmenter.config
+    assert (config.variant, config.resolution, config.num_classes) == ("stdc1", (64, 32), 5)
+    assert node.segmenter.class_names == NAMES
+    status, values = _diagnostics(ros, node)
+    assert values["variant"] == "stdc1" and values["resolution"] == "64x32"
+    with pytest.raises(ros.module.StartupError, match="variant=stdc2 contradicts .*best.pth"):
+        ros.make(engine=Segmenter, variant="stdc2", weights=weights)

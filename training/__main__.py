@@ -10,7 +10,7 @@ Run from a clone of the repository (the training package is not installed with t
     python -m training export runs/synth --out model.onnx
     python -m training drive --out drive_bag --frames 80
 
-A user error ends as one line and exit status 1; add --debug for its traceback.
+A user error ends as one line and exit status 2; add --debug for its traceback.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(cmd)
     args = cmd.parse_args(argv[1:])
     # A user error (no dataset there, a bad recipe value, a corrupt checkpoint) ends as one line
-    # and exit status 1; tracebacks are for bugs, or with --debug.
+    # and exit status 2; tracebacks are for bugs, or with --debug.
     return run_command(f"python -m training {argv[0]}", module.run, args, debug=debug)
 
 

@@ -29,6 +29,7 @@ from bisenet_ros.config import SegmenterConfig
 from bisenet_ros.inference import postprocess as post
 from bisenet_ros.inference.backends.base import Backend, BackendError
 from bisenet_ros.inference.preprocess import FitGeometry, Normalizer, check_frame, fit_frame, fit_geometry
+from bisenet_ros.inference.weights import is_onnx, resolve_config
 from bisenet_ros.labels import IGNORE_ID, ClassSet, load_class_set, make_class_set
 
 LOGGER = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def resolve_class_set(config: SegmenterConfig, model: Any = None) -> ClassSet:
         ValueError: The class count does not match the model's.
     """
     info = getattr(model, "checkpoint_info", None)
-    if config.class_set == "cityscapes" and info is not None and info.class_names:
+    if "class_set" not in config.explicit and info is not None and info.class_names:
         if len(info.class_names) != config.num_classes:
             raise ValueError(
                 f"{info.path} stores {len(info.class_names)} class names for num_classes={config.num_classes}")
@@ -156,9 +157,11 @@ def resolve_class_set(config: SegmenterConfig, model: Any = None) -> ClassSet:
 
 def export_checkpoint(config: SegmenterConfig, path: str, *, confidence: bool = False) -> str:
     """Export ``config``'s checkpoint (``weights``; random if None) to ONNX at ``config.resolution``
-    with the argmax in the graph and its metadata embedded; returns ``path``."""
+    (the checkpoint's own size unless one was given) with the argmax in the graph and its metadata
+    embedded; returns ``path``."""
     from bisenet_ros.inference.export import export_onnx
 
+    config = resolve_config(config)
     model = load_torch_model(config)
     export_onnx(model, path, resolution=config.resolution, class_set=resolve_class_set(config, model),
                 confidence=confidence)
@@ -238,9 +241,12 @@ class Segmenter:
     def __init__(self, config: SegmenterConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
                  *, model: Any = None, **overrides: Any) -> None:
         config = _make_config(config, overrides)
-        onnx_file = bool(config.weights and config.weights.endswith(".onnx"))
+        onnx_file = is_onnx(config.weights)
         if onnx_file and model is not None:
             raise ValueError("give either model= or an .onnx weights file, not both")
+        if model is None:
+            # The file's variant, classes, size (and for an .onnx the backend) unless set.
+            config = resolve_config(config)
         file_precision = "fp32"
         if onnx_file:
             config, class_set, normalization, source, file_precision = self._from_onnx_file(config)
@@ -287,24 +293,14 @@ class Segmenter:
     def _from_onnx_file(config: SegmenterConfig) -> tuple[SegmenterConfig, ClassSet, Normalizer, str, str]:
         from bisenet_ros.inference.export import read_onnx_info
 
-        if config.backend == "torch":
-            raise ValueError(
-                f"weights={config.weights!r} is an ONNX file: use backend='onnxruntime' or 'openvino' "
-                "(backend='torch' needs a .pth checkpoint)")
         info = read_onnx_info(config.weights)  # type: ignore[arg-type]
         if (info.precision == "int8" and config.device == "tensorrt"
                 and not (info.calibration or {}).get("activations_symmetric")):
             raise BackendError(
                 f"{config.weights} has asymmetric uint8 activations, which TensorRT cannot run; "
                 "quantize it for TensorRT with `bisenet-ros quantize ... --activations int8`")
-        # The file is the authority on what it contains: variant and class count come from it.
-        changes: dict[str, Any] = {"num_classes": info.num_classes, "variant": info.variant}
-        if info.input_size is not None and tuple(info.input_size) != tuple(config.resolution):
-            LOGGER.info("%s has a fixed input size %dx%d: using it instead of resolution %dx%d",
-                        config.weights, *info.input_size, *config.resolution)
-            changes["resolution"] = info.input_size
-        config = config.replace(**changes)
-        if config.class_set != "cityscapes":
+        # Variant, class count and a fixed size came from the file (resolve_config).
+        if "class_set" in config.explicit:
             class_set = load_class_set(config.class_set, info.num_classes)
         else:
             class_set = info.class_set(os.path.basename(str(config.weights)))
