@@ -404,7 +404,6 @@ class SurroundGridIO:
                 problem=problem or None)
             if status.state in ("outside_extent", "invalid"):  # e.g. a view that misses the extent
                 camera.grid_problem("grid_invalid", status.message)
-            camera.grid_status = status
         stamp_ns = max(stamp_to_ns(job.msg.header.stamp) for job, _ in done)
         fused = self.fuser.fuse(stamp_ns=stamp_ns, max_age_ns=self.max_age_ns)
         self.publisher.publish(self.node.grid_message(Time(nanoseconds=stamp_ns).to_msg(),
