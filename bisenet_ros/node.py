@@ -281,6 +281,7 @@ class CameraIO:
         engine = dict(getattr(result, "timings", None) or {})
         if "total" in engine:  # 'total' below is the node's (decode to publish)
             engine["engine"] = engine.pop("total")
+        engine.pop("batch", None)  # segment_batch's batch size, not a time (the engine's entry has it)
         timings = {"decode": (job.decoded - job.start) * 1e3, **engine, **grid_ms,
                    "publish_planner": (planned - started) * 1e3,
                    "publish": (done - started) * 1e3, "total": (done - job.start) * 1e3}
