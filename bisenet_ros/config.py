@@ -230,10 +230,12 @@ _NODE_ONLY_KEYS = frozenset({
     "qos", "qos_depth", "max_frame_age", "publish_confidence", "color_mask_encoding",
     "use_compressed", "image_topic", "compressed_topic", "confidence_encoding", "use_sim_time",
     "diagnostics_period", "visualization_rate", "jpeg_quality",
+    # several cameras on one engine (bisenet_ros.scheduler)
+    "cameras", "image_suffix", "image_topics", "max_batch_size", "max_batch_wait_ms",
     # the drivable grid (bisenet_ros.pipeline.GRID_PARAMETERS)
     "camera_info_topic", "rectified_input", "grid_frame", "grid_resolution", "grid_x_min",
     "grid_x_max", "grid_y_min", "grid_y_max", "grid_max_range", "grid_ground_height",
-    "use_static_camera_pose", "static_camera_pose",
+    "use_static_camera_pose", "static_camera_pose", "per_camera_grids",
 })
 
 

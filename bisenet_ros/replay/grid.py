@@ -271,6 +271,12 @@ class GridStage:
         if self.evaluated == 1:  # the first evaluated frame: prediction beside truth
             self.picture = (pred, truth_grid)
 
+    def warnings(self) -> list[str]:
+        """One line per reason frames got no grid, for the report's warnings (never silent:
+        e.g. a camera whose view lies outside the grid extent writes no grid at all)."""
+        return [f"drivable grid: {count} frame(s) without a grid: {message}"
+                for message, count in self.problems.items()]
+
     def iou(self) -> float | None:
         return self.intersection / self.union if self.union else None
 

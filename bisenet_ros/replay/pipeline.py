@@ -336,6 +336,8 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         if owned:
             bag.close()
     result.damage = list(bag.damage) + result.damage
+    if result.grid is not None:
+        result.warnings.extend(result.grid.warnings())
     if result.unnormalized_stamps:
         result.warnings.append(
             f"{result.unnormalized_stamps} image message(s) carry a header stamp with nanosec outside "
