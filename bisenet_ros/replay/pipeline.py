@@ -255,6 +255,34 @@ class _Stop:
         return self.event.is_set()
 
 
+@dataclasses.dataclass
+class _Run:
+    """One run of the pipeline: what its three threads share, grouped as the module diagram
+    reads from left to right (reader, main, writer), then what all of them use.
+    """
+
+    # reader thread: bag -> deserialize -> codec.decode -> [q_in]
+    bag: InputBag
+    image_topic: TopicInfo
+    copy: list[str]  # input topics copied to the output unchanged
+    q_in: "queue.Queue[Any]"
+    # main thread: engine(frame) -> [q_out]
+    engine: Engine
+    engine_outputs: set[str]  # what the engine computes for the topics written
+    q_out: "queue.Queue[Any]"
+    # writer thread: outputs fields -> serialize -> output bag; metrics, ground truth, samples
+    topics: list[str]  # image outputs written, "mask" first
+    folder: FolderLabels | None
+    on_ground_truth: GroundTruthHook | None
+    progress: Progress
+    opened: threading.Event  # set once the writer opened the output bag (or failed to)
+    writer_errors: list[BaseException]
+    # shared
+    options: ReplayOptions
+    result: ReplayResult
+    stop: _Stop
+
+
 def resolve_drivable_ids(entries: Sequence[Any], class_names: Sequence[str]) -> list[int]:
     """Class ids for ``drivable_classes`` entries (names or ids), as the engine reads them."""
     ids = []
@@ -337,9 +365,19 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         result.image_topic = image_topic
         result.input_storage = bag.storage
         typestore()  # build the (cached) typestore once, before the threads share it
+        total = image_topic.count
+        if options.max_frames is not None:
+            total = min(total, options.max_frames)
+        show = options.progress if options.progress is not None else stream.isatty()
+        run = _Run(bag=bag, image_topic=image_topic, copy=copy,
+                   q_in=queue.Queue(maxsize=options.queue_size), engine=engine,
+                   engine_outputs=engine_outputs, q_out=queue.Queue(maxsize=options.queue_size),
+                   topics=topics, folder=folder, on_ground_truth=on_ground_truth,
+                   progress=Progress(total, stream=stream, enabled=bool(show)),
+                   opened=threading.Event(), writer_errors=[], options=options, result=result,
+                   stop=stop)
         with _signals(stop, stream, enabled=install_signal_handlers):
-            _run(bag, image_topic, copy, topics, engine_outputs, folder, options, engine, result,
-                 stop, stream, on_ground_truth)
+            _run(run)
     finally:
         if owned:
             bag.close()
@@ -457,62 +495,34 @@ def _put(q: "queue.Queue[Any]", item: Any, stop: _Stop) -> bool:
                 return False
 
 
-def _run(bag: InputBag, image_topic: TopicInfo, copy: list[str], topics: list[str],
-         engine_outputs: set[str], folder: FolderLabels | None, options: ReplayOptions,
-         engine: Engine, result: ReplayResult, stop: _Stop, stream: TextIO,
-         on_ground_truth: GroundTruthHook | None = None) -> None:
-    q_in: "queue.Queue[Any]" = queue.Queue(maxsize=options.queue_size)
-    q_out: "queue.Queue[Any]" = queue.Queue(maxsize=options.queue_size)
-    total = image_topic.count
-    if options.max_frames is not None:
-        total = min(total, options.max_frames)
-    show = options.progress if options.progress is not None else stream.isatty()
-    progress = Progress(total, stream=stream, enabled=bool(show))
-    opened = threading.Event()
-    writer_error: list[BaseException] = []
-
-    reader = threading.Thread(target=_read, name="replay-reader", daemon=True,
-                              args=(bag, image_topic, copy, options, q_in, result, stop))
-    writer = threading.Thread(
-        target=_write, name="replay-writer", daemon=True,
-        args=(q_out, options, topics, copy, bag, folder, result, progress, stop, opened,
-              writer_error, on_ground_truth))
+def _run(run: _Run) -> None:
+    """Start the writer, then the reader, and run the engine on the main thread until the
+    reader's end marker or a stop; always hand the writer its end marker and wait for it."""
+    writer = threading.Thread(target=_write, name="replay-writer", daemon=True, args=(run,))
+    reader = threading.Thread(target=_read, name="replay-reader", daemon=True, args=(run,))
     writer.start()
-    opened.wait()
-    if writer_error:
+    run.opened.wait()
+    if run.writer_errors:
         writer.join()
-        err = writer_error[0]
-        raise OutputError(f"cannot create the output bag {options.output}: "
+        err = run.writer_errors[0]
+        raise OutputError(f"cannot create the output bag {run.options.output}: "
                           f"{type(err).__name__}: {err}") from err
+    result, stop = run.result, run.stop
     started = time.perf_counter()
     reader.start()
     try:
         while not stop.is_set():
             try:
-                item = q_in.get(timeout=0.1)
+                item = run.q_in.get(timeout=0.1)
             except queue.Empty:
                 continue
             if item is _END:
                 break
             if isinstance(item, _Frame):
-                t0 = time.perf_counter()
-                try:
-                    out = engine(item.image, color_order=item.color_order, outputs=engine_outputs)
-                except ValueError as err:  # the engine's "bad frame" error: skip, count, report
-                    result.corrupt.append({"index": item.index, "bag_ns": item.bag_ns,
-                                           "reason": f"engine rejected the frame: {err}"})
-                    continue
-                except Exception as err:  # noqa: BLE001 - anything else is fatal for the run
-                    result.fatal = f"inference failed on frame {item.index}: {type(err).__name__}: {err}"
-                    stop.event.set()
+                if not _infer(run, item):
                     break
-                call_ms = (time.perf_counter() - t0) * 1e3
-                timings = {"decode": item.decode_ms}
-                timings.update({str(k): float(v) for k, v in (getattr(out, "timings", None) or {}).items()})
-                timings["engine_call"] = call_ms
-                q_out.put(_Done(item, out, timings))
             else:
-                q_out.put(item)
+                run.q_out.put(item)
     except KeyboardInterrupt:
         stop.hard = True
         stop.event.set()
@@ -522,30 +532,52 @@ def _run(bag: InputBag, image_topic: TopicInfo, copy: list[str], topics: list[st
         stop.finishing = True
         # Always hand the writer the end marker (it drains everything queued before it), and
         # wait for it: the output bag is only valid once the writer thread has closed it.
-        q_out.put(_END)
+        run.q_out.put(_END)
         writer.join()
         result.wall_s = time.perf_counter() - started
         stop.event.set()  # release a reader still blocked on a full queue
         reader.join(timeout=5.0)
-        progress.finish()
+        run.progress.finish()
     result.interrupted = stop.signal_name
     result.hard_stop = stop.hard
     result.corrupt.sort(key=lambda c: c["index"])  # reader and engine both add to it
-    if writer_error and result.fatal is None:
-        err = writer_error[0]
+    if run.writer_errors and result.fatal is None:
+        err = run.writer_errors[0]
         result.fatal = f"writing the output bag failed: {type(err).__name__}: {err}"
 
 
-def _read(bag: InputBag, image_topic: TopicInfo, copy: list[str], options: ReplayOptions,
-          q_in: "queue.Queue[Any]", result: ReplayResult, stop: _Stop) -> None:
+def _infer(run: _Run, item: _Frame) -> bool:
+    """Run the engine on one frame and queue the result for the writer; False: a fatal error."""
+    t0 = time.perf_counter()
+    try:
+        out = run.engine(item.image, color_order=item.color_order, outputs=run.engine_outputs)
+    except ValueError as err:  # the engine's "bad frame" error: skip, count, report
+        run.result.corrupt.append({"index": item.index, "bag_ns": item.bag_ns,
+                                   "reason": f"engine rejected the frame: {err}"})
+        return True
+    except Exception as err:  # noqa: BLE001 - anything else is fatal for the run
+        run.result.fatal = f"inference failed on frame {item.index}: {type(err).__name__}: {err}"
+        run.stop.event.set()
+        return False
+    call_ms = (time.perf_counter() - t0) * 1e3
+    timings = {"decode": item.decode_ms}
+    timings.update({str(k): float(v) for k, v in (getattr(out, "timings", None) or {}).items()})
+    timings["engine_call"] = call_ms
+    run.q_out.put(_Done(item, out, timings))
+    return True
+
+
+def _read(run: _Run) -> None:
     """Reader thread: raw messages -> decoded frames, label masks and copied messages."""
+    image_topic, copy, options, result = run.image_topic, run.copy, run.options, run.result
+    q_in, stop = run.q_in, run.stop
     wanted = {image_topic.name, *copy}
     if options.labels_topic:
         wanted.add(options.labels_topic)
     index = 0
     label_index = 0
     try:
-        for raw in bag.messages(wanted):
+        for raw in run.bag.messages(wanted):
             if stop.is_set():
                 break
             item: Any = None
@@ -596,54 +628,49 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
-def _write(q_out: "queue.Queue[Any]", options: ReplayOptions, topics: list[str], copy: list[str],
-           bag: InputBag, folder: FolderLabels | None, result: ReplayResult, progress: Progress,
-           stop: _Stop, opened: threading.Event, errors: list[BaseException],
-           on_ground_truth: GroundTruthHook | None = None) -> None:
+def _write(run: _Run) -> None:
     """Writer thread: owns the output bag (sqlite3 connections are thread-bound)."""
+    options, result = run.options, run.result
     out: OutputBag | None = None
     if options.output is None:
         # Evaluation only: no bag to open or close, so nothing can be left half-written.
         result.output_closed = True
-        opened.set()
-        _drain(q_out, _Sink(None, options, topics, folder, result, on_ground_truth), result,
-               progress, stop, errors)
+        run.opened.set()
+        _drain(run, _Sink(run, None))
         return
     try:
         out = OutputBag(options.output, storage=options.storage, namespace=options.namespace,
                         node_name=options.node_name)
-        out.open(topics + ["label_info"] + (["drivable_grid"] if result.grid is not None else []))
-        for topic in copy:
-            if not out.add_copy_topic(bag.topics[topic]):
-                result.warnings.append(f"--copy-topic {topic}: type {bag.topics[topic].msgtype} "
+        out.open(run.topics + ["label_info"] + (["drivable_grid"] if result.grid is not None else []))
+        for topic in run.copy:
+            if not out.add_copy_topic(run.bag.topics[topic]):
+                result.warnings.append(f"--copy-topic {topic}: type {run.bag.topics[topic].msgtype} "
                                        "is unknown and the bag has no definition for it; not copied")
     except BaseException as err:  # noqa: BLE001 - reported by the main thread
-        errors.append(err)
-        opened.set()  # never leave the main thread waiting
+        run.writer_errors.append(err)
+        run.opened.set()  # never leave the main thread waiting
         if out is not None:
             with contextlib.suppress(Exception):
                 out.close()
         return
-    opened.set()
+    run.opened.set()
     try:
-        _drain(q_out, _Sink(out, options, topics, folder, result, on_ground_truth), result,
-               progress, stop, errors)
+        _drain(run, _Sink(run, out))
     finally:
         try:
             out.close()
             result.output_closed = True
         except Exception as err:  # noqa: BLE001
-            errors.append(err)
+            run.writer_errors.append(err)
         result.output_counts = dict(out.counts)
 
 
-def _drain(q_out: "queue.Queue[Any]", sink: "_Sink", result: ReplayResult, progress: Progress,
-           stop: _Stop, errors: list[BaseException]) -> None:
+def _drain(run: _Run, sink: "_Sink") -> None:
     """Hand every queued item to ``sink`` until the end marker (the writer thread's loop)."""
     failed = False
     try:
         while True:
-            item = q_out.get()
+            item = run.q_out.get()
             if item is _END:
                 break
             if failed:
@@ -651,15 +678,15 @@ def _drain(q_out: "queue.Queue[Any]", sink: "_Sink", result: ReplayResult, progr
             try:
                 if isinstance(item, _Done):
                     sink.frame(item)
-                    progress.update(len(result.frames))
+                    run.progress.update(len(run.result.frames))
                 elif isinstance(item, _Label):
                     sink.label(item)
                 elif isinstance(item, _Copy):
                     sink.copy(item)
             except Exception as err:  # noqa: BLE001 - e.g. disk full: stop the run, keep the bag
-                errors.append(err)
+                run.writer_errors.append(err)
                 failed = True
-                stop.event.set()
+                run.stop.event.set()
     finally:
         sink.finish()
 
@@ -667,18 +694,16 @@ def _drain(q_out: "queue.Queue[Any]", sink: "_Sink", result: ReplayResult, progr
 class _Sink:
     """Per-frame work of the writer thread: messages, metrics, ground truth, samples."""
 
-    def __init__(self, out: OutputBag | None, options: ReplayOptions, topics: list[str],
-                 folder: FolderLabels | None, result: ReplayResult,
-                 on_ground_truth: GroundTruthHook | None = None) -> None:
+    def __init__(self, run: _Run, out: OutputBag | None) -> None:
         self.out = out
-        self.on_ground_truth = on_ground_truth
-        self.options = options
-        self.topics = topics
-        self.folder = folder
-        self.result = result
+        self.on_ground_truth = run.on_ground_truth
+        self.options = options = run.options
+        self.topics = run.topics
+        self.folder = run.folder
+        self.result = result = run.result
         self.num_classes = max(len(result.class_names), 1)
         self.matcher = StampMatcher(window=32)
-        if options.labels_topic or folder is not None:
+        if options.labels_topic or self.folder is not None:
             result.confusion = M.ConfusionMatrix(self.num_classes, result.drivable_ids)
         self.previous: np.ndarray | None = None
         self.label_info_written = False
