@@ -53,8 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     """The camera topic and what an output bag holds (shared with ``bisenet-ros evaluate``)."""
-    parser.add_argument("--image-topic", help="camera topic (sensor_msgs/Image or CompressedImage); "
-                        "default: the bag's only image topic")
+    parser.add_argument("--image-topic", action="append", default=None,
+                        help="camera topic (sensor_msgs/Image or CompressedImage); default: the "
+                        "bag's only image topic. Repeat it for several cameras (each named after "
+                        "its topic's namespace)")
+    parser.add_argument("--cameras", metavar="NAME,...",
+                        help="replay several cameras through one batched engine, as the node's "
+                        "cameras parameter: topics /<NAME>/image_raw (or .../compressed), outputs "
+                        "/<NAME>/segmentation/..., one fused drivable grid")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
                         help="output storage: mcap (default; ROS 2 Iron and later) or sqlite3 "
                         "(Humble's default)")
@@ -82,6 +88,9 @@ def add_ground_truth_arguments(group: Any) -> None:
     """Where the ground truth comes from (shared with ``bisenet-ros evaluate``)."""
     group.add_argument("--labels-topic", help="ground truth topic: mono8 trainId masks (255 = ignore) "
                        "with the camera frames' header stamps")
+    group.add_argument("--labels-camera", metavar="NAME",
+                       help="with several cameras: the camera the ground truth belongs to "
+                       "(default: the camera whose namespace holds --labels-topic)")
     group.add_argument("--labels-dir", help="ground truth folder (Cityscapes-style "
                        "*_gtFine_labelTrainIds.png, or trainId PNGs)")
     group.add_argument("--labels-match", choices=("auto", "timestamp", "order"), default="auto",
@@ -212,6 +221,17 @@ def output_bag_fields(args: argparse.Namespace,
             "copy_topics": copy}, config
 
 
+def camera_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`ReplayOptions` camera fields: one ``image_topic``, or several cameras."""
+    topics = list(args.image_topic or [])
+    cameras = tuple(c.strip() for c in args.cameras.split(",")) if args.cameras else ()
+    if cameras and topics:
+        raise ValueError("give the cameras either with --cameras or with --image-topic, not both")
+    if len(topics) > 1 or cameras:
+        return {"image_topic": None, "image_topics": tuple(topics), "cameras": cameras}
+    return {"image_topic": topics[0] if topics else None}
+
+
 def check_run_arguments(args: argparse.Namespace) -> None:
     """Check the ground-truth and run options (:func:`add_ground_truth_arguments`,
     :func:`add_run_arguments`).
@@ -239,8 +259,9 @@ def build_options(args: argparse.Namespace, config: SegmenterConfig) -> tuple[An
     check_run_arguments(args)
     grid = _grid_options(args)
     options = ReplayOptions(
-        input=Path(args.input), output=Path(args.output), image_topic=args.image_topic, **fields,
-        labels_topic=args.labels_topic, labels_dir=Path(args.labels_dir) if args.labels_dir else None,
+        input=Path(args.input), output=Path(args.output), **camera_fields(args), **fields,
+        labels_topic=args.labels_topic, labels_camera=args.labels_camera,
+        labels_dir=Path(args.labels_dir) if args.labels_dir else None,
         labels_match=args.labels_match, label_tolerance_ms=args.label_tolerance_ms,
         report_dir=Path(args.report) if args.report else None, overwrite=args.overwrite,
         max_frames=args.max_frames, progress=args.progress, queue_size=args.queue_size,
@@ -347,7 +368,7 @@ def _print_summary(result: Any) -> None:
         print(f"evaluation: {metrics_text(result.confusion)}")
     if result.grid is not None and result.grid.iou() is not None:
         print(f"bird's-eye drivable IoU {result.grid.iou():.4f} over {result.grid.evaluated} frames "
-              f"({result.grid.source.grid.resolution:g} m cells in {result.grid.source.grid.frame_id})")
+              f"({result.grid.spec.resolution:g} m cells in {result.grid.spec.frame_id})")
     print(f"output: {result.options.output} ({result.options.storage}"
           + (", closed" if result.output_closed else ", NOT closed") + ")")
     for topic, count in result.output_counts.items():

@@ -150,7 +150,9 @@ def load_grid_source(bag: Any, image_topic: str, *, grid: bev.GridSpec,
     """
     static_pose = bev.Pose.from_mount(*camera_pose) if camera_pose is not None else None
     cameras: list[tuple[int, bev.CameraModel]] = []
-    info_topic = camera_info_topic(image_topic)
+    # A compressed topic's camera_info is beside its base topic (image_transport's rule).
+    base = image_topic[: -len("/compressed")] if image_topic.endswith("/compressed") else image_topic
+    info_topic = camera_info_topic(base)
     wanted = []
     if camera_info_yaml is not None:
         cameras = [(0, bev.CameraModel.from_calibration_yaml(camera_info_yaml, rectified=rectified))]
@@ -232,9 +234,13 @@ class GridStage:
             self.problems[str(err)] += 1
             return None
 
-    def frame(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
-              frame_shape: tuple[int, ...]) -> Any:
-        """The OccupancyGrid message of a frame (typestore), or None (the cause is counted)."""
+    @property
+    def spec(self) -> bev.GridSpec:
+        return self.source.grid
+
+    def project(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
+                frame_shape: tuple[int, ...]) -> np.ndarray | None:
+        """The grid values of a frame (kept for :meth:`evaluate`), or None (the cause is counted)."""
         values = self._grid(labels, stamp_ns, frame_id,
                             bev.label_window(frame_shape, labels.shape, self.resize))
         if values is None:
@@ -246,8 +252,24 @@ class GridStage:
         if self.picture is None:
             self.picture = (values, None)
         self.written += 1
+        return values
+
+    def frame(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
+              frame_shape: tuple[int, ...]) -> Any:
+        """The OccupancyGrid message of a frame (typestore), or None (the cause is counted)."""
+        values = self.project(stamp_ns, frame_id, labels, frame_shape)
+        if values is None:
+            return None
         return make_occupancy_grid(stamp_ns, self.source.grid.frame_id,
                                    bev.occupancy_grid_fields(values, self.source.grid))
+
+    def silence(self) -> str | None:
+        """Why no frame gave a grid, when frames came and none did (None otherwise): a camera
+        whose view misses the grid extent must never go unnoticed."""
+        if self.written or not self.problems:
+            return None
+        problem = self.problems.most_common(1)[0][0]
+        return f"none of its {sum(self.problems.values())} frames gave a drivable grid: {problem}"
 
     def evaluate(self, stamp_ns: int, truth: np.ndarray) -> None:
         """Accumulate the bird's-eye IoU of the frame stamped ``stamp_ns`` against ``truth``
@@ -271,33 +293,116 @@ class GridStage:
     def iou(self) -> float | None:
         return self.intersection / self.union if self.union else None
 
+    def sources(self) -> dict[str, Any]:
+        """Where the camera model and pose came from, and how its frames fared."""
+        return {"camera_model_from": self.source.camera_from,
+                "camera_models": len(self.source.cameras), "pose_from": self.source.pose_from,
+                "frames_without_grid": dict(self.problems)}
+
     def summary(self) -> dict[str, Any]:
         """The report's ``birds_eye`` section."""
-        grid = self.source.grid
-        return {
-            "topic_messages": self.written,
-            "grid": {"frame": grid.frame_id, "resolution_m": grid.resolution,
-                     "width": grid.width, "height": grid.height,
-                     "x_m": [grid.x_min, grid.x_max], "y_m": [grid.y_min, grid.y_max],
-                     "max_range_m": grid.max_range, "ground_height_m": grid.ground_height},
-            "camera_model_from": self.source.camera_from,
-            "camera_models": len(self.source.cameras),
-            "pose_from": self.source.pose_from,
-            "frames_without_grid": dict(self.problems),
-            "drivable_iou": self.iou(),
-            "frames_evaluated": self.evaluated,
-        }
+        return {"topic_messages": self.written, "grid": grid_summary(self.source.grid),
+                **self.sources(), "drivable_iou": self.iou(), "frames_evaluated": self.evaluated}
 
     def picture_png(self) -> bytes | None:
         """PNG of a predicted grid (beside the truth's when evaluated), forward up."""
-        import cv2
+        return None if self.picture is None else grid_png(self.source.grid, self.picture)
 
-        if self.picture is None:
+
+def grid_summary(grid: bev.GridSpec) -> dict[str, Any]:
+    """A grid's geometry for the report."""
+    return {"frame": grid.frame_id, "resolution_m": grid.resolution,
+            "width": grid.width, "height": grid.height,
+            "x_m": [grid.x_min, grid.x_max], "y_m": [grid.y_min, grid.y_max],
+            "max_range_m": grid.max_range, "ground_height_m": grid.ground_height}
+
+
+def grid_png(grid: bev.GridSpec, grids: Sequence[np.ndarray | None]) -> bytes | None:
+    """PNG of grids side by side (None entries left out), forward up."""
+    import cv2
+
+    scale = max(1, int(round(300 / max(grid.width, grid.height))))
+    tiles = [bev.grid_image(g, scale) for g in grids if g is not None]
+    if len(tiles) == 2:
+        gap = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)
+        tiles = [tiles[0], gap, tiles[1]]
+    ok, buf = cv2.imencode(".png", np.hstack(tiles))
+    return buf.tobytes() if ok else None
+
+
+class FusedGridStage:
+    """The surround grid of a multi-camera replay: each camera's grid (its
+    :class:`GridStage`, projected per frame) fused into one per engine batch.
+
+    Args:
+        grid: The grid all cameras project into.
+        cameras: The replay's cameras (:class:`~bisenet_ros.replay.cameras.CameraResult`);
+            those without a ``grid`` stage (no camera model or pose) leave their cells unknown.
+    """
+
+    def __init__(self, grid: bev.GridSpec, cameras: Sequence[Any]) -> None:
+        self.spec = grid
+        self.cameras = list(cameras)
+        self.written = 0
+        self.picture: np.ndarray | None = None
+
+    def fuse(self, frames: Sequence[tuple[str, int]]) -> Any:
+        """The OccupancyGrid message fusing the grids of one batch's ``(camera, stamp_ns)``
+        frames, stamped with the newest frame that gave a grid; None when none did."""
+        stages = {camera.name: camera.grid for camera in self.cameras}
+        grids, stamps = [], []
+        for camera, stamp_ns in frames:
+            stage = stages.get(camera)
+            entry = stage.frames.get(stamp_ns) if stage is not None else None
+            if entry is not None:
+                grids.append(entry[1])
+                stamps.append(stamp_ns)
+        if not grids:
             return None
-        scale = max(1, int(round(300 / max(self.source.grid.width, self.source.grid.height))))
-        tiles = [bev.grid_image(g, scale) for g in self.picture if g is not None]
-        if len(tiles) == 2:
-            gap = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)
-            tiles = [tiles[0], gap, tiles[1]]
-        ok, buf = cv2.imencode(".png", np.hstack(tiles))
-        return buf.tobytes() if ok else None
+        values = fuse_grids(grids)
+        if self.picture is None:
+            self.picture = values
+        self.written += 1
+        return make_occupancy_grid(max(stamps), self.spec.frame_id,
+                                   bev.occupancy_grid_fields(values, self.spec))
+
+    @property
+    def evaluated(self) -> int:
+        return sum(c.grid.evaluated for c in self.cameras if c.grid is not None)
+
+    def iou(self) -> float | None:
+        """Bird's-eye drivable IoU over the cameras with ground truth (their own grids)."""
+        stages = [c.grid for c in self.cameras if c.grid is not None]
+        union = sum(stage.union for stage in stages)
+        return sum(stage.intersection for stage in stages) / union if union else None
+
+    def summary(self) -> dict[str, Any]:
+        """The report's ``birds_eye`` section: the fused grid, and each camera's share."""
+        cameras = {}
+        for camera in self.cameras:
+            stage = camera.grid
+            cameras[camera.name] = None if stage is None else {
+                **stage.sources(), "grids": stage.written, "drivable_iou": stage.iou(),
+                "frames_evaluated": stage.evaluated}
+        return {"topic_messages": self.written, "grid": grid_summary(self.spec),
+                "fused": True, "cameras": cameras, "drivable_iou": self.iou(),
+                "frames_evaluated": self.evaluated}
+
+    def picture_png(self) -> bytes | None:
+        """PNG of the first fused grid, forward up."""
+        return None if self.picture is None else grid_png(self.spec, [self.picture])
+
+
+def fuse_grids(grids: Sequence[np.ndarray]) -> np.ndarray:
+    """One grid from several cameras' grids of the same :class:`~bisenet_ros.bev.GridSpec`.
+
+    A cell takes the votes of the cameras that see it: free when at least as many of them see
+    it free as occupied, occupied otherwise, unknown where no camera sees it.
+    """
+    stack = np.stack(grids)
+    free = np.count_nonzero(stack == bev.FREE, axis=0)
+    occupied = np.count_nonzero(stack == bev.OCCUPIED, axis=0)
+    out = np.full(stack.shape[1:], bev.UNKNOWN, dtype=np.int8)
+    out[occupied > 0] = bev.OCCUPIED
+    out[(free > 0) & (free >= occupied)] = bev.FREE
+    return out

@@ -1,0 +1,147 @@
+"""The cameras of a replay: which topics are read, what each camera is called, its own figures.
+
+A bag recorded on a vehicle holds several camera topics. ``--cameras front,rear`` reads
+``/front/image_raw`` and ``/rear/image_raw`` (or ``.../image_raw/compressed`` when only that is
+recorded), as the node's ``cameras`` parameter does; several ``--image-topic`` name the topics
+directly, and each camera is then named after its topic's namespace (``/left/image_rect`` ->
+``left``; image_transport's ``/compressed`` is not part of it). A camera's outputs are written
+under ``/<camera>/segmentation/...``, the names the node gives them.
+
+One ``--image-topic`` (or none) is the single-camera replay of old: its camera is named ``""``
+and its outputs keep the node's single-camera names.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterable, Sequence
+
+from bisenet_ros.replay import metrics as M
+from bisenet_ros.replay.bag import BagError, InputBag, TopicInfo
+from bisenet_ros.replay.messages import IMAGE_TYPES
+
+DEFAULT_IMAGE_SUFFIX = "image_raw"  # the node's image_suffix default
+
+
+@dataclasses.dataclass
+class CameraResult:
+    """One camera's share of a replay (the totals are :class:`~bisenet_ros.replay.pipeline.ReplayResult`'s).
+
+    Attributes:
+        name: Camera name (``""`` in a single-camera replay).
+        image_topic: Its image topic.
+        frames_read: Messages read from the topic (corrupt ones included).
+        undecodable: Messages among them that could not be decoded.
+        bag_times: Bag times (ns) of those messages.
+        confusion: Accuracy against ground truth, when this camera has ground truth.
+        unmatched_predictions: Frames without ground truth (this camera has some).
+        unmatched_labels: Ground-truth masks without a frame.
+        grid: This camera's bird's-eye projection (:class:`~bisenet_ros.replay.grid.GridStage`),
+            None without camera model or pose.
+        samples: ``(index, JPEG)`` sample overlays.
+    """
+
+    name: str
+    image_topic: TopicInfo
+    frames_read: int = 0
+    undecodable: int = 0
+    bag_times: list[int] = dataclasses.field(default_factory=list)
+    confusion: M.ConfusionMatrix | None = None
+    unmatched_predictions: int = 0
+    unmatched_labels: int = 0
+    grid: Any = None
+    samples: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """How messages and the report name this camera (its topic when it has no name)."""
+        return self.name or self.image_topic.name
+
+
+def camera_name(topic: str) -> str:
+    """The camera a topic belongs to: its namespace, e.g. ``/front/image_raw/compressed`` ->
+    ``front`` (empty for a topic in the root namespace)."""
+    base = topic[: -len("/compressed")] if topic.endswith("/compressed") else topic
+    return base.strip("/").rpartition("/")[0]
+
+
+def camera_topic(bag: InputBag, name: str, suffix: str = DEFAULT_IMAGE_SUFFIX) -> TopicInfo:
+    """The image topic of camera ``name``: ``/<name>/<suffix>``, else its ``/compressed``.
+
+    Raises:
+        BagError: Neither is an image topic of the bag.
+    """
+    base = f"/{name.strip('/')}/{suffix}"
+    for topic in (base, f"{base}/compressed"):
+        info = bag.topics.get(topic)
+        if info is not None and info.msgtype in IMAGE_TYPES:
+            return info
+    listing = "\n".join(f"  {t.name} [{t.msgtype}]" for t in bag.image_topics()) or "  (none)"
+    raise BagError(f"camera {name!r}: neither {base} nor {base}/compressed is an image topic of "
+                   f"{bag.path}; name the cameras by their namespace, or give each topic with "
+                   f"--image-topic. Image topics:\n{listing}")
+
+
+def resolve_cameras(bag: InputBag, *, cameras: Sequence[str] = (),
+                    image_topics: Sequence[str] = ()) -> list[tuple[str, TopicInfo]]:
+    """``(name, image topic)`` of each camera of a multi-camera replay, in the order given.
+
+    Args:
+        bag: The open input bag.
+        cameras: Camera names (``--cameras``).
+        image_topics: Image topics (repeated ``--image-topic``), named after their namespace.
+
+    Raises:
+        BagError: Both or neither are given, a name is empty or given twice, or a camera's
+            topic is not in the bag or is not an image topic.
+    """
+    if bool(cameras) == bool(image_topics):
+        raise BagError("give the cameras either by name (--cameras) or by topic (--image-topic "
+                         "repeated), not both")
+    if cameras:
+        for name in cameras:
+            if not name.strip("/"):
+                raise BagError(f"--cameras {','.join(cameras)}: an empty camera name; expected "
+                                 "comma-separated names such as front,rear")
+        found = [(name.strip("/"), camera_topic(bag, name)) for name in cameras]
+    else:
+        found = []
+        for topic in image_topics:
+            info = bag.pick_image_topic(topic)
+            name = camera_name(info.name)
+            if not name:
+                raise BagError(f"image topic {topic} is in the root namespace, so it names no "
+                                 "camera; record cameras as /<camera>/image_raw, or replay it alone")
+            found.append((name, info))
+    names = [name for name, _ in found]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise BagError(f"camera {twice[0]!r} is given twice; each camera once")
+    return found
+
+
+def labels_camera(labels_topic: str | None, requested: str | None,
+                  names: Iterable[str]) -> str | None:
+    """The camera the ground truth belongs to in a multi-camera replay.
+
+    ``requested`` (``--labels-camera``) when given; else the camera whose namespace holds the
+    labels topic (``/front/labels`` -> ``front``); else the only camera.
+
+    Raises:
+        BagError: The camera is unknown, or cannot be told.
+    """
+    names = list(names)
+    if requested is not None:
+        if requested.strip("/") not in names:
+            raise BagError(f"--labels-camera {requested}: not one of the cameras "
+                             f"({', '.join(names)})")
+        return requested.strip("/")
+    if labels_topic:
+        owners = [n for n in names if labels_topic.startswith(f"/{n}/")]
+        if owners:
+            return max(owners, key=len)
+    if len(names) == 1:
+        return names[0]
+    raise BagError(f"which camera is the ground truth for? {len(names)} cameras "
+                     f"({', '.join(names)}); give --labels-camera NAME, or record the labels "
+                     "under the camera's namespace (/<camera>/labels)")
+

@@ -1,0 +1,248 @@
+"""Multi-camera replay and evaluate: a 3-camera bag made here (different resolutions,
+encodings and rates per camera, ground truth on one camera, camera_info and tf for two) goes
+through ``bisenet-ros replay --cameras`` and ``bisenet-ros evaluate``.
+
+The engine is :class:`BatchEngine`, KnownEngine with ``segment_batch``: its prediction is a fixed
+function of the pixels, so every output, figure and grid is known exactly.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytest
+
+from bisenet_ros import bev
+from bisenet_ros.commands import evaluate as evaluate_cli
+from bisenet_ros.replay.bagtools import BagMessage, encode_frame, image_messages, write_bag
+from bisenet_ros.replay.messages import (
+    IMAGE, make_camera_info, make_header, make_image, make_tf_message, stamp_to_ns,
+)
+from test_replay import KnownEngine, known_labels, read_bag, run_cli
+
+START = 1_700_000_000_000_000_000
+
+
+class BatchEngine(KnownEngine):
+    """KnownEngine with the batched call of Segmenter; records the size of every batch."""
+
+    batches: list[int] = []
+
+    def segment_batch(self, frames: Sequence[np.ndarray], color_orders: Sequence[str] | str = "bgr",
+                      outputs: Any = None) -> list[Any]:
+        orders = [color_orders] * len(frames) if isinstance(color_orders, str) else color_orders
+        BatchEngine.batches.append(len(frames))
+        return [self(frame, order, outputs) for frame, order in zip(frames, orders)]
+
+
+# name: (width, height, encoding or "png" = compressed, frames, fps, stamp offset ns, mount)
+CAMERAS = {
+    "front": (128, 64, "bgr8", 4, 10.0, 0, ((1.0, 0.0, 1.5), (0.0, 0.15, 0.0))),
+    "rear": (48, 32, "rgb8", 3, 10.0, 3_000_000, ((-1.0, 0.0, 1.5), (0.0, 0.15, math.pi))),
+    "left": (40, 24, "png", 6, 20.0, 5_000_000, None),  # no camera_info: no grid of its own
+}
+
+
+def intrinsics(width: int, height: int) -> list[float]:
+    f = width / 2.0
+    return [f, 0.0, width / 2.0, 0.0, f, height / 3.0, 0.0, 0.0, 1.0]
+
+
+def ground_labels(name: str, half_width: float) -> np.ndarray:
+    """Ray-cast labels of a camera: road (0) within ``half_width`` m of its axis on the ground,
+    sidewalk (1) elsewhere on the ground, building (2) above the horizon."""
+    width, height, _, _, _, _, mount = CAMERAS[name]
+    k = intrinsics(width, height)
+    xyz, rpy = mount if mount else ((0.0, 1.0, 1.5), (0.0, 0.15, math.pi / 2))
+    pose = bev.Pose.from_mount(*xyz, *rpy)
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    rays = np.stack([(u - k[2]) / k[0], (v - k[5]) / k[4], np.ones_like(u)], -1) @ pose.rotation.T
+    down = rays[..., 2] < 0
+    t = np.where(down, -pose.translation[2] / np.where(down, rays[..., 2], -1), 0)
+    lateral = (rays[..., 1] * t) if abs(rpy[2]) < 1 or abs(rpy[2]) > 3 else (rays[..., 0] * t)
+    return np.where(down, np.where(np.abs(lateral) < half_width, 0, 1), 2).astype(np.uint8)
+
+
+def frame_for(labels: np.ndarray, seed: int) -> np.ndarray:
+    frame = np.random.default_rng(seed).integers(0, 256, (*labels.shape, 3), dtype=np.uint8)
+    frame[:, :, 0] = labels * 64 + 10  # KnownEngine: class = blue // 64
+    return frame
+
+
+def stamps(name: str) -> list[int]:
+    _, _, _, count, fps, offset, _ = CAMERAS[name]
+    return [START + offset + round(i * 1e9 / fps) for i in range(count)]
+
+
+def make_bag(path: Path) -> Path:
+    """front (bgr8 128x64, 4 frames, ground truth), rear (rgb8 48x32, 3 frames), left (PNG
+    CompressedImage 40x24, 6 frames at twice the rate, no camera_info); tf for front and rear."""
+    messages: list[BagMessage] = []
+    transforms = []
+    for name, (width, height, encoding, count, fps, offset, mount) in CAMERAS.items():
+        frames = [frame_for(ground_labels(name, 2.0), seed=i) for i in range(count)]
+        topic = f"/{name}/image_raw" + ("/compressed" if encoding == "png" else "")
+        messages += image_messages(frames, topic=topic, encoding="bgr8" if encoding == "png" else encoding,
+                                   compressed="png" if encoding == "png" else None, fps=fps,
+                                   start_ns=START + offset, frame_id=f"{name}_optical")
+        if mount is not None:
+            transforms.append(("base_link", f"{name}_link", mount[0],
+                               bev.matrix_to_quaternion(bev.rpy_to_matrix(*mount[1]))))
+            transforms.append((f"{name}_link", f"{name}_optical", (0.0, 0.0, 0.0),
+                               bev.matrix_to_quaternion(bev.OPTICAL_IN_BODY)))
+            messages += [BagMessage(f"/{name}/camera_info", "sensor_msgs/msg/CameraInfo", stamp + 1,
+                                    make_camera_info(make_header(stamp, f"{name}_optical"),
+                                                     width=width, height=height,
+                                                     k=intrinsics(width, height)))
+                         for stamp in stamps(name)]
+    # Ground truth on the front camera only: road narrower than predicted (a known error).
+    truth = ground_labels("front", 1.0)
+    messages += [BagMessage("/front/labels", IMAGE, stamp + 8_000_000,
+                            make_image(make_header(stamp, "front_optical"), encode_frame(truth, "mono8")))
+                 for stamp in stamps("front")]
+    messages.append(BagMessage("/tf_static", "tf2_msgs/msg/TFMessage", START - 1,
+                               make_tf_message(transforms)))
+    messages.sort(key=lambda m: m.timestamp)
+    return write_bag(path, messages)
+
+
+def project(name: str, spec: bev.GridSpec) -> np.ndarray:
+    """The grid of a camera's predicted labels, computed here from its mount and intrinsics."""
+    width, height, _, _, _, _, mount = CAMERAS[name]
+    camera = bev.CameraModel.from_camera_info({"width": width, "height": height,
+                                               "k": intrinsics(width, height), "d": [0.0] * 5})
+    return bev.BevProjector(spec, [0])(ground_labels(name, 2.0), camera,
+                                       bev.Pose.from_mount(*mount[0], *mount[1]))
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bag(tmp_path_factory.mktemp("multicam") / "drive")
+
+
+GRID = ["--grid-resolution", "0.5", "--grid-extent", "-20", "20", "-10", "10", "--grid-max-range", "18"]
+
+
+def test_three_cameras_replay_through_one_batched_engine(bag: Path, tmp_path: Path) -> None:
+    BatchEngine.batches = []
+    report = tmp_path / "report"
+    assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--cameras", "front,rear,left",
+                    "--labels-topic", "/front/labels", "--report", str(report), "--no-progress",
+                    "--drivable-classes", "road", *GRID], engine_factory=BatchEngine) == 0
+    # One engine, batches of several cameras; every frame of every camera processed once.
+    assert sum(BatchEngine.batches) == 4 + 3 + 6 and max(BatchEngine.batches) == 3
+    out = read_bag(tmp_path / "out")
+    for name, (width, height, encoding, count, _, _, _) in CAMERAS.items():
+        masks = out[f"/{name}/segmentation/mask"]
+        assert len(masks) == count
+        assert len(out[f"/{name}/segmentation/label_info"]) == 1
+        assert len(out[f"/{name}/segmentation/overlay"]) == count
+        # Each camera's outputs carry its own header (stamp and frame), in its own order.
+        assert [stamp_to_ns(m.header.stamp) for _, m in masks] == stamps(name)
+        assert {m.header.frame_id for _, m in masks} == {f"{name}_optical"}
+        expected = known_labels(frame_for(ground_labels(name, 2.0), seed=0))
+        first = masks[0][1]
+        assert (first.width, first.height) == (width, height)
+        np.testing.assert_array_equal(np.asarray(first.data).reshape(height, width), expected)
+    assert "/segmentation/mask" not in out  # no single-camera topics
+
+    # The fused grid, one per batch with a grid: front sees ahead (x > 0), rear behind (x < 0);
+    # left has no camera_info. Bag order gives batches (front, rear, left) x 3, then front 3
+    # with left 3, then left alone: 4 grids.
+    assert BatchEngine.batches == [3, 3, 3, 2, 1, 1]
+    grids = out["/segmentation/drivable_grid"]
+    assert len(grids) == 4
+    spec = bev.GridSpec(resolution=0.5, x_min=-20, x_max=20, y_min=-10, y_max=10, max_range=18)
+    x = spec.x_min + (np.arange(spec.width) + 0.5) * spec.resolution
+    front = project("front", spec)
+    rear = project("rear", spec)
+    for index, (_, msg) in enumerate(grids):
+        assert msg.header.frame_id == "base_link"
+        values = np.asarray(msg.data).reshape(spec.height, spec.width)
+        np.testing.assert_array_equal(values[:, x > 1], front[:, x > 1])  # only front sees ahead
+        assert (values[:, np.abs(x) < 1] == bev.UNKNOWN).all()  # under the car: no camera
+        if index < 3:  # stamped with its newest frame that gave a grid: the rear one
+            assert stamp_to_ns(msg.header.stamp) == stamps("rear")[index]
+            np.testing.assert_array_equal(values[:, x < -1], rear[:, x < -1])
+            assert (values[:, x < -1] == bev.FREE).any()
+        else:
+            assert stamp_to_ns(msg.header.stamp) == stamps("front")[3]
+            assert (values[:, x < -1] == bev.UNKNOWN).all()
+
+    data = json.loads((report / "metrics.json").read_text())
+    cams = data["cameras"]
+    assert {n: c["frames"]["processed"] for n, c in cams.items()} == {"front": 4, "rear": 3, "left": 6}
+    assert data["frames"]["processed"] == 13 and data["frames"]["read"] == 13
+    assert data["input"]["image_topics"] == ["/front/image_raw", "/rear/image_raw",
+                                             "/left/image_raw/compressed"]
+    assert cams["left"]["image_type"] == "sensor_msgs/msg/CompressedImage"
+    assert cams["left"]["frame_rate_hz"] == pytest.approx(20.0)
+    # Ground truth on the front camera: its accuracy is the known error, and the total's.
+    pred, truth = ground_labels("front", 2.0), ground_labels("front", 1.0)
+    assert cams["front"]["evaluation"]["pixel_accuracy"] == pytest.approx(np.mean(pred == truth))
+    assert cams["front"]["evaluation"]["frames_evaluated"] == 4
+    assert cams["rear"]["evaluation"] is None and cams["left"]["evaluation"] is None
+    assert data["evaluation"]["confusion_matrix"] == cams["front"]["evaluation"]["confusion_matrix"]
+    assert cams["front"]["birds_eye"]["grids"] == 4 and cams["left"]["birds_eye"] is None
+    assert data["birds_eye"]["fused"] and data["birds_eye"]["topic_messages"] == len(grids)
+    assert any("camera left" in w and "camera_info" in w for w in data["status"]["warnings"])
+    with (report / "frames.csv").open() as stream:
+        rows = list(csv.DictReader(stream))
+    assert sorted({r["camera"] for r in rows}) == ["front", "left", "rear"] and len(rows) == 13
+    page = (report / "report.html").read_text()
+    assert "<h2>Cameras</h2>" in page and "/left/image_raw/compressed" in page
+
+
+def test_repeated_image_topic_names_cameras_and_a_camera_outside_the_extent_warns(
+        bag: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--image-topic", "/front/image_raw",
+                    "--image-topic", "/rear/image_raw", "--report", str(report), "--no-progress",
+                    "--drivable-classes", "road", "--grid-extent", "0", "20", "-10", "10"],
+                   engine_factory=BatchEngine) == 0
+    out = read_bag(tmp_path / "out")
+    assert len(out["/front/segmentation/mask"]) == 4 and len(out["/rear/segmentation/mask"]) == 3
+    assert "/left/segmentation/mask" not in out
+    data = json.loads((report / "metrics.json").read_text())
+    assert set(data["cameras"]) == {"front", "rear"}
+    # The rear camera looks away from the extent ahead of the car: said, never silent.
+    warnings = [w for w in data["status"]["warnings"] if w.startswith("camera rear")]
+    assert warnings and "no cell of the grid is visible" in warnings[0]
+    assert data["cameras"]["rear"]["birds_eye"]["grids"] == 0
+    assert data["cameras"]["front"]["birds_eye"]["grids"] == 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--cameras", "front,front"], "given twice"),
+    (["--cameras", "front,,rear"], "empty camera name"),
+    (["--cameras", "front,back"], "camera 'back'"),
+    (["--cameras", "front,rear", "--labels-dir", "x"], "--labels-camera"),
+])
+def test_bad_cameras_are_one_line_usage_errors(bag: Path, tmp_path: Path, argv: list[str],
+                                               message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "a.png").write_bytes(b"")
+    argv = [a if a != "x" else str(tmp_path / "x") for a in argv]
+    assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--no-progress", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_scores_the_camera_with_ground_truth(bag: Path, tmp_path: Path) -> None:
+    weights = tmp_path / "a.pth"
+    weights.write_bytes(b"a" * 32)
+    report = tmp_path / "report"
+    assert evaluate_cli.main([str(bag), "--cameras", "front,rear,left", "--labels-topic",
+                              "/front/labels", "--weights", str(weights), "--report", str(report),
+                              "--drivable-classes", "road", "--no-progress"],
+                             engine_factory=BatchEngine) == 0
+    data = json.loads((report / "metrics.json").read_text())
+    pred, truth = ground_labels("front", 2.0), ground_labels("front", 1.0)
+    bag_figures = data["per_bag"][0]
+    assert bag_figures["models"][0]["pixel_accuracy"] == pytest.approx(np.mean(pred == truth))
+    assert bag_figures["models"][0]["frames_evaluated"] == 4  # the front camera's frames
+    assert bag_figures["frames_in_topic"] == 13 and bag_figures["frames_processed"] == 13
