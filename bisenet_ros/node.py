@@ -13,9 +13,12 @@ Publishes:
     ``~/mask`` (mono8 class ids), ``~/drivable_mask`` (mono8, 255 = drivable), ``~/confidence``
     (32FC1 or mono8, with ``publish_confidence``) and ``~/drivable_grid`` (nav_msgs/OccupancyGrid
     in ``grid_frame``, only while somebody subscribes: the drivable area projected onto the ground
-    with the camera's ``camera_info`` and its tf pose, :mod:`bisenet_ros.bev`): first, on every
-    frame; then, at most ``visualization_rate`` per second, ``~/color_mask`` and ``~/overlay`` (bgr8
-    or rgb8), ``~/overlay/compressed`` (JPEG) and ``~/color_mask/compressed`` (PNG);
+    with the camera's CameraInfo, subscribed beside the image subscription's resolved name as
+    image_transport does, and its tf pose, :mod:`bisenet_ros.bev`): first, on every
+    frame; and, at most ``visualization_rate`` per second, built and published on the
+    visualization worker thread (:mod:`bisenet_ros.visualization`), ``~/color_mask`` and
+    ``~/overlay`` (bgr8 or rgb8), ``~/overlay/compressed`` (JPEG) and
+    ``~/color_mask/compressed`` (PNG);
     ``~/label_info`` (vision_msgs/LabelInfo, transient local) and ``/diagnostics``
     (diagnostic_msgs/DiagnosticArray).
 
@@ -54,10 +57,11 @@ from bisenet_ros.codec import CodecError, decode_compressed, decode_image
 from bisenet_ros.labels import make_class_set
 from bisenet_ros.pipeline import (
     LatestFrameSlot, NodeOptions, ParameterSpec, PipelineStats, RateLimiter, all_parameters,
-    config_from_parameters, frame_age_s, grid_options_from_parameters, is_stale,
-    node_options_from_parameters, stamp_to_ns)
+    choose_camera_info_topic, config_from_parameters, frame_age_s, grid_options_from_parameters,
+    is_stale, node_options_from_parameters, stamp_to_ns)
 from bisenet_ros.runtime import prefer_passive_openmp
 from bisenet_ros.transport import DDS_DOCS, FrameGapEstimator, dds_config_problems
+from bisenet_ros.visualization import VisualizationWorker
 
 # Throttle period of the per-frame warnings (malformed input, stale frames, engine errors):
 # a broken camera at 30 Hz must not flood the log, but the first occurrence is shown at once.
@@ -175,7 +179,7 @@ class SegmentationNode(Node):
             raise ParameterError(str(err)) from err
         try:
             self.options = node_options_from_parameters(values)
-            self.grid_options = grid_options_from_parameters(values, self.options.image_topic)
+            self.grid_options = grid_options_from_parameters(values)
             self.config = config_from_parameters(
                 values, publish_confidence=self.options.publish_confidence)
         except ValueError as err:
@@ -228,7 +232,11 @@ class SegmentationNode(Node):
         # subscribers pick them up as the compressed transport of ~/overlay and ~/color_mask.
         self._image_publishers.update({t: self.create_publisher(CompressedImage, f"~/{t}", out_qos)
                                        for t in outputs.COMPRESSED_TOPICS})
+        self._image_options = {"color_encoding": self.options.color_mask_encoding,
+                               "confidence_encoding": self.options.confidence_encoding}
         self._visualization_limiter = RateLimiter(self.options.visualization_rate)
+        self._visualization: VisualizationWorker[Any] = VisualizationWorker(
+            self._publish_visualization, self.stats, on_error=self._on_visualization_error)
         # Transient local: a subscriber starting later still receives the class map.
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
@@ -248,9 +256,13 @@ class SegmentationNode(Node):
 
         self._worker = threading.Thread(target=self._run_worker, name="segmentation", daemon=True)
         self._worker.start()
+        # Resolved names (namespace and remapping applied): what `ros2 topic list` shows.
         self.get_logger().info(
-            f"segmenting {self.options.input_topic} ({msg_type.__name__}, QoS {self.options.qos}, "
-            f"depth {self.options.qos_depth}); max frame age {self.options.max_frame_age} s")
+            f"segmenting {self._subscription.topic_name} ({msg_type.__name__}, QoS "
+            f"{self.options.qos}, depth {self.options.qos_depth}); max frame age "
+            f"{self.options.max_frame_age} s; CameraInfo {self._camera_info_subscription.topic_name} "
+            f"({self._camera_info_reason}); outputs "
+            + ", ".join(p.topic_name for p in self._image_publishers.values()))
 
     # -- input ------------------------------------------------------------------------------
 
@@ -301,9 +313,11 @@ class SegmentationNode(Node):
     def process(self, msg: Any) -> bool:
         """Segment one message and publish the outputs; returns whether anything was published.
 
-        ``~/mask`` and ``~/drivable_mask`` are built and published first; the visualization
-        topics (raw and compressed) follow. Never raises on bad input: stale, malformed and
-        failing frames are logged (throttled) and counted in ``/diagnostics``.
+        ``~/mask`` and ``~/drivable_mask`` are built and published here; the visualization
+        topics (raw and compressed) are handed to the visualization worker, which builds and
+        publishes them on its own thread (newest result only). Never raises on bad input:
+        stale, malformed and failing frames are logged (throttled) and counted in
+        ``/diagnostics``.
         """
         stamp_ns = stamp_to_ns(msg.header.stamp)
         now_ns = self.get_clock().now().nanoseconds
@@ -338,10 +352,8 @@ class SegmentationNode(Node):
                                     throttle_duration_sec=LOG_THROTTLE_S)
             return False
         inferred = time.perf_counter()
-        image_options = {"color_encoding": self.options.color_mask_encoding,
-                         "confidence_encoding": self.options.confidence_encoding}
         for topic, fields in outputs.result_to_image_fields(
-                result, color_order, topics=planner, **image_options).items():
+                result, color_order, topics=planner, **self._image_options).items():
             self._image_publishers[topic].publish(self._image_message(msg.header, fields))
         planned = time.perf_counter()
         grid_ms: dict[str, float] = {}
@@ -349,14 +361,8 @@ class SegmentationNode(Node):
             if self.publish_grid(msg.header, result.labels, frame.shape):
                 grid_ms["grid"] = (time.perf_counter() - planned) * 1e3
         if visual:
-            for topic, fields in outputs.result_to_image_fields(
-                    result, color_order, topics=visual, **image_options).items():
-                self._image_publishers[topic].publish(self._image_message(msg.header, fields))
-            for topic, fields in outputs.result_to_compressed_fields(
-                    result, color_order, color_encoding=self.options.color_mask_encoding,
-                    jpeg_quality=self.options.jpeg_quality, topics=visual).items():
-                self._image_publishers[topic].publish(
-                    self._compressed_message(msg.header, fields))
+            # Built and published on the visualization worker: only references cross over.
+            self._visualization.submit((msg.header, result, color_order, tuple(visual)))
         done = time.perf_counter()
         engine = dict(getattr(result, "timings", None) or {})
         if "total" in engine:  # 'total' below is the node's (decode to publish)
@@ -367,6 +373,23 @@ class SegmentationNode(Node):
         age = frame_age_s(stamp_ns, self.get_clock().now().nanoseconds)
         self.stats.record_frame(timings, None if age is None else age * 1e3)
         return True
+
+    def _publish_visualization(self, job: tuple[Any, Any, str, tuple[str, ...]]) -> None:
+        """The visualization worker's job: ``~/overlay``, ``~/color_mask`` and their
+        ``/compressed`` for one result (raw first, as subscribers of both expect)."""
+        header, result, color_order, topics = job
+        for topic, fields in outputs.result_to_image_fields(
+                result, color_order, topics=topics, **self._image_options).items():
+            self._image_publishers[topic].publish(self._image_message(header, fields))
+        for topic, fields in outputs.result_to_compressed_fields(
+                result, color_order, color_encoding=self.options.color_mask_encoding,
+                jpeg_quality=self.options.jpeg_quality, topics=topics).items():
+            self._image_publishers[topic].publish(self._compressed_message(header, fields))
+
+    def _on_visualization_error(self, err: BaseException) -> None:
+        self.stats.record_error(f"visualization: {type(err).__name__}: {err}")
+        self.get_logger().error(f"publishing the visualization failed: {type(err).__name__}: "
+                                f"{err}", throttle_duration_sec=LOG_THROTTLE_S)
 
     @staticmethod
     def _pixels(buffer: Any, typecode: str = "B") -> array.array:
@@ -408,8 +431,16 @@ class SegmentationNode(Node):
             OccupancyGrid, "~/drivable_grid",
             QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                        reliability=ReliabilityPolicy.RELIABLE))
+        # image_transport's rule on the image subscription's resolved name, unless the
+        # camera_info_topic parameter or a remap of 'camera_info' says otherwise.
+        remapped = self.resolve_topic_name("camera_info")
+        topic, self._camera_info_reason = choose_camera_info_topic(
+            self._subscription.topic_name, compressed=self.options.use_compressed,
+            parameter=opts.camera_info_topic,
+            remapped=remapped if remapped != self.resolve_topic_name(
+                "camera_info", only_expand=True) else None)
         self._camera_info_subscription = self.create_subscription(
-            CameraInfo, opts.camera_info_topic, self._on_camera_info, qos)
+            CameraInfo, topic, self._on_camera_info, qos)
 
     def _on_camera_info(self, msg: Any) -> None:
         self._camera_info = msg  # one reference assignment: safe against the worker thread
@@ -501,12 +532,15 @@ class SegmentationNode(Node):
         self._diagnostics_publisher.publish(msg)
 
     def destroy_node(self) -> None:
-        """Stop the worker thread, then destroy the node."""
+        """Stop the worker threads, then destroy the node."""
         slot, worker = getattr(self, "_slot", None), getattr(self, "_worker", None)
         if slot is not None:
             slot.close()
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout=5.0)
+        visualization = getattr(self, "_visualization", None)
+        if visualization is not None:
+            visualization.close()
         super().destroy_node()
 
 

@@ -26,7 +26,8 @@ __all__ = [
     "LatestFrameSlot", "RateLimiter", "RateMeter", "PipelineStats", "stamp_to_ns", "frame_age_s", "is_stale",
     "ParameterSpec", "NODE_PARAMETERS", "QOS_PROFILES", "NodeOptions", "config_parameters",
     "all_parameters", "node_options_from_parameters", "config_from_parameters",
-    "COUNTERS", "GRID_COUNTERS", "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
+    "COUNTERS", "GRID_COUNTERS", "VISUALIZATION_COUNTERS", "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
+    "choose_camera_info_topic",
 ]
 
 T = TypeVar("T")
@@ -72,6 +73,12 @@ class LatestFrameSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def empty(self) -> bool:
+        """Whether no item waits to be taken."""
+        with self._cond:
+            return self._item is None
 
 
 def stamp_to_ns(stamp: Any) -> int:
@@ -151,8 +158,11 @@ class RateMeter:
 
 #: Counters of the drivable grid: grids published, frames without one and why.
 GRID_COUNTERS = ("grid_published", "grid_no_camera_info", "grid_no_transform", "grid_invalid")
+#: Counters of the visualization worker (bisenet_ros.visualization): overlays/colour masks
+#: published, and results replaced by a newer one before the worker got to them.
+VISUALIZATION_COUNTERS = ("visualization_published", "visualization_skipped")
 COUNTERS = ("frames_received", "frames_processed", "dropped_stale", "dropped_superseded",
-            "malformed", "errors") + GRID_COUNTERS
+            "malformed", "errors") + GRID_COUNTERS + VISUALIZATION_COUNTERS
 
 
 class PipelineStats:
@@ -184,15 +194,21 @@ class PipelineStats:
 
     def record_frame(self, timings_ms: Mapping[str, float], age_ms: float | None = None) -> None:
         """Record one processed frame with its per-stage timings (ms)."""
+        self.record_timings(timings_ms)
         with self._lock:
             self.counters["frames_processed"] += 1
             self._since_snapshot["frames_processed"] += 1
             self.output_rate.tick()
+            self.last_age_ms = age_ms
+            self.last_error = None
+
+    def record_timings(self, timings_ms: Mapping[str, float]) -> None:
+        """Record stage timings (ms) of work done apart from a frame's own path (the
+        visualization worker's), without counting a processed frame."""
+        with self._lock:
             for stage, ms in timings_ms.items():
                 self._latency.setdefault(stage, collections.deque(maxlen=self._window)).append(
                     float(ms))
-            self.last_age_ms = age_ms
-            self.last_error = None
 
     def record_error(self, message: str) -> None:
         with self._lock:
@@ -416,7 +432,8 @@ _METRES = (-10000.0, 10000.0)
 GRID_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("camera_info_topic", "",
                   "sensor_msgs/CameraInfo topic of the camera; empty: 'camera_info' beside the "
-                  "image topic, as image_transport names it (remapping 'camera_info' works too)."),
+                  "image subscription's resolved (remapped) name, as image_transport names it "
+                  "(an explicit remap of 'camera_info' works too)."),
     ParameterSpec("rectified_input", False,
                   "The images are rectified (image_rect): project with CameraInfo P, no "
                   "distortion. False: raw images, K and D."),
@@ -454,7 +471,8 @@ class GridOptions:
 
     Attributes:
         grid: The :class:`bisenet_ros.bev.GridSpec`.
-        camera_info_topic: CameraInfo topic (already resolved beside the image topic).
+        camera_info_topic: The ``camera_info_topic`` parameter ("": beside the image topic,
+            see :func:`choose_camera_info_topic`).
         rectified_input: Project with P (rectified images).
         static_pose: The fallback :class:`bisenet_ros.bev.Pose` of the optical frame, or None.
     """
@@ -465,19 +483,54 @@ class GridOptions:
     static_pose: Any
 
 
-def camera_info_topic(image_topic: str) -> str:
-    """The CameraInfo topic beside ``image_topic`` (image_transport's rule): the image topic's
-    namespace plus ``camera_info``, e.g. ``/cam/image_raw`` -> ``/cam/camera_info``."""
-    head, _, _ = image_topic.rstrip("/").rpartition("/")
-    return f"{head}/camera_info" if head or image_topic.startswith("/") else "camera_info"
+def camera_info_topic(image_topic: str, *, compressed: bool = False) -> str:
+    """The CameraInfo topic beside ``image_topic``, by image_transport's rule
+    (``getCameraInfoTopic``): the last token of the image topic replaced by ``camera_info``.
+
+    Args:
+        image_topic: The image topic, best fully resolved (after namespaces and remapping), e.g.
+            ``/cam/image_raw`` -> ``/cam/camera_info``.
+        compressed: ``image_topic`` is a CompressedImage topic: a trailing transport token
+            (``/cam/image_raw/compressed``) is dropped first, as image_transport names its
+            transports below the base topic.
+    """
+    topic = image_topic.rstrip("/")
+    if compressed and topic.endswith("/compressed"):
+        topic = topic[: -len("/compressed")]
+    head, _, _ = topic.rpartition("/")
+    return f"{head}/camera_info" if head or topic.startswith("/") else "camera_info"
 
 
-def grid_options_from_parameters(values: Mapping[str, Any], image_topic: str) -> GridOptions:
+def choose_camera_info_topic(image_topic: str, *, compressed: bool = False, parameter: str = "",
+                             remapped: str | None = None) -> tuple[str, str]:
+    """The CameraInfo topic the node subscribes to, and why (for the start log).
+
+    Precedence: the ``camera_info_topic`` parameter; then an explicit remap of the node's
+    ``camera_info`` name (``-r camera_info:=/cam/camera_info``); otherwise the topic beside the
+    image subscription's resolved name (:func:`camera_info_topic`), so remapping or setting only
+    the image topic is enough, as with image_transport.
+
+    Args:
+        image_topic: The image subscription's fully resolved name.
+        compressed: The subscription is a CompressedImage one.
+        parameter: The ``camera_info_topic`` parameter ("" when unset).
+        remapped: Where a remap rule sends ``camera_info``, or None when no rule does.
+
+    Returns:
+        ``(topic, reason)``.
+    """
+    if parameter.strip():
+        return parameter.strip(), "camera_info_topic parameter"
+    if remapped:
+        return remapped, "remapped camera_info"
+    return camera_info_topic(image_topic, compressed=compressed), f"beside {image_topic}"
+
+
+def grid_options_from_parameters(values: Mapping[str, Any]) -> GridOptions:
     """Validate the grid parameters.
 
     Args:
         values: parameter name -> value (missing names take their defaults).
-        image_topic: the node's image topic (for the default CameraInfo topic).
 
     Raises:
         ValueError: naming the parameter and what is expected (``BevError`` is a ValueError).
@@ -502,5 +555,4 @@ def grid_options_from_parameters(values: Mapping[str, Any], image_topic: str) ->
             raise ValueError(f"parameter static_camera_pose={mount}: expected [x, y, z, roll, "
                              "pitch, yaw] (6 numbers, metres and radians)")
         static_pose = bev.Pose.from_mount(*mount)
-    topic = str(merged["camera_info_topic"]).strip() or camera_info_topic(image_topic)
-    return GridOptions(grid, topic, bool(merged["rectified_input"]), static_pose)
+    return GridOptions(grid, str(merged["camera_info_topic"]).strip(), bool(merged["rectified_input"]), static_pose)

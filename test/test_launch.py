@@ -20,6 +20,7 @@ import yaml
 from bisenet_ros.config import SegmenterConfig
 from bisenet_ros.pipeline import all_parameters, config_from_parameters, node_options_from_parameters
 from ros_double import launch_double
+from test_node import ros  # noqa: F401  (a fixture: the rclpy double and the node module)
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE = ROOT / "launch" / "segmentation.launch.py"
@@ -121,6 +122,35 @@ def test_overrides_topic_namespace_and_params_file(launch: Any, tmp_path: Path) 
     assert values["backend"] == "onnxruntime" and values["max_frame_age"] == 0.2
     assert values["use_sim_time"] is True
     assert node.arguments == ["--ros-args", "--log-level", "debug"]
+
+
+@pytest.mark.parametrize("arguments, image, info, mask", [
+    ({"image_topic": "/x/image_raw"}, "/x/image_raw", "/x/camera_info", "/segmentation/mask"),
+    ({"image_topic": "/x/image_raw", "namespace": "front", "node_name": "seg"}, "/x/image_raw",
+     "/x/camera_info", "/front/seg/mask"),
+    ({"namespace": "front"}, "/front/image", "/front/camera_info", "/front/segmentation/mask"),
+])
+def test_launched_node_resolves_its_topics_like_rcl(launch: Any, ros: Any, tmp_path: Path,
+                                                    arguments: dict, image: str, info: str,
+                                                    mask: str) -> None:
+    # Exactly as a user starts it: `ros2 launch bisenet_ros segmentation.launch.py
+    # image_topic:=/x/image_raw`; the process gets the command line launch_ros builds
+    # (--params-file, -r __node/__ns, the launch file's remappings as -r rules).
+    from ros_double.fake_engine import FakeSegmenter
+
+    (action,) = _run(launch, SINGLE, **arguments)
+    ros.rclpy.try_shutdown()
+    ros.rclpy.init(args=["segmentation_node", *action.command_line(tmp_path)])
+    node = ros.module.SegmentationNode(segmenter_factory=FakeSegmenter)
+    try:
+        assert node._subscription.topic_name == image
+        assert node._camera_info_subscription.topic_name == info
+        assert node._image_publishers["mask"].topic_name == mask
+        assert node.config.variant == "bisenetv2"  # the params file reached the node
+        start = next(m for m in ros.graph.messages("info") if m.startswith("segmenting"))
+        assert f"segmenting {image} " in start and f"CameraInfo {info} " in start
+    finally:
+        node.destroy_node()
 
 
 @pytest.mark.parametrize("arguments, match", [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -222,8 +223,70 @@ def test_visualization_rate_limits_only_the_visualization(ros: Any) -> None:
     for i in range(4):
         camera.publish(ros.image(frame_id=f"f{i}"))
         wait_until(lambda: len(mask) == i + 1)
+    assert node._visualization.wait_idle(10)  # it publishes on its own thread
     assert len(drivable) == 4 and len(overlay) == 1 and len(compressed) == 1
     assert node.segmenter.calls[1]["outputs"] == {"drivable"}  # not even computed
+
+
+def test_visualization_never_delays_the_planner_and_keeps_only_the_newest(ros: Any) -> None:
+    # A slow visualization (here a subscriber that blocks the overlay's publish; on a robot the
+    # 1080p copies, serialization and encodes) runs on its own worker: the planner outputs of
+    # the following frames go out meanwhile, and only the newest result waits to be drawn.
+    node = ros.make(visualization_rate=1e6)
+    mask = ros.listen("/segmentation/mask")
+    release, blocked = threading.Event(), threading.Event()
+    overlays: list[Any] = []
+
+    def slow_viewer(msg: Any) -> None:
+        blocked.set()
+        release.wait(10)
+        overlays.append(msg)
+
+    qos = sys.modules["rclpy.qos"]
+    rclpy_double.Node("viewer").create_subscription(
+        ros.Image, "/segmentation/overlay", slow_viewer, qos.QoSProfile(depth=10))
+    camera = ros.camera()
+    camera.publish(ros.image(frame_id="f0"))
+    assert blocked.wait(10)  # the worker is stuck publishing f0's overlay
+    for i in (1, 2, 3):
+        camera.publish(ros.image(frame_id=f"f{i}"))
+        wait_until(lambda: len(mask) == i + 1)  # planner outputs keep flowing
+    assert overlays == []
+    release.set()
+    assert node._visualization.wait_idle(10)
+    assert [m.header.frame_id for m in overlays] == ["f0", "f3"]  # f1, f2 replaced
+    _, values = _diagnostics(ros, node)
+    assert values["visualization_published"] == "2" and values["visualization_skipped"] == "2"
+    assert float(values["latency_visualization_ms"]) > float(values["latency_publish_planner_ms"])
+    assert "latency_visualization_wait_ms" in values
+
+
+def test_one_overlay_per_frame_while_the_camera_is_slower_than_the_rate(ros: Any) -> None:
+    node = ros.make(visualization_rate=1e6)
+    overlay = ros.listen("/segmentation/overlay")
+    compressed = ros.listen("/segmentation/overlay/compressed", "sensor_msgs/msg/CompressedImage")
+    camera = ros.camera()
+    for i in range(5):
+        camera.publish(ros.image(frame_id=f"f{i}"))
+        wait_until(lambda: len(compressed) == i + 1)
+    assert [m.header.frame_id for m in overlay] == [f"f{i}" for i in range(5)]
+    assert node.stats.counters["visualization_skipped"] == 0
+
+
+def test_visualization_failure_is_reported_and_survived(ros: Any) -> None:
+    node = ros.make(visualization_rate=1e6)
+    overlay, mask = ros.listen("/segmentation/overlay"), ros.listen("/segmentation/mask")
+    publisher = node._image_publishers["overlay"]
+    original = publisher.publish
+    publisher.publish = lambda msg: (_ for _ in ()).throw(RuntimeError("overlay broke"))
+    camera = ros.camera()
+    camera.publish(ros.image())
+    wait_until(lambda: node.stats.counters["errors"] == 1)
+    assert any("publishing the visualization failed" in m for m in ros.graph.messages("error"))
+    publisher.publish = original
+    camera.publish(ros.image())
+    wait_until(lambda: overlay and len(mask) == 2)
+    assert node._visualization.alive
 
 
 def test_label_info_is_latched_for_late_subscribers(ros: Any) -> None:
@@ -493,6 +556,39 @@ def test_double_provides_exactly_what_node_imports() -> None:
         provided = {k for k in vars(modules[module]) if not k.startswith("__")}
         assert provided == imported[module], module
     assert used_top <= set(vars(modules["rclpy"]))
+
+
+@pytest.mark.parametrize("name, node, namespace, expected", [
+    # rcl's expansion rules (rcl/test/rcl/test_expand_topic_name.cpp)
+    ("ping", "my_node", "/my_ns", "/my_ns/ping"),
+    ("ping", "my_node", "/", "/ping"),
+    ("/ping", "my_node", "/my_ns", "/ping"),
+    ("~", "my_node", "/my_ns", "/my_ns/my_node"),
+    ("~/ping", "my_node", "/", "/my_node/ping"),
+    ("~/ping", "my_node", "/my_ns/sub", "/my_ns/sub/my_node/ping"),
+    ("{node}/ping", "my_node", "/my_ns", "/my_ns/my_node/ping"),
+    ("{ns}/ping", "my_node", "/my_ns", "/my_ns/ping"),
+])
+def test_double_expands_names_like_rcl(name: str, node: str, namespace: str, expected: str) -> None:
+    assert rclpy_double.expand_topic_name(name, node, namespace) == expected
+
+
+def test_double_remaps_like_rcl() -> None:
+    rules = [rclpy_double.RemapRule(r) for r in (
+        "other:image:=/wrong", "image:=/cam/image_raw", "/ns/image:=/later", "~/out:=/o")]
+    resolve = rclpy_double.resolve_topic_name
+    # first matching rule for this node; the match side is expanded before comparing
+    assert resolve("image", "seg", "/ns", [], rules) == "/cam/image_raw"
+    assert resolve("/ns/image", "seg", "/ns", [], rules) == "/cam/image_raw"
+    assert resolve("image", "other", "/ns", [], rules) == "/wrong"
+    assert resolve("out", "seg", "/", [], rules) == "/out"  # the rule is for ~/out: /seg/out
+    assert resolve("~/out", "seg", "/", [], rules) == "/o"
+    assert resolve("image", "seg", "/ns", [], rules, only_expand=True) == "/ns/image"
+    # the node's own arguments before the process's
+    local = [rclpy_double.RemapRule("image:=mine")]
+    assert resolve("image", "seg", "/ns", local, rules) == "/ns/mine"
+    with pytest.raises(ValueError, match="remap rule"):
+        rclpy_double.RemapRule("image")
 
 
 # ---------------------------------------------------------------------------- real engine

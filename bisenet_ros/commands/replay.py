@@ -156,7 +156,7 @@ def _grid_options(args: argparse.Namespace) -> Any:
         if value is not None:
             values[key] = value
     values["use_static_camera_pose"] = False  # the replay's pose fallback is --camera-pose
-    return grid_options_from_parameters(values, image_topic="image")
+    return grid_options_from_parameters(values)
 
 
 def _config_file_values(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
