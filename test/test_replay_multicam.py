@@ -217,8 +217,9 @@ def test_repeated_image_topic_names_cameras_and_a_camera_outside_the_extent_warn
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--cameras", "front,front"], "given twice"),
-    (["--cameras", "front,,rear"], "empty camera name"),
+    (["--cameras", "front,front"], "named twice: front"),
+    (["--cameras", "front,,rear"], "entry 1 (counting from 0) empty"),
+    (["--image-topic", "/front/image_raw", "--image-topic", "/front/image_raw"], "named twice"),
     (["--cameras", "front,back"], "camera 'back'"),
     (["--cameras", "front,rear", "--labels-dir", "x"], "--labels-camera"),
 ])

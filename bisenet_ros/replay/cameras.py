@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 from bisenet_ros.replay import metrics as M
 from bisenet_ros.replay.bag import BagError, InputBag, TopicInfo
 from bisenet_ros.replay.messages import IMAGE_TYPES
+from bisenet_ros.scheduler import camera_topics, validate_camera_names
 
 DEFAULT_IMAGE_SUFFIX = "image_raw"  # the node's image_suffix default
 
@@ -65,18 +66,20 @@ def camera_name(topic: str) -> str:
 
 
 def camera_topic(bag: InputBag, name: str, suffix: str = DEFAULT_IMAGE_SUFFIX) -> TopicInfo:
-    """The image topic of camera ``name``: ``/<name>/<suffix>``, else its ``/compressed``.
+    """The image topic of camera ``name``: ``/<name>/<suffix>``, else its ``/compressed``
+    (the node's names, :func:`bisenet_ros.scheduler.camera_topics`).
 
     Raises:
         BagError: Neither is an image topic of the bag.
     """
-    base = f"/{name.strip('/')}/{suffix}"
-    for topic in (base, f"{base}/compressed"):
+    raw, compressed = (camera_topics([name], image_suffix=suffix, compressed=c)[0].input_topic
+                       for c in (False, True))
+    for topic in (raw, compressed):
         info = bag.topics.get(topic)
         if info is not None and info.msgtype in IMAGE_TYPES:
             return info
     listing = "\n".join(f"  {t.name} [{t.msgtype}]" for t in bag.image_topics()) or "  (none)"
-    raise BagError(f"camera {name!r}: neither {base} nor {base}/compressed is an image topic of "
+    raise BagError(f"camera {name!r}: neither {raw} nor {compressed} is an image topic of "
                    f"{bag.path}; name the cameras by their namespace, or give each topic with "
                    f"--image-topic. Image topics:\n{listing}")
 
@@ -91,32 +94,20 @@ def resolve_cameras(bag: InputBag, *, cameras: Sequence[str] = (),
         image_topics: Image topics (repeated ``--image-topic``), named after their namespace.
 
     Raises:
-        BagError: Both or neither are given, a name is empty or given twice, or a camera's
+        BagError: Both or neither are given, a name is empty, invalid or given twice (the
+            node's rule, :func:`bisenet_ros.scheduler.validate_camera_names`), or a camera's
             topic is not in the bag or is not an image topic.
     """
     if bool(cameras) == bool(image_topics):
         raise BagError("give the cameras either by name (--cameras) or by topic (--image-topic "
-                         "repeated), not both")
-    if cameras:
-        for name in cameras:
-            if not name.strip("/"):
-                raise BagError(f"--cameras {','.join(cameras)}: an empty camera name; expected "
-                                 "comma-separated names such as front,rear")
-        found = [(name.strip("/"), camera_topic(bag, name)) for name in cameras]
-    else:
-        found = []
-        for topic in image_topics:
-            info = bag.pick_image_topic(topic)
-            name = camera_name(info.name)
-            if not name:
-                raise BagError(f"image topic {topic} is in the root namespace, so it names no "
-                                 "camera; record cameras as /<camera>/image_raw, or replay it alone")
-            found.append((name, info))
-    names = [name for name, _ in found]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise BagError(f"camera {twice[0]!r} is given twice; each camera once")
-    return found
+                       "repeated), not both")
+    infos = [bag.pick_image_topic(topic) for topic in image_topics]
+    try:
+        names = validate_camera_names(list(cameras) or [camera_name(i.name) for i in infos])
+    except ValueError as err:
+        hint = "" if cameras else " (each --image-topic names its camera by its namespace)"
+        raise BagError(f"{err}{hint}") from err
+    return list(zip(names, infos or [camera_topic(bag, name) for name in names]))
 
 
 def labels_camera(labels_topic: str | None, requested: str | None,

@@ -44,6 +44,7 @@ from bisenet_ros.replay.messages import (
 )
 from bisenet_ros.replay.progress import Progress
 from bisenet_ros.runtime import UserError
+from bisenet_ros.scheduler import BatchScheduler
 from bisenet_ros.replay.writer import DEFAULT_NODE_NAME, OutputBag, prepare_output_path
 
 # Exit statuses of a replay.
@@ -317,30 +318,46 @@ class _Stop:
 
 
 class FrameBatcher:
-    """Frames of several cameras -> engine batches, every frame kept and in order per camera.
+    """Frames of the cameras -> engine batches through the shared
+    :class:`~bisenet_ros.scheduler.BatchScheduler`, every frame kept and in order per camera.
 
-    The replay is offline: unlike the node, it drops nothing. A batch holds the oldest waiting
-    frame of each camera that has one, cameras in the order given (round-robin: a camera that
-    floods cannot hold back the others). It is due once every camera still sending has a frame
-    waiting, or one camera has ``depth`` waiting (no sync barrier: a camera that stops
-    mid-bag never holds the others back for longer).
+    The replay is offline: unlike the node, it drops nothing. Each camera's frames wait in
+    order in a backlog here, and its oldest enters the scheduler's slot only once the slot is
+    empty, so the scheduler never replaces one. A batch is what the scheduler hands out: the
+    waiting frame of every camera that has one, least recently served first (round-robin: a
+    camera that floods cannot hold back the others). It is due once every camera still sending
+    has a frame waiting, or one camera has ``depth`` waiting; there is no sync barrier beyond
+    that, so a camera that stops mid-bag holds the others back by at most ``depth`` frames.
 
     Args:
-        cameras: Camera names.
+        cameras: Camera names (``""``: the single camera of a single-camera replay).
         depth: Frames one camera may have waiting before a batch is due.
     """
 
     def __init__(self, cameras: Sequence[str], depth: int) -> None:
         self.depth = max(int(depth), 1)
-        self._waiting: dict[str, collections.deque[Any]] = {c: collections.deque() for c in cameras}
+        # The scheduler takes ROS namespace names; a single-camera replay's camera has none.
+        self._key = {name: name or "camera" for name in cameras}
+        self.scheduler: BatchScheduler[Any] = BatchScheduler(list(self._key.values()))
+        self._backlog: dict[str, collections.deque[Any]] = {c: collections.deque() for c in cameras}
         self._received = dict.fromkeys(cameras, 0)
 
-    def __len__(self) -> int:
-        return sum(len(q) for q in self._waiting.values())
+    def _waiting(self, camera: str) -> int:
+        return len(self._backlog[camera]) + self.scheduler.pending(self._key[camera])
 
-    def push(self, camera: str, frame: Any) -> None:
-        self._waiting[camera].append(frame)
+    def __len__(self) -> int:
+        return sum(self._waiting(camera) for camera in self._backlog)
+
+    def push(self, camera: str, frame: Any, stamp_ns: int = 0) -> None:
+        self._backlog[camera].append((frame, stamp_ns))
         self._received[camera] += 1
+        self._feed(camera)
+
+    def _feed(self, camera: str) -> None:
+        backlog = self._backlog[camera]
+        if backlog and not self.scheduler.pending(self._key[camera]):
+            frame, stamp_ns = backlog.popleft()
+            self.scheduler.put(self._key[camera], frame, stamp_ns)
 
     def received(self, camera: str) -> int:
         """Frames of ``camera`` pushed so far."""
@@ -348,13 +365,18 @@ class FrameBatcher:
 
     def ready(self, finished: set[str]) -> bool:
         """Whether a batch is due; ``finished``: cameras that send nothing more."""
-        if any(len(q) >= self.depth for q in self._waiting.values()):
+        waiting = {camera: self._waiting(camera) for camera in self._backlog}
+        if any(count >= self.depth for count in waiting.values()):
             return True
-        return all(q or c in finished for c, q in self._waiting.items()) and len(self) > 0
+        return any(waiting.values()) and all(waiting[c] or c in finished for c in waiting)
 
     def pop(self) -> list[Any]:
-        """The next batch: the oldest frame of each camera that has one."""
-        return [q.popleft() for q in self._waiting.values() if q]
+        """The next batch: the oldest waiting frame of each camera that has one."""
+        batch = self.scheduler.next_batch(timeout=0)
+        frames = [frame.item for frame in batch.frames] if batch is not None else []
+        for camera in self._backlog:
+            self._feed(camera)
+        return frames
 
 
 @dataclasses.dataclass
@@ -676,7 +698,7 @@ def _run(run: _Run) -> None:
                         break
                 break
             if isinstance(item, _Frame):
-                run.batches.push(item.camera, item)
+                run.batches.push(item.camera, item, item.stamp_ns)
                 if not _infer_due(run):
                     break
             else:
