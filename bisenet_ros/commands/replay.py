@@ -364,6 +364,9 @@ def _print_summary(result: Any) -> None:
           f"{len(result.corrupt)} corrupt skipped"
           + (f"; {fps:.2f} frames/s" if fps else "")
           + (f", real-time factor {rtf:.2f}x" if rtf else ""))
+    for camera in result.cameras if result.options.multi_camera else ():
+        print(f"  camera {camera.name}: {len(result.camera_frames(camera.name))} processed of "
+              f"{camera.frames_read} read ({camera.image_topic.name})")
     if result.confusion is not None:
         print(f"evaluation: {metrics_text(result.confusion)}")
     if result.grid is not None and result.grid.iou() is not None:

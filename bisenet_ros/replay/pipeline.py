@@ -2,13 +2,17 @@
 
 ::
 
-    reader thread            main thread               writer thread
-    bag -> deserialize ->    engine(frame) ->          outputs fields -> serialize -> output bag
-    codec.decode      [q_in] (the Segmenter)   [q_out] metrics, ground truth, samples, progress
+    reader thread            main thread                      writer thread
+    bag -> deserialize ->    frames of the cameras ->         outputs fields -> serialize -> output bag
+    codec.decode      [q_in] FrameBatcher (the scheduler) ->  metrics, ground truth, samples, grid,
+                             engine.segment_batch   [q_out]   progress
 
-The queues are bounded, so memory stays flat on any bag length, and decoding/writing run while
-the engine works on the next frame (the engine releases the GIL in torch/OpenCV). Inference
-runs on the main thread so that a signal handler can run between frames.
+:class:`_Run` holds what the threads share, grouped the same way. The queues are bounded, so
+memory stays flat on any bag length, and decoding/writing run while the engine works on the
+next batch (the engine releases the GIL in torch/OpenCV). Inference runs on the main thread so
+that a signal handler can run between batches. A single-camera replay runs batches of one frame;
+with several cameras (``--cameras``) a batch holds the waiting frame of each camera
+(:class:`FrameBatcher`), and each camera's outputs go to its own topics.
 
 Nothing is lost silently: undecodable messages are counted with their reason; a damaged input
 bag is read as far as possible; SIGINT/SIGTERM stop reading, every frame already inferred is
