@@ -9,16 +9,20 @@ under ``/<camera>/segmentation/...``, the names the node gives them.
 
 One ``--image-topic`` (or none) is the single-camera replay of old: its camera is named ``""``
 and its outputs keep the node's single-camera names.
+
+:class:`FrameBatcher` groups the cameras' frames into engine batches through the node's
+scheduler, without dropping any (the replay is offline).
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 from typing import Any, Iterable, Sequence
 
 from bisenet_ros.replay import metrics as M
 from bisenet_ros.replay.bag import BagError, InputBag, TopicInfo
 from bisenet_ros.replay.messages import IMAGE_TYPES
-from bisenet_ros.scheduler import camera_topics, validate_camera_names
+from bisenet_ros.scheduler import BatchScheduler, camera_topics, validate_camera_names
 
 DEFAULT_IMAGE_SUFFIX = "image_raw"  # the node's image_suffix default
 
@@ -136,3 +140,64 @@ def labels_camera(labels_topic: str | None, requested: str | None,
                      f"({', '.join(names)}); give --labels-camera NAME, or record the labels "
                      "under the camera's namespace (/<camera>/labels)")
 
+
+class FrameBatcher:
+    """Frames of the cameras -> engine batches through the shared
+    :class:`~bisenet_ros.scheduler.BatchScheduler`, every frame kept and in order per camera.
+
+    The replay is offline: unlike the node, it drops nothing. Each camera's frames wait in
+    order in a backlog here, and its oldest enters the scheduler's slot only once the slot is
+    empty, so the scheduler never replaces one. A batch is what the scheduler hands out: the
+    waiting frame of every camera that has one, least recently served first (round-robin: a
+    camera that floods cannot hold back the others). It is due once every camera still sending
+    has a frame waiting, or one camera has ``depth`` waiting; there is no sync barrier beyond
+    that, so a camera that stops mid-bag holds the others back by at most ``depth`` frames.
+
+    Args:
+        cameras: Camera names (``""``: the single camera of a single-camera replay).
+        depth: Frames one camera may have waiting before a batch is due.
+    """
+
+    def __init__(self, cameras: Sequence[str], depth: int) -> None:
+        self.depth = max(int(depth), 1)
+        # The scheduler takes ROS namespace names; a single-camera replay's camera has none.
+        self._key = {name: name or "camera" for name in cameras}
+        self.scheduler: BatchScheduler[Any] = BatchScheduler(list(self._key.values()))
+        self._backlog: dict[str, collections.deque[Any]] = {c: collections.deque() for c in cameras}
+        self._received = dict.fromkeys(cameras, 0)
+
+    def _waiting(self, camera: str) -> int:
+        return len(self._backlog[camera]) + self.scheduler.pending(self._key[camera])
+
+    def __len__(self) -> int:
+        return sum(self._waiting(camera) for camera in self._backlog)
+
+    def push(self, camera: str, frame: Any, stamp_ns: int = 0) -> None:
+        self._backlog[camera].append((frame, stamp_ns))
+        self._received[camera] += 1
+        self._feed(camera)
+
+    def _feed(self, camera: str) -> None:
+        backlog = self._backlog[camera]
+        if backlog and not self.scheduler.pending(self._key[camera]):
+            frame, stamp_ns = backlog.popleft()
+            self.scheduler.put(self._key[camera], frame, stamp_ns)
+
+    def received(self, camera: str) -> int:
+        """Frames of ``camera`` pushed so far."""
+        return self._received[camera]
+
+    def ready(self, finished: set[str]) -> bool:
+        """Whether a batch is due; ``finished``: cameras that send nothing more."""
+        waiting = {camera: self._waiting(camera) for camera in self._backlog}
+        if any(count >= self.depth for count in waiting.values()):
+            return True
+        return any(waiting.values()) and all(waiting[c] or c in finished for c in waiting)
+
+    def pop(self) -> list[Any]:
+        """The next batch: the oldest waiting frame of each camera that has one."""
+        batch = self.scheduler.next_batch(timeout=0)
+        frames = [frame.item for frame in batch.frames] if batch is not None else []
+        for camera in self._backlog:
+            self._feed(camera)
+        return frames

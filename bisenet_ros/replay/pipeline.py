@@ -21,7 +21,6 @@ written, and the output bag is closed properly (the ``rosbags`` writer writes it
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import queue
@@ -39,7 +38,9 @@ from bisenet_ros.inference.frames import sample_indices
 from bisenet_ros.inference.segmenter import engine_provenance
 from bisenet_ros.replay import metrics as M
 from bisenet_ros.replay.bag import BagError, InputBag, TopicInfo
-from bisenet_ros.replay.cameras import CameraResult, labels_camera, resolve_cameras
+from bisenet_ros.replay.cameras import (
+    CameraResult, FrameBatcher, labels_camera, resolve_cameras,
+)
 from bisenet_ros.replay.grid import GRID_OUTPUT
 from bisenet_ros.replay.groundtruth import FolderLabels, StampMatcher
 from bisenet_ros.replay.messages import (
@@ -48,7 +49,6 @@ from bisenet_ros.replay.messages import (
 )
 from bisenet_ros.replay.progress import Progress
 from bisenet_ros.runtime import UserError
-from bisenet_ros.scheduler import BatchScheduler
 from bisenet_ros.replay.writer import DEFAULT_NODE_NAME, OutputBag, prepare_output_path
 
 # Exit statuses of a replay.
@@ -319,68 +319,6 @@ class _Stop:
 
     def is_set(self) -> bool:
         return self.event.is_set()
-
-
-class FrameBatcher:
-    """Frames of the cameras -> engine batches through the shared
-    :class:`~bisenet_ros.scheduler.BatchScheduler`, every frame kept and in order per camera.
-
-    The replay is offline: unlike the node, it drops nothing. Each camera's frames wait in
-    order in a backlog here, and its oldest enters the scheduler's slot only once the slot is
-    empty, so the scheduler never replaces one. A batch is what the scheduler hands out: the
-    waiting frame of every camera that has one, least recently served first (round-robin: a
-    camera that floods cannot hold back the others). It is due once every camera still sending
-    has a frame waiting, or one camera has ``depth`` waiting; there is no sync barrier beyond
-    that, so a camera that stops mid-bag holds the others back by at most ``depth`` frames.
-
-    Args:
-        cameras: Camera names (``""``: the single camera of a single-camera replay).
-        depth: Frames one camera may have waiting before a batch is due.
-    """
-
-    def __init__(self, cameras: Sequence[str], depth: int) -> None:
-        self.depth = max(int(depth), 1)
-        # The scheduler takes ROS namespace names; a single-camera replay's camera has none.
-        self._key = {name: name or "camera" for name in cameras}
-        self.scheduler: BatchScheduler[Any] = BatchScheduler(list(self._key.values()))
-        self._backlog: dict[str, collections.deque[Any]] = {c: collections.deque() for c in cameras}
-        self._received = dict.fromkeys(cameras, 0)
-
-    def _waiting(self, camera: str) -> int:
-        return len(self._backlog[camera]) + self.scheduler.pending(self._key[camera])
-
-    def __len__(self) -> int:
-        return sum(self._waiting(camera) for camera in self._backlog)
-
-    def push(self, camera: str, frame: Any, stamp_ns: int = 0) -> None:
-        self._backlog[camera].append((frame, stamp_ns))
-        self._received[camera] += 1
-        self._feed(camera)
-
-    def _feed(self, camera: str) -> None:
-        backlog = self._backlog[camera]
-        if backlog and not self.scheduler.pending(self._key[camera]):
-            frame, stamp_ns = backlog.popleft()
-            self.scheduler.put(self._key[camera], frame, stamp_ns)
-
-    def received(self, camera: str) -> int:
-        """Frames of ``camera`` pushed so far."""
-        return self._received[camera]
-
-    def ready(self, finished: set[str]) -> bool:
-        """Whether a batch is due; ``finished``: cameras that send nothing more."""
-        waiting = {camera: self._waiting(camera) for camera in self._backlog}
-        if any(count >= self.depth for count in waiting.values()):
-            return True
-        return any(waiting.values()) and all(waiting[c] or c in finished for c in waiting)
-
-    def pop(self) -> list[Any]:
-        """The next batch: the oldest waiting frame of each camera that has one."""
-        batch = self.scheduler.next_batch(timeout=0)
-        frames = [frame.item for frame in batch.frames] if batch is not None else []
-        for camera in self._backlog:
-            self._feed(camera)
-        return frames
 
 
 @dataclasses.dataclass
