@@ -247,3 +247,42 @@ def test_evaluate_scores_the_camera_with_ground_truth(bag: Path, tmp_path: Path)
     assert bag_figures["models"][0]["pixel_accuracy"] == pytest.approx(np.mean(pred == truth))
     assert bag_figures["models"][0]["frames_evaluated"] == 4  # the front camera's frames
     assert bag_figures["frames_in_topic"] == 13 and bag_figures["frames_processed"] == 13
+
+
+class RejectingEngine(BatchEngine):
+    """BatchEngine that rejects (ValueError, as Segmenter for a bad frame) any batch holding a
+    frame marked with green 7 at its corner."""
+
+    def __call__(self, frame: np.ndarray, color_order: str = "bgr", outputs: Any = None) -> Any:
+        if frame[0, 0, 1] == 7:
+            raise ValueError("bad frame")
+        return super().__call__(frame, color_order, outputs)
+
+    def segment_batch(self, frames: Sequence[np.ndarray], color_orders: Sequence[str] | str = "bgr",
+                      outputs: Any = None) -> list[Any]:
+        if any(frame[0, 0, 1] == 7 for frame in frames):
+            raise ValueError("bad frame in the batch")
+        return super().segment_batch(frames, color_orders, outputs)
+
+
+def test_bad_messages_of_one_camera_are_skipped_and_the_others_processed(tmp_path: Path) -> None:
+    frames = [frame_for(np.zeros((16, 32), np.uint8), seed=i) for i in range(4)]
+    frames[1][0, 0, 1] = 7  # the engine rejects this one (in a batch with the other camera's)
+    messages = image_messages(frames, topic="/a/image_raw", start_ns=START)
+    messages += image_messages(frames[:1] * 4, topic="/b/image_raw", start_ns=START + 1000)
+    garbage = BagMessage("/b/image_raw", IMAGE, messages[-1].timestamp + 1, raw=b"\x00\x01\x00\x00")
+    bag = write_bag(tmp_path / "in", sorted(messages + [garbage], key=lambda m: m.timestamp))
+    report = tmp_path / "report"
+    assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--cameras", "a,b", "--no-grid",
+                    "--report", str(report), "--no-progress"], engine_factory=RejectingEngine) == 0
+    data = json.loads((report / "metrics.json").read_text())
+    assert {n: c["frames"] for n, c in data["cameras"].items()} == {
+        "a": {"read": 4, "processed": 3, "skipped_corrupt": 1},
+        "b": {"read": 5, "processed": 4, "skipped_corrupt": 1}}
+    reasons = {(c["camera"], c["index"]): c["reason"] for c in data["frames"]["corrupt"]}
+    assert set(reasons) == {("a", 1), ("b", 4)} and "engine rejected" in reasons[("a", 1)]
+    out = read_bag(tmp_path / "out")
+    assert [stamp_to_ns(m.header.stamp) for _, m in out["/a/segmentation/mask"]] == [
+        messages[i].msg.header.stamp.sec * 10**9 + messages[i].msg.header.stamp.nanosec
+        for i in (0, 2, 3)]
+    assert len(out["/b/segmentation/mask"]) == 4
