@@ -333,7 +333,7 @@ class _Run:
     labels_camera: str | None  # the camera the ground truth belongs to
     copy: list[str]  # input topics copied to the output unchanged
     q_in: "queue.Queue[Any]"
-    # main thread: engine(frame) -> [q_out]
+    # main thread: frames -> FrameBatcher (the scheduler) -> engine.segment_batch -> [q_out]
     engine: Engine
     engine_outputs: set[str]  # what the engine computes for the topics written
     batches: FrameBatcher  # frames of the cameras -> engine batches (the shared scheduler)
@@ -439,7 +439,7 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         show = options.progress if options.progress is not None else stream.isatty()
         run = _Run(bag=bag, cameras={camera.name: camera for camera in result.cameras},
                    labels_camera=gt_camera, copy=copy,
-                   q_in=queue.Queue(maxsize=options.queue_size * len(cameras)), engine=engine,
+                   q_in=queue.Queue(maxsize=options.queue_size), engine=engine,
                    engine_outputs=engine_outputs,
                    batches=FrameBatcher([name for name, _ in cameras], depth=options.queue_size),
                    q_out=queue.Queue(maxsize=options.queue_size),
@@ -497,7 +497,7 @@ def _check_topics(bag: InputBag, options: ReplayOptions
     if options.multi_camera:
         if options.image_topic:
             raise BagError("give the camera topics either as one image_topic or as several "
-                             "image_topics / cameras, not both")
+                           "image_topics / cameras, not both")
         cameras = resolve_cameras(bag, cameras=options.cameras, image_topics=options.image_topics)
     else:
         cameras = [("", pick_image_topic(bag, options))]
@@ -749,7 +749,7 @@ def _read(run: _Run) -> None:
                     break
             if camera is not None:
                 item = _decode(raw, camera, result)
-                camera.frames_read += 1  # after the decode: the main thread reads it
+                camera.frames_read += 1
             elif raw.topic == options.labels_topic:
                 try:
                     msg = deserialize(raw.data, IMAGE)
