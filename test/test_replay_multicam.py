@@ -16,11 +16,13 @@ from typing import Any, Sequence
 import numpy as np
 import pytest
 
-from bisenet_ros import bev
+from rosbags.rosbag2 import Reader
+
+from bisenet_ros import bev, codec, outputs
 from bisenet_ros.commands import evaluate as evaluate_cli
 from bisenet_ros.replay.bagtools import BagMessage, encode_frame, image_messages, write_bag
 from bisenet_ros.replay.messages import (
-    IMAGE, make_camera_info, make_header, make_image, make_tf_message, stamp_to_ns,
+    IMAGE, deserialize, make_camera_info, make_header, make_image, make_tf_message, stamp_to_ns,
 )
 from test_replay import KnownEngine, known_labels, read_bag, run_cli
 
@@ -286,3 +288,36 @@ def test_bad_messages_of_one_camera_are_skipped_and_the_others_processed(tmp_pat
         messages[i].msg.header.stamp.sec * 10**9 + messages[i].msg.header.stamp.nanosec
         for i in (0, 2, 3)]
     assert len(out["/b/segmentation/mask"]) == 4
+
+
+def test_the_real_segmenter_gives_each_camera_what_it_gives_the_frame_alone(
+        bag: Path, tmp_path: Path) -> None:
+    from bisenet_ros.inference import Segmenter
+
+    engines: list[Segmenter] = []
+
+    def factory(config: Any) -> Segmenter:
+        engines.append(Segmenter(config))
+        return engines[-1]
+
+    with pytest.warns(UserWarning, match="random"):
+        assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--cameras", "front,rear,left",
+                        "--resolution", "64x32", "--max-frames", "2", "--no-grid",
+                        "--no-progress"], engine_factory=factory) == 0
+    out = read_bag(tmp_path / "out")
+    engine = engines[0]
+    with Reader(bag) as reader:
+        inputs: dict[str, list[Any]] = {}
+        for conn, _, raw in reader.messages():
+            if conn.topic.endswith(("image_raw", "compressed")):
+                inputs.setdefault(conn.topic.split("/")[1], []).append(deserialize(raw, conn.msgtype))
+    for name in CAMERAS:
+        for index, msg in enumerate(inputs[name][:2]):
+            decode = codec.decode_compressed if name == "left" else codec.decode_image
+            frame, order = decode(msg)
+            fields = outputs.result_to_image_fields(engine(frame, color_order=order), order)
+            for topic in ("mask", "overlay"):
+                written = out[f"/{name}/segmentation/{topic}"][index][1]
+                assert written.header.frame_id == msg.header.frame_id
+                np.testing.assert_array_equal(np.asarray(written.data), fields[topic]["data"],
+                                              err_msg=f"{name} {topic} {index}")
