@@ -27,7 +27,7 @@ __all__ = [
     "ParameterSpec", "NODE_PARAMETERS", "QOS_PROFILES", "NodeOptions", "config_parameters",
     "all_parameters", "node_options_from_parameters", "config_from_parameters",
     "COUNTERS", "GRID_COUNTERS", "VISUALIZATION_COUNTERS", "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
-    "choose_camera_info_topic",
+    "choose_camera_info_topic", "GRID_EXTENT_PARAMETERS",
 ]
 
 T = TypeVar("T")
@@ -526,11 +526,21 @@ def choose_camera_info_topic(image_topic: str, *, compressed: bool = False, para
     return camera_info_topic(image_topic, compressed=compressed), f"beside {image_topic}"
 
 
-def grid_options_from_parameters(values: Mapping[str, Any]) -> GridOptions:
+#: The grid extent parameters and the :class:`bisenet_ros.bev.GridSpec` field each sets.
+GRID_EXTENT_PARAMETERS = {"grid_x_min": "x_min", "grid_x_max": "x_max", "grid_y_min": "y_min",
+                          "grid_y_max": "y_max"}
+
+
+def grid_options_from_parameters(values: Mapping[str, Any], *, cameras: int = 1) -> GridOptions:
     """Validate the grid parameters.
 
     Args:
         values: parameter name -> value (missing names take their defaults).
+        cameras: How many cameras the grid fuses. With several, each extent parameter
+            (:data:`GRID_EXTENT_PARAMETERS`) missing or left at its single-camera default takes
+            the surround extent's value instead (:func:`bisenet_ros.bev.surround_grid`: x and y
+            from -grid_max_range to +grid_max_range around grid_frame), so a rear camera is in
+            the grid; one camera keeps today's defaults.
 
     Raises:
         ValueError: naming the parameter and what is expected (``BevError`` is a ValueError).
@@ -548,6 +558,12 @@ def grid_options_from_parameters(values: Mapping[str, Any]) -> GridOptions:
         y_min=float(merged["grid_y_min"]), y_max=float(merged["grid_y_max"]),
         max_range=float(merged["grid_max_range"]),
         ground_height=float(merged["grid_ground_height"]))
+    defaults = {spec.name: spec.default for spec in GRID_PARAMETERS}
+    unset = [field for name, field in GRID_EXTENT_PARAMETERS.items()
+             if float(merged[name]) == float(defaults[name])]
+    if cameras > 1 and unset:
+        surround = bev.surround_grid(grid)
+        grid = dataclasses.replace(grid, **{field: getattr(surround, field) for field in unset})
     static_pose = None
     if merged["use_static_camera_pose"]:
         mount = [float(v) for v in merged["static_camera_pose"]]
