@@ -112,12 +112,14 @@ def make_bag(path: Path) -> Path:
     return write_bag(path, messages)
 
 
-def project(name: str, spec: bev.GridSpec) -> np.ndarray:
-    """The grid of a camera's predicted labels, computed here from its mount and intrinsics."""
+def project(name: str, spec: bev.GridSpec, labels: np.ndarray | None = None) -> np.ndarray:
+    """The grid of a camera's labels (default: its predicted ones), computed here from its
+    mount and intrinsics."""
     width, height, _, _, _, _, mount = CAMERAS[name]
     camera = bev.CameraModel.from_camera_info({"width": width, "height": height,
                                                "k": intrinsics(width, height), "d": [0.0] * 5})
-    return bev.BevProjector(spec, [0])(ground_labels(name, 2.0), camera,
+    labels = ground_labels(name, 2.0) if labels is None else labels
+    return bev.BevProjector(spec, [0])(labels, camera,
                                        bev.Pose.from_mount(*mount[0], *mount[1]))
 
 
@@ -126,7 +128,7 @@ def bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_bag(tmp_path_factory.mktemp("multicam") / "drive")
 
 
-GRID = ["--grid-resolution", "0.5", "--grid-extent", "-20", "20", "-10", "10", "--grid-max-range", "18"]
+GRID = ["--grid-resolution", "0.5", "--grid-max-range", "18"]  # the surround extent by default
 
 
 def test_three_cameras_replay_through_one_batched_engine(bag: Path, tmp_path: Path) -> None:
@@ -152,28 +154,29 @@ def test_three_cameras_replay_through_one_batched_engine(bag: Path, tmp_path: Pa
         np.testing.assert_array_equal(np.asarray(first.data).reshape(height, width), expected)
     assert "/segmentation/mask" not in out  # no single-camera topics
 
-    # The fused grid, one per batch with a grid: front sees ahead (x > 0), rear behind (x < 0);
-    # left has no camera_info. Bag order gives batches (front, rear, left) x 3, then front 3
-    # with left 3, then left alone: 4 grids.
+    # The fused grid, one per batch whose frames gave votes (front and rear; left has no
+    # camera_info): front sees ahead (x > 0), rear behind (x < 0). Bag order gives batches
+    # (front, rear, left) x 3, then front 3 with left 3, then left alone twice: 4 grids.
     assert BatchEngine.batches == [3, 3, 3, 2, 1, 1]
     grids = out["/segmentation/drivable_grid"]
     assert len(grids) == 4
-    spec = bev.GridSpec(resolution=0.5, x_min=-20, x_max=20, y_min=-10, y_max=10, max_range=18)
+    spec = bev.surround_grid(bev.GridSpec(resolution=0.5, max_range=18))  # several cameras
+    assert (grids[0][1].info.width, grids[0][1].info.origin.position.x) == (spec.width, -18.0)
     x = spec.x_min + (np.arange(spec.width) + 0.5) * spec.resolution
     front = project("front", spec)
     rear = project("rear", spec)
     for index, (_, msg) in enumerate(grids):
         assert msg.header.frame_id == "base_link"
         values = np.asarray(msg.data).reshape(spec.height, spec.width)
-        np.testing.assert_array_equal(values[:, x > 1], front[:, x > 1])  # only front sees ahead
-        assert (values[:, np.abs(x) < 1] == bev.UNKNOWN).all()  # under the car: no camera
-        if index < 3:  # stamped with its newest frame that gave a grid: the rear one
-            assert stamp_to_ns(msg.header.stamp) == stamps("rear")[index]
-            np.testing.assert_array_equal(values[:, x < -1], rear[:, x < -1])
-            assert (values[:, x < -1] == bev.FREE).any()
-        else:
-            assert stamp_to_ns(msg.header.stamp) == stamps("front")[3]
-            assert (values[:, x < -1] == bev.UNKNOWN).all()
+        # A cell seen by one camera only has that camera's value; no camera sees under the car.
+        np.testing.assert_array_equal(values[:, x > 1], front[:, x > 1])
+        np.testing.assert_array_equal(values[:, x < -1], rear[:, x < -1])
+        assert (values[:, np.abs(x) < 1] == bev.UNKNOWN).all()
+        assert (values[:, x > 1] == bev.FREE).any() and (values[:, x < -1] == bev.FREE).any()
+        # Stamped with the newest votes: rear's (3 ms after front's), then front's last; the
+        # fourth grid keeps rear's last frame (97 ms old, within --grid-max-age-ms 500).
+        newest = stamps("rear")[index] if index < 3 else stamps("front")[3]
+        assert stamp_to_ns(msg.header.stamp) == newest
 
     data = json.loads((report / "metrics.json").read_text())
     cams = data["cameras"]
@@ -190,6 +193,13 @@ def test_three_cameras_replay_through_one_batched_engine(bag: Path, tmp_path: Pa
     assert cams["rear"]["evaluation"] is None and cams["left"]["evaluation"] is None
     assert data["evaluation"]["confusion_matrix"] == cams["front"]["evaluation"]["confusion_matrix"]
     assert cams["front"]["birds_eye"]["grids"] == 4 and cams["left"]["birds_eye"] is None
+    # The bird's-eye IoU of the camera with ground truth: its own grid against the truth's.
+    truth_grid = project("front", spec, ground_labels("front", 1.0))
+    known = truth_grid != bev.UNKNOWN
+    inter = np.count_nonzero((front == bev.FREE) & (truth_grid == bev.FREE))
+    union = np.count_nonzero(((front == bev.FREE) & known) | (truth_grid == bev.FREE))
+    assert cams["front"]["birds_eye"]["drivable_iou"] == pytest.approx(inter / union)
+    assert data["birds_eye"]["drivable_iou"] == pytest.approx(inter / union)
     assert data["birds_eye"]["fused"] and data["birds_eye"]["topic_messages"] == len(grids)
     assert any("camera left" in w and "camera_info" in w for w in data["status"]["warnings"])
     with (report / "frames.csv").open() as stream:

@@ -132,12 +132,16 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grid-resolution", type=float, help="cell size, m (default 0.1)")
     group.add_argument("--grid-extent", nargs=4, type=float,
                        metavar=("X_MIN", "X_MAX", "Y_MIN", "Y_MAX"),
-                       help="grid extent in the grid frame, m (default 0 40 -20 20)")
+                       help="grid extent in the grid frame, m (default 0 40 -20 20; with several "
+                       "cameras -R R -R R around the vehicle, R = --grid-max-range)")
     group.add_argument("--grid-max-range", type=float, help="unknown beyond this range, m "
                        "(default 30)")
     group.add_argument("--grid-ground-height", type=float, help="ground plane z, m (default 0)")
     group.add_argument("--rectified", action="store_true", default=None,
                        help="the images are rectified: project with CameraInfo P")
+    group.add_argument("--grid-max-age-ms", type=float, default=500.0,
+                       help="several cameras: leave a camera out of the fused grid when its "
+                       "latest frame is older than this (default 500 ms)")
     group.add_argument("--no-grid", action="store_true", help="write no drivable grid")
 
 
@@ -156,7 +160,10 @@ def _grid_options(args: argparse.Namespace) -> Any:
         if value is not None:
             values[key] = value
     values["use_static_camera_pose"] = False  # the replay's pose fallback is --camera-pose
-    return grid_options_from_parameters(values)
+    # Several cameras: the node's surround extent, unless --grid-extent says otherwise.
+    fields = camera_fields(args)
+    cameras = len(fields.get("cameras") or fields.get("image_topics") or [None])
+    return grid_options_from_parameters(values, cameras=1 if args.grid_extent else cameras)
 
 
 def _config_file_values(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
@@ -268,7 +275,7 @@ def build_options(args: argparse.Namespace, config: SegmenterConfig) -> tuple[An
         samples=args.samples, grid=grid.grid, write_grid=not args.no_grid,
         camera_info_yaml=args.camera_info,
         camera_pose=tuple(args.camera_pose) if args.camera_pose else None,
-        rectified_input=grid.rectified_input)
+        rectified_input=grid.rectified_input, grid_max_age_ms=args.grid_max_age_ms)
     return options, config
 
 

@@ -244,8 +244,12 @@ class GridStage:
         """The grid values of a frame (kept for :meth:`evaluate`), or None (the cause is counted)."""
         values = self._grid(labels, stamp_ns, frame_id,
                             bev.label_window(frame_shape, labels.shape, self.resize))
-        if values is None:
-            return None
+        if values is not None:
+            self.record(stamp_ns, frame_id, values)
+        return values
+
+    def record(self, stamp_ns: int, frame_id: str, values: np.ndarray) -> None:
+        """Keep a frame's grid values (this stage's or the fuser's) for :meth:`evaluate`."""
         if len(self._recent) == self._recent.maxlen:
             self.frames.pop(self._recent[0], None)
         self._recent.append(stamp_ns)
@@ -253,7 +257,6 @@ class GridStage:
         if self.picture is None:
             self.picture = (values, None)
         self.written += 1
-        return values
 
     def frame(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
               frame_shape: tuple[int, ...]) -> Any:
@@ -332,40 +335,78 @@ def grid_png(grid: bev.GridSpec, grids: Sequence[np.ndarray | None]) -> bytes | 
 
 
 class FusedGridStage:
-    """The surround grid of a multi-camera replay: each camera's grid (its
-    :class:`GridStage`, projected per frame) fused into one per engine batch.
+    """The surround grid of a multi-camera replay: each batch's frames go into one
+    :class:`~bisenet_ros.fusion.GridFuser` (the node's fusion and overlap rule), which gives
+    one grid per batch.
+
+    Each camera's own grid (from its votes) is kept by its :class:`GridStage`, for its figures
+    and its bird's-eye IoU against ground truth; a camera whose frames give no votes (no pose in
+    tf, a view that misses the extent) has the reason counted there.
 
     Args:
         grid: The grid all cameras project into.
         cameras: The replay's cameras (:class:`~bisenet_ros.replay.cameras.CameraResult`);
             those without a ``grid`` stage (no camera model or pose) leave their cells unknown.
+        drivable_ids: Class ids that are drivable.
+        max_age_ms: A camera's latest votes older than this before the batch's newest frame are
+            left out of the grid (a camera that stopped, or runs much slower).
     """
 
-    def __init__(self, grid: bev.GridSpec, cameras: Sequence[Any]) -> None:
+    def __init__(self, grid: bev.GridSpec, cameras: Sequence[Any], drivable_ids: Iterable[int],
+                 *, max_age_ms: float = 500.0) -> None:
+        from bisenet_ros.fusion import GridFuser
+
         self.spec = grid
         self.cameras = list(cameras)
+        self.fuser = GridFuser(grid, drivable_ids, cameras=[c.name for c in self.cameras])
+        self.max_age_ns = int(max_age_ms * 1e6)
         self.written = 0
         self.picture: np.ndarray | None = None
+        self.statuses: dict[str, Any] = {}  # camera -> its CameraStatus in the latest grid
 
-    def fuse(self, frames: Sequence[tuple[str, int]]) -> Any:
-        """The OccupancyGrid message fusing the grids of one batch's ``(camera, stamp_ns)``
-        frames, stamped with the newest frame that gave a grid; None when none did."""
+    def fuse(self, frames: Sequence[tuple[str, int, str, np.ndarray, tuple[int, ...]]]) -> Any:
+        """The OccupancyGrid message of one batch, or None when no frame of it gave votes.
+
+        Args:
+            frames: ``(camera, stamp_ns, frame_id, labels, frame_shape)`` of the batch's frames.
+
+        Returns:
+            The grid of every camera's latest votes, stamped with the newest votes fused.
+        """
         stages = {camera.name: camera.grid for camera in self.cameras}
-        grids, stamps = [], []
-        for camera, stamp_ns in frames:
-            stage = stages.get(camera)
-            entry = stage.frames.get(stamp_ns) if stage is not None else None
-            if entry is not None:
-                grids.append(entry[1])
-                stamps.append(stamp_ns)
-        if not grids:
+        fresh = []
+        for name, stamp_ns, frame_id, labels, frame_shape in frames:
+            stage = stages.get(name)
+            if stage is None:  # no camera model or pose at all: said once, at the start
+                self.fuser.update(name, None, None, None, stamp_ns=stamp_ns,
+                                  problem="no camera model or pose (see the warnings)")
+                continue
+            camera = stage.source.camera_at(stamp_ns)
+            try:
+                pose, problem = stage.source.pose_for(frame_id), None
+            except bev.BevError as err:
+                pose, problem = None, str(err)
+            status = self.fuser.update(
+                name, labels, camera, pose, stamp_ns=stamp_ns, problem=problem,
+                window=bev.label_window(frame_shape, labels.shape, stage.resize))
+            if status.fused:
+                fresh.append((name, stamp_ns, frame_id))
+            else:
+                stage.problems[status.message] += 1
+        if not fresh:
             return None
-        values = fuse_grids(grids)
+        fused = self.fuser.fuse(stamp_ns=max(stamp for _, stamp, _ in fresh),
+                                max_age_ns=self.max_age_ns)
+        self.statuses = dict(fused.cameras)
+        for name, stamp_ns, frame_id in fresh:
+            values = fused.camera_grid(name)
+            if values is not None:
+                stages[name].record(stamp_ns, frame_id, values)
         if self.picture is None:
-            self.picture = values
+            self.picture = fused.values
         self.written += 1
-        return make_occupancy_grid(max(stamps), self.spec.frame_id,
-                                   bev.occupancy_grid_fields(values, self.spec))
+        return make_occupancy_grid(fused.stamp_ns or 0, self.spec.frame_id,
+                                   bev.occupancy_grid_fields(fused.values, self.spec))
 
     @property
     def evaluated(self) -> int:
@@ -386,24 +427,9 @@ class FusedGridStage:
                 **stage.sources(), "grids": stage.written, "drivable_iou": stage.iou(),
                 "frames_evaluated": stage.evaluated}
         return {"topic_messages": self.written, "grid": grid_summary(self.spec),
-                "fused": True, "cameras": cameras, "drivable_iou": self.iou(),
-                "frames_evaluated": self.evaluated}
+                "fused": True, "max_age_ms": self.max_age_ns / 1e6, "cameras": cameras,
+                "drivable_iou": self.iou(), "frames_evaluated": self.evaluated}
 
     def picture_png(self) -> bytes | None:
         """PNG of the first fused grid, forward up."""
         return None if self.picture is None else grid_png(self.spec, [self.picture])
-
-
-def fuse_grids(grids: Sequence[np.ndarray]) -> np.ndarray:
-    """One grid from several cameras' grids of the same :class:`~bisenet_ros.bev.GridSpec`.
-
-    A cell takes the votes of the cameras that see it: free when at least as many of them see
-    it free as occupied, occupied otherwise, unknown where no camera sees it.
-    """
-    stack = np.stack(grids)
-    free = np.count_nonzero(stack == bev.FREE, axis=0)
-    occupied = np.count_nonzero(stack == bev.OCCUPIED, axis=0)
-    out = np.full(stack.shape[1:], bev.UNKNOWN, dtype=np.int8)
-    out[occupied > 0] = bev.OCCUPIED
-    out[(free > 0) & (free >= occupied)] = bev.FREE
-    return out

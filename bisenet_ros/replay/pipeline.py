@@ -134,6 +134,8 @@ class ReplayOptions:
         camera_pose: ``(x, y, z, roll, pitch, yaw)`` of the camera body in the grid frame
             (wins over the bag's tf).
         rectified_input: The images are rectified: project with CameraInfo P.
+        grid_max_age_ms: Several cameras: a camera's latest frame older than this before a
+            batch's newest frame is left out of the fused grid (a camera that stopped).
     """
 
     input: Path
@@ -165,6 +167,7 @@ class ReplayOptions:
     camera_info_yaml: Path | None = None
     camera_pose: tuple[float, ...] | None = None
     rectified_input: bool = False
+    grid_max_age_ms: float = 500.0
 
     @property
     def multi_camera(self) -> bool:
@@ -551,7 +554,8 @@ def _setup_grid(bag: InputBag, options: ReplayOptions, result: ReplayResult) -> 
     elif any(camera.grid is not None for camera in result.cameras):
         from bisenet_ros.replay.grid import FusedGridStage
 
-        result.grid = FusedGridStage(grid, result.cameras)
+        result.grid = FusedGridStage(grid, result.cameras, result.drivable_ids,
+                                     max_age_ms=options.grid_max_age_ms)
 
 
 def open_input(options: ReplayOptions) -> InputBag:
@@ -908,12 +912,14 @@ class _Sink:
         fused = self.result.grid if self.options.multi_camera else None
         if fused is not None:
             t0 = time.perf_counter()
-            msg = fused.fuse([(d.frame.camera, d.frame.stamp_ns) for d in batch.done])
+            msg = fused.fuse([(d.frame.camera, d.frame.stamp_ns, d.frame.frame_id,
+                               np.asarray(d.result.labels), d.frame.image.shape)
+                              for d in batch.done])
             if msg is not None and self.out is not None:
                 self.out.write(GRID_OUTPUT, msg, max(d.frame.bag_ns for d in batch.done))
             ms = (time.perf_counter() - t0) * 1e3
             for done in batch.done:
-                done.timings["grid_fusion"] = ms
+                done.timings["grid"] = ms
 
     def frame(self, done: _Done) -> None:
         frame, res = done.frame, done.result
@@ -922,14 +928,11 @@ class _Sink:
             self._write_messages(sink, frame, res, done.timings)
         labels = np.asarray(res.labels)
         stage = sink.camera.grid
-        if stage is not None:
+        if stage is not None and not self.options.multi_camera:  # several: fused per batch
             t0 = time.perf_counter()
-            if self.options.multi_camera:  # projected here, fused per batch
-                stage.project(frame.stamp_ns, frame.frame_id, labels, frame.image.shape)
-            else:
-                grid_msg = stage.frame(frame.stamp_ns, frame.frame_id, labels, frame.image.shape)
-                if grid_msg is not None and self.out is not None:
-                    self.out.write(GRID_OUTPUT, grid_msg, frame.bag_ns)
+            grid_msg = stage.frame(frame.stamp_ns, frame.frame_id, labels, frame.image.shape)
+            if grid_msg is not None and self.out is not None:
+                self.out.write(GRID_OUTPUT, grid_msg, frame.bag_ns)
             done.timings["grid"] = (time.perf_counter() - t0) * 1e3
         drivable = (np.count_nonzero(res.drivable) / max(res.drivable.size, 1)
                     if getattr(res, "drivable", None) is not None
