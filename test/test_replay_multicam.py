@@ -81,7 +81,8 @@ def stamps(name: str) -> list[int]:
 
 
 def make_bag(path: Path) -> Path:
-    """front (bgr8 128x64, 4 frames, ground truth), rear (rgb8 48x32, 3 frames), left (PNG
+    """front (bgr8 128x64, 4 frames, ground truth), rear (rgb8 48x32, 3 frames, ground truth
+    equal to the prediction), left (PNG
     CompressedImage 40x24, 6 frames at twice the rate, no camera_info); tf for front and rear."""
     messages: list[BagMessage] = []
     transforms = []
@@ -106,6 +107,11 @@ def make_bag(path: Path) -> Path:
     messages += [BagMessage("/front/labels", IMAGE, stamp + 8_000_000,
                             make_image(make_header(stamp, "front_optical"), encode_frame(truth, "mono8")))
                  for stamp in stamps("front")]
+    # ... and on the rear camera, equal to the prediction (for the two-camera test).
+    rear = ground_labels("rear", 2.0)
+    messages += [BagMessage("/rear/labels", IMAGE, stamp + 8_000_000,
+                            make_image(make_header(stamp, "rear_optical"), encode_frame(rear, "mono8")))
+                 for stamp in stamps("rear")]
     messages.append(BagMessage("/tf_static", "tf2_msgs/msg/TFMessage", START - 1,
                                make_tf_message(transforms)))
     messages.sort(key=lambda m: m.timestamp)
@@ -228,7 +234,30 @@ def test_repeated_image_topic_names_cameras_and_a_camera_outside_the_extent_warn
     assert data["cameras"]["front"]["birds_eye"]["grids"] == 4
 
 
+def test_ground_truth_on_two_cameras_is_scored_per_camera_and_summed(bag: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--cameras", "front,rear,left",
+                    "--labels-topic", "/front/labels", "--labels-topic", "/rear/labels", "--no-grid",
+                    "--outputs", "mask", "--report", str(report), "--no-progress"],
+                   engine_factory=BatchEngine) == 0
+    data = json.loads((report / "metrics.json").read_text())
+    front, rear = (data["cameras"][n]["evaluation"] for n in ("front", "rear"))
+    assert front["ground_truth"] == "topic /front/labels" and front["frames_evaluated"] == 4
+    assert rear["ground_truth"] == "topic /rear/labels" and rear["frames_evaluated"] == 3
+    assert rear["pixel_accuracy"] == 1.0
+    pred, truth = ground_labels("front", 2.0), ground_labels("front", 1.0)
+    assert front["pixel_accuracy"] == pytest.approx(np.mean(pred == truth))
+    total = data["evaluation"]
+    assert total["frames_evaluated"] == 7
+    assert total["confusion_matrix"] == (np.array(front["confusion_matrix"])
+                                         + np.array(rear["confusion_matrix"])).tolist()
+    assert data["cameras"]["left"]["evaluation"] is None
+
+
 @pytest.mark.parametrize("argv, message", [
+    (["--cameras", "front,rear", "--labels-topic", "/front/labels", "--labels-topic",
+      "/rear/labels", "--labels-camera", "front"], "names the camera of one ground truth"),
+    (["--labels-topic", "/front/labels", "--labels-topic", "/rear/labels"], "several cameras"),
     (["--cameras", "front,front"], "named twice: front"),
     (["--cameras", "front,,rear"], "entry 1 (counting from 0) empty"),
     (["--image-topic", "/front/image_raw", "--image-topic", "/front/image_raw"], "named twice"),

@@ -86,8 +86,10 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_ground_truth_arguments(group: Any) -> None:
     """Where the ground truth comes from (shared with ``bisenet-ros evaluate``)."""
-    group.add_argument("--labels-topic", help="ground truth topic: mono8 trainId masks (255 = ignore) "
-                       "with the camera frames' header stamps")
+    group.add_argument("--labels-topic", action="append", default=None,
+                       help="ground truth topic: mono8 trainId masks (255 = ignore) with the camera "
+                       "frames' header stamps; with several cameras repeat it, one per camera "
+                       "(each for the camera whose namespace holds it)")
     group.add_argument("--labels-camera", metavar="NAME",
                        help="with several cameras: the camera the ground truth belongs to "
                        "(default: the camera whose namespace holds --labels-topic)")
@@ -239,6 +241,12 @@ def camera_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {"image_topic": topics[0] if topics else None}
 
 
+def labels_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`ReplayOptions` ground-truth topic fields (``--labels-topic``, repeatable)."""
+    topics = list(args.labels_topic or [])
+    return {"labels_topic": topics[0] if topics else None, "labels_topics": tuple(topics[1:])}
+
+
 def check_run_arguments(args: argparse.Namespace) -> None:
     """Check the ground-truth and run options (:func:`add_ground_truth_arguments`,
     :func:`add_run_arguments`).
@@ -267,7 +275,7 @@ def build_options(args: argparse.Namespace, config: SegmenterConfig) -> tuple[An
     grid = _grid_options(args)
     options = ReplayOptions(
         input=Path(args.input), output=Path(args.output), **camera_fields(args), **fields,
-        labels_topic=args.labels_topic, labels_camera=args.labels_camera,
+        **labels_fields(args), labels_camera=args.labels_camera,
         labels_dir=Path(args.labels_dir) if args.labels_dir else None,
         labels_match=args.labels_match, label_tolerance_ms=args.label_tolerance_ms,
         report_dir=Path(args.report) if args.report else None, overwrite=args.overwrite,

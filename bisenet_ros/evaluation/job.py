@@ -88,6 +88,7 @@ class EvalSettings:
         image_topics: Camera topics of multi-camera bags, instead of ``cameras``.
         labels_camera: The camera the ground truth belongs to (multi-camera bags).
         labels_topic: Ground-truth topic (mono8 trainId masks).
+        labels_topics: Several cameras: more ground-truth topics (see ``ReplayOptions``).
         labels_dir: Ground-truth folder template (see :func:`~bisenet_ros.evaluation.bags.labels_dir_for`).
         labels_match: ``auto``, ``timestamp`` or ``order`` for folders.
         label_tolerance_ms: Largest stamp difference for timestamp matching.
@@ -103,6 +104,7 @@ class EvalSettings:
     image_topics: tuple[str, ...] = ()
     labels_camera: str | None = None
     labels_topic: str | None = None
+    labels_topics: tuple[str, ...] = ()
     labels_dir: str | None = None
     labels_match: str = "auto"
     label_tolerance_ms: float = 1.0
@@ -118,7 +120,7 @@ class EvalSettings:
                "label_tolerance_ms": self.label_tolerance_ms, "max_frames": self.max_frames}
         if self.cameras or self.image_topics:  # single-camera keys stay as they were
             key.update(cameras=list(self.cameras), image_topics=list(self.image_topics),
-                       labels_camera=self.labels_camera)
+                       labels_topics=list(self.labels_topics), labels_camera=self.labels_camera)
         return key
 
     def replay_options(self, bag: Path, labels_dir: Path | None, output: Path | None) -> Any:
@@ -131,7 +133,7 @@ class EvalSettings:
         return ReplayOptions(
             input=bag, output=output, image_topic=self.image_topic, cameras=self.cameras,
             image_topics=self.image_topics, labels_camera=self.labels_camera,
-            labels_topic=self.labels_topic,
+            labels_topic=self.labels_topic, labels_topics=self.labels_topics,
             labels_dir=labels_dir, labels_match=self.labels_match,
             label_tolerance_ms=self.label_tolerance_ms, max_frames=self.max_frames,
             queue_size=self.queue_size, progress=False, samples=0, **extra)

@@ -38,6 +38,7 @@ class CameraResult:
         undecodable: Messages among them that could not be decoded.
         bag_times: Bag times (ns) of those messages.
         confusion: Accuracy against ground truth, when this camera has ground truth.
+        ground_truth: Where this camera's ground truth comes from (``topic ...``/``folder ...``).
         unmatched_predictions: Frames without ground truth (this camera has some).
         unmatched_labels: Ground-truth masks without a frame.
         grid: This camera's bird's-eye projection (:class:`~bisenet_ros.replay.grid.GridStage`),
@@ -51,6 +52,7 @@ class CameraResult:
     undecodable: int = 0
     bag_times: list[int] = dataclasses.field(default_factory=list)
     confusion: M.ConfusionMatrix | None = None
+    ground_truth: str | None = None
     unmatched_predictions: int = 0
     unmatched_labels: int = 0
     grid: Any = None

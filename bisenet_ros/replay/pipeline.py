@@ -115,6 +115,8 @@ class ReplayOptions:
         confidence_encoding: ``32FC1`` or ``mono8``.
         copy_topics: Input topics copied to the output unchanged (``["*"]``: all topics).
         labels_topic: Ground truth topic (mono8 trainId masks).
+        labels_topics: Several cameras: more ground-truth topics, each for the camera whose
+            namespace holds it (``/front/labels`` -> ``front``).
         labels_camera: The camera ``labels_topic`` / ``labels_dir`` belong to in a multi-camera
             replay (None: the camera whose namespace holds the labels topic, or the only one).
         labels_dir: Ground truth folder (Cityscapes-style).
@@ -151,6 +153,7 @@ class ReplayOptions:
     confidence_encoding: str = "32FC1"
     copy_topics: tuple[str, ...] = ()
     labels_topic: str | None = None
+    labels_topics: tuple[str, ...] = ()
     labels_camera: str | None = None
     labels_dir: Path | None = None
     labels_match: str = "auto"
@@ -168,6 +171,11 @@ class ReplayOptions:
     camera_pose: tuple[float, ...] | None = None
     rectified_input: bool = False
     grid_max_age_ms: float = 500.0
+
+    @property
+    def ground_truth_topics(self) -> tuple[str, ...]:
+        """Every ground-truth topic (``labels_topic`` first)."""
+        return ((self.labels_topic,) if self.labels_topic else ()) + tuple(self.labels_topics)
 
     @property
     def multi_camera(self) -> bool:
@@ -333,7 +341,8 @@ class _Run:
     # reader thread: bag -> deserialize -> codec.decode -> [q_in]
     bag: InputBag
     cameras: dict[str, CameraResult]  # by name; one named "" in a single-camera replay
-    labels_camera: str | None  # the camera the ground truth belongs to
+    labels: dict[str, str]  # ground-truth topic -> its camera
+    folder_camera: str | None  # the camera the ground-truth folder belongs to
     copy: list[str]  # input topics copied to the output unchanged
     q_in: "queue.Queue[Any]"
     # main thread: frames -> FrameBatcher (the scheduler) -> engine.segment_batch -> [q_out]
@@ -429,7 +438,7 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         bag = InputBag(options.input)
         bag.open()
     try:
-        cameras, copy, gt_camera = _check_topics(bag, options)
+        cameras, copy, labels, folder_camera = _check_topics(bag, options)
         result.cameras = [CameraResult(name, topic) for name, topic in cameras]
         if not options.multi_camera:
             result.image_topic = cameras[0][1]
@@ -441,7 +450,7 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         total = sum(_expected(camera.image_topic, options) for camera in result.cameras)
         show = options.progress if options.progress is not None else stream.isatty()
         run = _Run(bag=bag, cameras={camera.name: camera for camera in result.cameras},
-                   labels_camera=gt_camera, copy=copy,
+                   labels=labels, folder_camera=folder_camera, copy=copy,
                    q_in=queue.Queue(maxsize=options.queue_size), engine=engine,
                    engine_outputs=engine_outputs,
                    batches=FrameBatcher([name for name, _ in cameras], depth=options.queue_size),
@@ -476,8 +485,7 @@ def pick_image_topic(bag: InputBag, options: ReplayOptions) -> TopicInfo:
     Raises:
         BagError: The topic is missing, or there is no or more than one image topic to choose.
     """
-    return bag.pick_image_topic(options.image_topic,
-                                exclude=[options.labels_topic] if options.labels_topic else [])
+    return bag.pick_image_topic(options.image_topic, exclude=options.ground_truth_topics)
 
 
 def camera_topics(bag: InputBag, options: ReplayOptions) -> list[TopicInfo]:
@@ -490,13 +498,18 @@ def camera_topics(bag: InputBag, options: ReplayOptions) -> list[TopicInfo]:
 
 
 def _check_topics(bag: InputBag, options: ReplayOptions
-                  ) -> tuple[list[tuple[str, TopicInfo]], list[str], str | None]:
-    """``(cameras as (name, topic), topics to copy, the camera with ground truth)``.
+                  ) -> tuple[list[tuple[str, TopicInfo]], list[str], dict[str, str], str | None]:
+    """``(cameras as (name, topic), topics to copy, ground-truth topic -> camera, the camera
+    of the ground-truth folder)``.
 
     Raises:
         BagError: A topic is missing or ambiguous, or the cameras or the ground truth's camera
             are given wrongly.
     """
+    gt_topics = options.ground_truth_topics
+    if len(gt_topics) > 1 and not options.multi_camera:
+        raise BagError("several labels topics need several cameras (--cameras); one camera has "
+                       "one ground truth")
     if options.multi_camera:
         if options.image_topic:
             raise BagError("give the camera topics either as one image_topic or as several "
@@ -504,21 +517,32 @@ def _check_topics(bag: InputBag, options: ReplayOptions
         cameras = resolve_cameras(bag, cameras=options.cameras, image_topics=options.image_topics)
     else:
         cameras = [("", pick_image_topic(bag, options))]
-    if options.labels_topic and options.labels_topic not in bag.topics:
-        raise BagError(f"labels topic {options.labels_topic!r} is not in {options.input}; "
-                       f"topics: {', '.join(bag.topics)}")
-    gt_camera = None
-    if options.labels_topic or options.labels_dir is not None:
-        gt_camera = (labels_camera(options.labels_topic, options.labels_camera,
-                                   [name for name, _ in cameras]) if options.multi_camera else "")
-    elif options.labels_camera is not None:
-        raise BagError("--labels-camera without ground truth; give --labels-topic or --labels-dir")
+    for topic in gt_topics:
+        if topic not in bag.topics:
+            raise BagError(f"labels topic {topic!r} is not in {options.input}; "
+                           f"topics: {', '.join(bag.topics)}")
+    if options.labels_camera is not None and (len(gt_topics) > 1 or not (
+            gt_topics or options.labels_dir is not None)):
+        raise BagError("--labels-camera names the camera of one ground truth (one --labels-topic "
+                       "or --labels-dir); several labels topics go to the cameras whose "
+                       "namespace holds them")
+    names = [name for name, _ in cameras]
+
+    def owner(topic: str | None) -> str:
+        return labels_camera(topic, options.labels_camera, names) if options.multi_camera else ""
+
+    labels = {topic: owner(topic) for topic in gt_topics}
+    twice = [c for c in set(labels.values()) if list(labels.values()).count(c) > 1]
+    if twice:
+        raise BagError(f"camera {twice[0]!r} has several labels topics "
+                       f"({', '.join(t for t, c in labels.items() if c == twice[0])}); one each")
+    folder_camera = owner(None) if options.labels_dir is not None else None
     copy = list(bag.topics) if "*" in options.copy_topics else list(options.copy_topics)
     missing = [t for t in copy if t not in bag.topics]
     if missing:
         raise BagError(f"--copy-topic {missing[0]!r} is not in {options.input}; "
                        f"topics: {', '.join(bag.topics)}")
-    return cameras, copy, gt_camera
+    return cameras, copy, labels, folder_camera
 
 
 def _expected(topic: TopicInfo, options: ReplayOptions) -> int:
@@ -733,10 +757,8 @@ def _read(run: _Run) -> None:
     """Reader thread: raw messages -> decoded frames, label masks and copied messages."""
     copy, options, result, q_in, stop = run.copy, run.options, run.result, run.q_in, run.stop
     cameras = {camera.image_topic.name: camera for camera in run.cameras.values()}
-    wanted = {*cameras, *copy}
-    if options.labels_topic:
-        wanted.add(options.labels_topic)
-    label_index = 0
+    wanted = {*cameras, *copy, *run.labels}
+    label_index = dict.fromkeys(run.labels, 0)
     try:
         for raw in run.bag.messages(wanted):
             if stop.is_set():
@@ -754,18 +776,17 @@ def _read(run: _Run) -> None:
             if camera is not None:
                 item = _decode(raw, camera, result)
                 camera.frames_read += 1
-            elif raw.topic == options.labels_topic:
+            elif raw.topic in run.labels:
+                index, owner = label_index[raw.topic], run.labels[raw.topic]
                 try:
                     msg = deserialize(raw.data, IMAGE)
                     mask = codec.image_to_array(msg)
                     if mask.ndim != 2 or mask.dtype != np.uint8:
                         raise codec.CodecError(f"labels must be mono8 trainId masks, got {msg.encoding}")
-                    item = _Label(label_index, stamp_to_ns(msg.header.stamp), np.array(mask),
-                                  run.labels_camera or "")
+                    item = _Label(index, stamp_to_ns(msg.header.stamp), np.array(mask), owner)
                 except Exception as err:  # noqa: BLE001
-                    result.corrupt_labels.append({"index": label_index, "bag_ns": raw.timestamp,
-                                                  "reason": _reason(err)})
-                label_index += 1
+                    result.corrupt_labels.append(_corrupt(owner, index, raw.timestamp, _reason(err)))
+                label_index[raw.topic] += 1
             if item is not None and not _put(q_in, item, stop):
                 break
     except Exception as err:  # noqa: BLE001 - InputBag.messages already salvages; belt and braces
@@ -891,6 +912,7 @@ class _Sink:
         self.options = options = run.options
         self.topics = run.topics
         self.folder = run.folder
+        self.folder_camera = run.folder_camera
         self.result = result = run.result
         self.num_classes = max(len(result.class_names), 1)
         self.cameras: dict[str, _CameraSink] = {}
@@ -898,9 +920,14 @@ class _Sink:
         samples = -(-options.samples // len(run.cameras)) if options.samples > 0 else 0
         for name, camera in run.cameras.items():
             self.cameras[name] = _CameraSink(camera, _expected(camera.image_topic, options), samples)
-        if run.labels_camera is not None:
-            self.cameras[run.labels_camera].camera.confusion = M.ConfusionMatrix(
+        sources = {camera: f"topic {topic}" for topic, camera in run.labels.items()}
+        if run.folder_camera is not None:
+            sources[run.folder_camera] = f"folder {options.labels_dir}"
+        for camera, source in sources.items():
+            self.cameras[camera].camera.confusion = M.ConfusionMatrix(
                 self.num_classes, result.drivable_ids)
+            self.cameras[camera].camera.ground_truth = source
+        if sources:  # the total over the cameras with ground truth
             result.confusion = M.ConfusionMatrix(self.num_classes, result.drivable_ids)
         self.drivable_lut = np.zeros(256, dtype=bool)
         self.drivable_lut[[i for i in result.drivable_ids if 0 <= i < 256]] = True
@@ -947,7 +974,7 @@ class _Sink:
             # The engine's result travels with its labels only when a hook wants it (it may
             # hold full-size colour images; the matcher keeps up to its window of them).
             prediction = (labels, res if self.on_ground_truth is not None else None)
-            if self.folder is not None:
+            if self.folder is not None and frame.camera == self.folder_camera:
                 mask = self.folder.load(frame.index, frame.stamp_ns)
                 if mask is None:
                     sink.camera.unmatched_predictions += 1

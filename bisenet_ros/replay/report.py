@@ -70,7 +70,8 @@ def build_metrics(result: ReplayResult) -> dict[str, Any]:
     drivable = [f.drivable_fraction for f in frames]
     throughput = result.throughput_fps()
     evaluation = _evaluation(result.confusion, names, result.unmatched_predictions,
-                             result.unmatched_labels, opts)
+                             result.unmatched_labels,
+                             ", ".join(c.ground_truth for c in result.cameras if c.ground_truth))
     image = result.image_topic
     data = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -132,14 +133,13 @@ def _engine_fps(frames: Sequence[Any]) -> float | None:
 
 
 def _evaluation(confusion: M.ConfusionMatrix | None, names: list[str], unmatched_predictions: int,
-                unmatched_labels: int, opts: Any) -> dict[str, Any] | None:
+                unmatched_labels: int, ground_truth: str) -> dict[str, Any] | None:
     if confusion is None:
         return None
     evaluation = confusion.summary(names)
     evaluation["unmatched_predictions"] = unmatched_predictions
     evaluation["unmatched_labels"] = unmatched_labels
-    evaluation["ground_truth"] = (f"topic {opts.labels_topic}" if opts.labels_topic
-                                  else f"folder {opts.labels_dir}")
+    evaluation["ground_truth"] = ground_truth
     return evaluation
 
 
@@ -165,7 +165,7 @@ def _camera_metrics(result: ReplayResult, camera: CameraResult, names: list[str]
         "drivable_fraction": M.percentiles(drivable) if drivable else None,
         "label_change_fraction": M.percentiles(changes) if changes else None,
         "evaluation": _evaluation(camera.confusion, names, camera.unmatched_predictions,
-                                  camera.unmatched_labels, result.options),
+                                  camera.unmatched_labels, camera.ground_truth or ""),
         "birds_eye": section,
     }
 
