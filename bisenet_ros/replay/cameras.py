@@ -58,11 +58,6 @@ class CameraResult:
     grid: Any = None
     samples: list[tuple[int, bytes]] = dataclasses.field(default_factory=list)
 
-    @property
-    def label(self) -> str:
-        """How messages and the report name this camera (its topic when it has no name)."""
-        return self.name or self.image_topic.name
-
 
 def camera_name(topic: str) -> str:
     """The camera a topic belongs to: its namespace, e.g. ``/front/image_raw/compressed`` ->
@@ -116,8 +111,7 @@ def resolve_cameras(bag: InputBag, *, cameras: Sequence[str] = (),
     return list(zip(names, infos or [camera_topic(bag, name) for name in names]))
 
 
-def labels_camera(labels_topic: str | None, requested: str | None,
-                  names: Iterable[str]) -> str | None:
+def labels_camera(labels_topic: str | None, requested: str | None, names: Iterable[str]) -> str:
     """The camera the ground truth belongs to in a multi-camera replay.
 
     ``requested`` (``--labels-camera``) when given; else the camera whose namespace holds the
