@@ -360,3 +360,21 @@ def test_the_real_segmenter_gives_each_camera_what_it_gives_the_frame_alone(
                 assert written.header.frame_id == msg.header.frame_id
                 np.testing.assert_array_equal(np.asarray(written.data), fields[topic]["data"],
                                               err_msg=f"{name} {topic} {index}")
+
+
+def test_frame_batcher_keeps_every_frame_in_order_through_the_scheduler() -> None:
+    from bisenet_ros.replay.cameras import FrameBatcher
+
+    batcher = FrameBatcher(["a", "b"], depth=3)
+    for i in range(3):
+        batcher.push("a", f"a{i}")
+        assert batcher.ready(set()) == (i == 2)  # b has nothing yet: wait, up to depth frames
+    assert batcher.scheduler.pending("a") and not batcher.scheduler.pending("b")
+    assert batcher.pop() == ["a0"]  # a flooding camera's backlog is never replaced
+    batcher.push("b", "b0")
+    assert batcher.ready(set()) and sorted(batcher.pop()) == ["a1", "b0"]
+    assert not batcher.ready(set())  # a2 waits for b ...
+    assert batcher.ready({"b"}) and batcher.pop() == ["a2"]  # ... until b sends nothing more
+    assert len(batcher) == 0 and batcher.received("a") == 3
+    counters = batcher.scheduler.counters()
+    assert (counters["a"].scheduled, counters["a"].replaced, counters["b"].scheduled) == (3, 0, 1)
