@@ -24,9 +24,6 @@ from bisenet_ros.replay.bag import BagError, InputBag, TopicInfo
 from bisenet_ros.replay.messages import IMAGE_TYPES
 from bisenet_ros.scheduler import BatchScheduler, camera_topics, validate_camera_names
 
-DEFAULT_IMAGE_SUFFIX = "image_raw"  # the node's image_suffix default
-
-
 @dataclasses.dataclass
 class CameraResult:
     """One camera's share of a replay (the totals are :class:`~bisenet_ros.replay.pipeline.ReplayResult`'s).
@@ -66,15 +63,14 @@ def camera_name(topic: str) -> str:
     return base.strip("/").rpartition("/")[0]
 
 
-def camera_topic(bag: InputBag, name: str, suffix: str = DEFAULT_IMAGE_SUFFIX) -> TopicInfo:
-    """The image topic of camera ``name``: ``/<name>/<suffix>``, else its ``/compressed``
-    (the node's names, :func:`bisenet_ros.scheduler.camera_topics`).
+def camera_topic(bag: InputBag, name: str) -> TopicInfo:
+    """The image topic of camera ``name``: ``/<name>/image_raw``, else its ``/compressed``
+    (the node's names with its default ``image_suffix``, :func:`bisenet_ros.scheduler.camera_topics`).
 
     Raises:
         BagError: Neither is an image topic of the bag.
     """
-    raw, compressed = (camera_topics([name], image_suffix=suffix, compressed=c)[0].input_topic
-                       for c in (False, True))
+    raw, compressed = (camera_topics([name], compressed=c)[0].input_topic for c in (False, True))
     for topic in (raw, compressed):
         info = bag.topics.get(topic)
         if info is not None and info.msgtype in IMAGE_TYPES:
