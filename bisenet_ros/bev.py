@@ -25,7 +25,9 @@ Method: the lookup goes from the ground to the image, which needs no iterative u
 ``subsamples x subsamples`` points (a regular sub-grid, 2 x 2 by default); every sample point is
 projected once, when the (camera model, pose, grid, mask size) changes, into an integer pixel
 map of the mask (:class:`GroundLookup`). Per frame it is one ``cv2.remap`` (nearest) of the label
-map, one table lookup per sample and one per cell.
+map over the block of cells the camera can see, one table lookup per sample and one per cell.
+The per-cell sums before the vote (:class:`CellVotes`) are what :mod:`bisenet_ros.fusion` adds up
+over several cameras.
 
 Vote rule per cell (stated here, used by :func:`vote_table`): a sample *counts* when its ground
 point lies in front of the camera (``z > 5 cm`` in the optical frame), within the lens's valid
@@ -462,17 +464,23 @@ class GridSpec:
         """Position of the corner of cell (0, 0) in the grid frame (``info.origin``), metres."""
         return (self.x_min, self.y_min, self.ground_height)
 
-    def sample_points(self) -> np.ndarray:
-        """Ground sample points, (S*S, height, width, 3) float64 in the grid frame, metres."""
+    def sample_points(self, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:
+        """Ground sample points, (S*S, height, width, 3) float64 in the grid frame, metres.
+
+        ``rows`` and ``cols`` (slices of the y and x cell indices, step 1) give only that block
+        of cells: (S*S, block rows, block cols, 3).
+        """
         s = self.subsamples
-        offsets = (np.arange(s) + 0.5) / s
-        xs = self.x_min + (np.arange(self.width)[None, :] + offsets[:, None]) * self.resolution
-        ys = self.y_min + (np.arange(self.height)[None, :] + offsets[:, None]) * self.resolution
-        points = np.empty((s, s, self.height, self.width, 3))
+        rows = slice(*rows.indices(self.height)) if rows is not None else slice(0, self.height)
+        cols = slice(*cols.indices(self.width)) if cols is not None else slice(0, self.width)
+        offsets = (np.arange(s) + 0.5)[:, None] / s
+        xs = self.x_min + (np.arange(cols.start, cols.stop)[None, :] + offsets) * self.resolution
+        ys = self.y_min + (np.arange(rows.start, rows.stop)[None, :] + offsets) * self.resolution
+        points = np.empty((s, s, ys.shape[1], xs.shape[1], 3))
         points[..., 0] = xs[None, :, None, :]
         points[..., 1] = ys[:, None, :, None]
         points[..., 2] = self.ground_height
-        return points.reshape(s * s, self.height, self.width, 3)
+        return points.reshape(s * s, ys.shape[1], xs.shape[1], 3)
 
 
 def surround_grid(grid: GridSpec) -> GridSpec:
@@ -609,6 +617,26 @@ def label_lut(drivable_ids: Iterable[int], ignore_ids: Iterable[int] = ()) -> np
     return lut
 
 
+def _candidate_block(pose: Pose, grid: GridSpec) -> tuple[slice, slice]:
+    """The block of cells (rows, cols) whose samples may count: within ``max_range`` and in
+    front of the camera's image plane, judged at the cell centres with a margin of half a cell
+    diagonal (a sample is at most that far from its centre, and along the ground the range and
+    the depth change by at most the distance). An empty block when no cell qualifies."""
+    margin = grid.resolution * math.sqrt(0.5)
+    dx = grid.x_min + (np.arange(grid.width) + 0.5) * grid.resolution - pose.translation[0]
+    dy = grid.y_min + (np.arange(grid.height) + 0.5) * grid.resolution - pose.translation[1]
+    axis = pose.rotation[:, 2]  # the optical axis in the grid frame
+    depth = (dx[None, :] * axis[0] + dy[:, None] * axis[1]
+             + (grid.ground_height - pose.translation[2]) * axis[2])
+    candidate = ((np.hypot(dx[None, :], dy[:, None]) <= grid.max_range + margin)
+                 & (depth > _MIN_DEPTH_M - margin))
+    rows = np.nonzero(candidate.any(axis=1))[0]
+    cols = np.nonzero(candidate.any(axis=0))[0]
+    if not rows.size:
+        return slice(0, 0), slice(0, 0)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+
+
 class GroundLookup:
     """The ground-to-pixel map of one (camera model, pose, grid, mask size); see module docstring.
 
@@ -637,8 +665,11 @@ class GroundLookup:
             raise BevError(f"the camera is {height:.3f} m above the ground plane (z = "
                            f"{grid.ground_height} m in {grid.frame_id}): expected it above; check "
                            "the camera pose (tf or camera_pose) and ground_height")
-        samples = grid.sample_points()  # (S2, H, W, 3)
-        n_planes = samples.shape[0]
+        # Only the block of cells that can hold a counted sample is sampled and projected (a
+        # camera sees part of a surround grid): identical maps, built in a fraction of the time.
+        block_rows, block_cols = _candidate_block(pose, grid)
+        samples = grid.sample_points(block_rows, block_cols)  # (S2, block H, block W, 3)
+        n_planes, block_h, block_w = samples.shape[:3]
         flat = samples.reshape(-1, 3)
         ground_range = np.hypot(flat[:, 0] - pose.translation[0], flat[:, 1] - pose.translation[1])
         in_range = ground_range <= grid.max_range
@@ -661,7 +692,7 @@ class GroundLookup:
         self.table = vote_table(grid.subsamples)
         counted = np.zeros(flat.shape[0], dtype=np.uint8)
         counted[chosen] = 1
-        per_cell = counted.reshape(n_planes, grid.height, grid.width).sum(axis=0)
+        per_cell = counted.reshape(n_planes, block_h, block_w).sum(axis=0)
         #: Cells whose samples mostly see the image (the most a grid can show), and sample count.
         self.visible_cells = int(np.count_nonzero(2 * per_cell >= n_planes))
         self.samples = int(chosen.size)
@@ -676,10 +707,12 @@ class GroundLookup:
         # part of a surround grid (the rest is unknown for it anyway).
         any_rows = np.nonzero(per_cell.any(axis=1))[0]
         any_cols = np.nonzero(per_cell.any(axis=0))[0]
+        inner_rows = slice(int(any_rows[0]), int(any_rows[-1]) + 1)
+        inner_cols = slice(int(any_cols[0]), int(any_cols[-1]) + 1)
         #: The block of grid rows (y index) and columns (x index) holding every counted sample.
-        self.rows = slice(int(any_rows[0]), int(any_rows[-1]) + 1)
-        self.cols = slice(int(any_cols[0]), int(any_cols[-1]) + 1)
-        block = full.reshape(n_planes, grid.height, grid.width, 2)[:, self.rows, self.cols]
+        self.rows = slice(block_rows.start + inner_rows.start, block_rows.start + inner_rows.stop)
+        self.cols = slice(block_cols.start + inner_cols.start, block_cols.start + inner_cols.stop)
+        block = full.reshape(n_planes, block_h, block_w, 2)[:, inner_rows, inner_cols]
         self.map = np.ascontiguousarray(block).reshape(-1, block.shape[2], 2)
 
     def votes(self, labels: np.ndarray, lut: np.ndarray) -> "CellVotes":

@@ -131,7 +131,11 @@ class GridFuser:
         self._projectors: dict[str, bev.BevProjector] = {}
         self._latest: dict[str, _Latest] = {}
         self._status: dict[str, CameraStatus] = {}
-        self._coverage: dict[tuple[object, ...], bev.ViewCoverage] = {}
+        self._coverage: dict[str, tuple[tuple[object, ...], bev.ViewCoverage]] = {}
+        #: Fused grids made so far (:meth:`fuse` calls).
+        self.grids = 0
+        # name -> state -> (grids in that state, the latest message)
+        self._tally: dict[str, dict[str, tuple[int, str]]] = {}
         for name in cameras:
             self._status[name] = CameraStatus(name, "no_frame", "no frame received yet")
 
@@ -178,17 +182,20 @@ class GridFuser:
             labels = np.ascontiguousarray(labels)
             projector = self.projector(name)
             try:
-                votes = projector.votes(labels, camera, pose, window=window)
+                lookup = projector.lookup(camera, pose, labels.shape, window)
+                votes = lookup.votes(labels, projector.lut)
             except bev.BevError as err:
+                # Why, once per camera model and pose (the projector caches the failure too).
                 key = (camera.key, pose.key)
-                if key not in self._coverage:  # the projector caches the failure; so does this
-                    self._coverage[key] = bev.view_coverage(camera, pose, self.grid)
-                status = CameraStatus(name, "outside_extent" if self._coverage[key].outside
-                                      else "invalid", str(err), stamp_ns)
+                known = self._coverage.get(name)
+                if known is None or known[0] != key:
+                    known = self._coverage[name] = (key, bev.view_coverage(camera, pose,
+                                                                           self.grid))
+                status = CameraStatus(name, "outside_extent" if known[1].outside else "invalid",
+                                      str(err), stamp_ns)
             else:
-                visible = projector.lookup(camera, pose, labels.shape, window).visible_cells
-                self._latest[name] = _Latest(votes, stamp_ns, visible)
-                status = CameraStatus(name, "fused", "", stamp_ns, visible)
+                self._latest[name] = _Latest(votes, stamp_ns, lookup.visible_cells)
+                status = CameraStatus(name, "fused", "", stamp_ns, lookup.visible_cells)
         if not status.fused:
             self._latest.pop(name, None)
         self._status[name] = status
@@ -199,6 +206,7 @@ class GridFuser:
         self._latest.pop(name, None)
         self._status.pop(name, None)
         self._projectors.pop(name, None)
+        self._coverage.pop(name, None)
 
     def fuse(self, *, stamp_ns: int | None = None, max_age_ns: int | None = None) -> FusedGrid:
         """The grid of every camera's latest votes (see the overlap rule in the module docstring).
@@ -222,10 +230,35 @@ class GridFuser:
             elif latest is not None:
                 fused[name] = latest.votes
             statuses[name] = status
+            tally = self._tally.setdefault(name, {})
+            tally[status.state] = (tally.get(status.state, (0, ""))[0] + 1, status.message)
+        self.grids += 1
         stamps = [self._latest[name].stamp_ns for name in fused
                   if self._latest[name].stamp_ns is not None]
         return FusedGrid(fuse_votes(list(fused.values()), self.grid), self.grid, statuses, fused,
                          max(stamps) if stamps else None)
+
+    def summary(self) -> dict[str, object]:
+        """Per camera, over every fused grid so far: how many grids were in each state and the
+        latest message of each (for a report or ``metrics.json``)::
+
+            {"fused_grids": 120, "cameras": {"rear": {"grids": {"fused": 100, "no_pose": 20},
+             "messages": {"no_pose": "no transform ..."}}}}
+        """
+        cameras: dict[str, object] = {}
+        for name, tally in self._tally.items():
+            cameras[name] = {"grids": {state: count for state, (count, _) in tally.items()},
+                             "messages": {state: message for state, (_, message) in tally.items()
+                                          if message}}
+        return {"fused_grids": self.grids, "cameras": cameras}
+
+    def warnings(self) -> list[str]:
+        """One line per camera and state that left it out of fused grids so far, with the
+        count (a report's warnings: a camera that adds nothing is never silent)."""
+        return [f"camera {name!r}: left out of {count} of {self.grids} fused grid(s) ({state}): "
+                f"{message}"
+                for name, tally in self._tally.items()
+                for state, (count, message) in tally.items() if state != "fused"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +299,8 @@ def fuse_votes(votes: Sequence[bev.CellVotes], grid: bev.GridSpec) -> np.ndarray
         (height, width) int8 OccupancyGrid values; unknown everywhere when ``votes`` is empty.
 
     Raises:
-        BevError: votes from another grid shape or sampling.
+        BevError: votes from another grid shape or sampling, or more than 63 cameras at 2 x 2
+            samples per cell (28 at 3 x 3): the sums are 8-bit.
     """
     shape = (grid.height, grid.width)
     values = np.full(shape, bev.UNKNOWN, dtype=np.int8)
@@ -279,19 +313,27 @@ def fuse_votes(votes: Sequence[bev.CellVotes], grid: bev.GridSpec) -> np.ndarray
                                f"{grid.subsamples}x{grid.subsamples} (one GridSpec for all)")
     if len(votes) == 1:  # the camera's own grid: the same rule, one table lookup
         return votes[0].values()
+    if len(votes) * grid.subsamples ** 2 > 252:  # the 8-bit sums below (2 x drivable too)
+        raise bev.BevError(f"{len(votes)} cameras with {grid.subsamples ** 2} samples per cell: "
+                           f"at most {252 // grid.subsamples ** 2} cameras can be fused")
     tables = _tables(grid.subsamples)
-    # Only the block that any camera sees is summed (16-bit: 9 samples x any camera count).
+    # Only the block that any camera sees is summed.
     rows = slice(min(v.rows.start for v in votes), max(v.rows.stop for v in votes))
     cols = slice(min(v.cols.start for v in votes), max(v.cols.stop for v in votes))
     block_shape = (rows.stop - rows.start, cols.stop - cols.start)
-    counted = np.zeros(block_shape, np.uint16)
-    drivable = np.zeros(block_shape, np.uint16)
+    counted = np.zeros(block_shape, np.uint8)
+    drivable = np.zeros(block_shape, np.uint8)
     for item in votes:
         r = slice(item.rows.start - rows.start, item.rows.stop - rows.start)
         c = slice(item.cols.start - cols.start, item.cols.stop - cols.start)
         counted[r, c] += cv2.LUT(item.codes, tables.counted)
         drivable[r, c] += cv2.LUT(item.codes, tables.drivable)
-    block = values[rows, cols]
-    block[counted > 0] = bev.OCCUPIED
-    block[2 * drivable > counted] = bev.FREE  # strict majority: a tie is not free
+    # 255/0 masks, then OccupancyGrid bytes without branches: known -> 100, free (a strict
+    # majority: a tie is not free) -> 0, unknown -> 255 (-1).
+    known = cv2.compare(counted, 0, cv2.CMP_GT)
+    free = cv2.compare(cv2.add(drivable, drivable), counted, cv2.CMP_GT)
+    block = known & np.uint8(bev.OCCUPIED)
+    block &= ~free
+    block |= ~known
+    values[rows, cols] = block.view(np.int8)
     return values

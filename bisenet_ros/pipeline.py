@@ -244,7 +244,9 @@ class ParameterSpec:
     """One ROS parameter of the node: its ROS-typed default, help text and constraints.
 
     ``default`` has the type the ROS parameter is declared with (str, int, float, bool,
-    list[str] or list[float]); rclpy rejects an override of another type at launch.
+    list[str] or list[float]); rclpy rejects an override of another type at launch. An empty
+    list is a string array declared by its type alone (rclpy cannot type an empty list; the
+    node reads the unset value as empty).
     """
 
     name: str
@@ -305,6 +307,24 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "~/drivable_mask are never limited."),
     ParameterSpec("jpeg_quality", 80,
                   "JPEG quality of ~/overlay/compressed (1..100).", int_range=(1, 100)),
+    # Several cameras on one engine (bisenet_ros.scheduler); empty: the one camera above.
+    ParameterSpec("cameras", [],
+                  "Camera names served by this node on one batched engine, e.g. [front, rear]: "
+                  "camera C is read from /C/<image_suffix> and published under "
+                  "/C/segmentation/... (as multi_camera.launch.py mode:=separate names it). "
+                  "Empty: one camera on 'image_topic', outputs under ~/."),
+    ParameterSpec("image_suffix", "image_raw",
+                  "With 'cameras': the image topic inside each camera's namespace."),
+    ParameterSpec("image_topics", [],
+                  "With 'cameras': one image topic per camera, in the same order, instead of "
+                  "/<camera>/<image_suffix>; with use_compressed, '<topic>/compressed' is read."),
+    ParameterSpec("max_batch_size", 0,
+                  "With 'cameras': most frames per engine call; 0: one per camera with a new "
+                  "frame. Cameras waiting longest go first (round-robin).", int_range=(0, 64)),
+    ParameterSpec("max_batch_wait_ms", 0.0,
+                  "With 'cameras': how long a first frame may wait for the other live cameras' "
+                  "frames to share its batch (ms); 0 never waits. A camera that stopped is "
+                  "never waited for.", float_range=(0.0, 1000.0)),
 )
 
 _CONFIG_CHOICES = {
@@ -362,6 +382,11 @@ class NodeOptions:
     diagnostics_period: float = 1.0
     visualization_rate: float = 10.0
     jpeg_quality: int = 80
+    cameras: tuple[str, ...] = ()
+    image_suffix: str = "image_raw"
+    image_topics: tuple[str, ...] = ()
+    max_batch_size: int = 0
+    max_batch_wait_ms: float = 0.0
 
     @property
     def input_topic(self) -> str:
@@ -387,6 +412,8 @@ def node_options_from_parameters(values: Mapping[str, Any]) -> NodeOptions:
     kwargs = {}
     for spec in NODE_PARAMETERS:
         value = values.get(spec.name, spec.default)
+        if isinstance(spec.default, list) and not spec.default:
+            value = tuple(value or ())  # an unset string array reads as None (see ParameterSpec)
         _check(spec, value)
         kwargs[spec.name] = value
     rate = kwargs["visualization_rate"]
@@ -409,7 +436,7 @@ def config_from_parameters(values: Mapping[str, Any], *, publish_confidence: boo
     Raises:
         ValueError: from :meth:`SegmenterConfig.validate`, naming the option and the fix.
     """
-    from bisenet_ros.config import SegmenterConfig
+    from bisenet_ros.config import SegmenterConfig, non_default_options
 
     specs = {spec.name: spec for spec in config_parameters()}
     options = {}
@@ -419,7 +446,9 @@ def config_from_parameters(values: Mapping[str, Any], *, publish_confidence: boo
         options[name] = value
     if publish_confidence:
         options["confidence"] = True
-    return SegmenterConfig.from_dict(options)
+    # rclpy cannot tell a parameter file's or the launch file's default from a value the user
+    # set: a value equal to the default is a default, and a weights file describing itself wins.
+    return SegmenterConfig.from_dict(options, explicit=non_default_options(options))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -462,6 +491,9 @@ GRID_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Fallback camera mount in grid_frame: [x, y, z, roll, pitch, yaw] (metres, "
                   "radians; pitch > 0 looks down) of the camera body (x forward, y left, z up); "
                   "the optical frame is derived from it as REP-103 defines."),
+    ParameterSpec("per_camera_grids", False,
+                  "With 'cameras': also publish each camera's own grid on "
+                  "/<camera>/segmentation/drivable_grid (~/drivable_grid fuses them all)."),
 )
 
 
@@ -475,12 +507,14 @@ class GridOptions:
             see :func:`choose_camera_info_topic`).
         rectified_input: Project with P (rectified images).
         static_pose: The fallback :class:`bisenet_ros.bev.Pose` of the optical frame, or None.
+        per_camera_grids: With several cameras, publish each camera's grid too.
     """
 
     grid: Any
     camera_info_topic: str
     rectified_input: bool
     static_pose: Any
+    per_camera_grids: bool = False
 
 
 def camera_info_topic(image_topic: str, *, compressed: bool = False) -> str:
@@ -565,10 +599,16 @@ def grid_options_from_parameters(values: Mapping[str, Any], *, cameras: int = 1)
         surround = bev.surround_grid(grid)
         grid = dataclasses.replace(grid, **{field: getattr(surround, field) for field in unset})
     static_pose = None
+    if merged["use_static_camera_pose"] and cameras > 1:
+        raise ValueError("parameter use_static_camera_pose=true with several cameras: one "
+                         "static_camera_pose cannot place them all; publish each camera's mount "
+                         "on /tf_static (robot_state_publisher or static_transform_publisher)")
     if merged["use_static_camera_pose"]:
         mount = [float(v) for v in merged["static_camera_pose"]]
         if len(mount) != 6:
             raise ValueError(f"parameter static_camera_pose={mount}: expected [x, y, z, roll, "
                              "pitch, yaw] (6 numbers, metres and radians)")
         static_pose = bev.Pose.from_mount(*mount)
-    return GridOptions(grid, str(merged["camera_info_topic"]).strip(), bool(merged["rectified_input"]), static_pose)
+    return GridOptions(grid, str(merged["camera_info_topic"]).strip(),
+                       bool(merged["rectified_input"]), static_pose,
+                       bool(merged["per_camera_grids"]))

@@ -75,10 +75,12 @@ def test_front_rear_and_side_cameras_fuse_into_the_true_drivable_area(scene: dic
     assert np.count_nonzero(fused.values[:, xs < -5] == bev.FREE) > 1000
     assert np.count_nonzero(fused.values[ys > 8][:, (xs > 4) & (xs < 8)] == bev.FREE) > 200
     # The fused grid knows exactly the cells some camera knows.
-    np.testing.assert_array_equal(fused.values != bev.UNKNOWN, np.logical_or.reduce(list(seen.values())))
+    np.testing.assert_array_equal(fused.values != bev.UNKNOWN,
+                                  np.logical_or.reduce(list(seen.values())))
     # Each single-camera grid is the single-camera projector's, and alone it covers less.
     for name, (labels, camera, pose) in scene.items():
-        np.testing.assert_array_equal(singles[name], bev.BevProjector(GRID, [DRIVABLE])(labels, camera, pose))
+        single = bev.BevProjector(GRID, [DRIVABLE])(labels, camera, pose)
+        np.testing.assert_array_equal(singles[name], single)
         assert np.count_nonzero(seen[name]) < 0.7 * np.count_nonzero(fused.values != bev.UNKNOWN)
     # The cameras overlap, and where one camera alone sees a cell it decides it.
     assert np.count_nonzero(seen["front"] & seen["left"]) > 500
@@ -124,6 +126,9 @@ def test_overlap_rule_sums_the_votes_of_the_cameras_that_see_a_cell() -> None:
     c = votes([[0, 0, 0, 0, 0, 0, 0]], grid)
     assert fusion.fuse_votes([a, a, c], grid)[0, 0] == bev.FREE  # 8 of 12
     assert fusion.fuse_votes([], grid).tolist() == [[bev.UNKNOWN] * 7]
+    np.testing.assert_array_equal(fusion.fuse_votes([a] * 63, grid), a.values())
+    with pytest.raises(bev.BevError, match="at most 63 cameras"):
+        fusion.fuse_votes([a] * 64, grid)
     with pytest.raises(bev.BevError, match="one GridSpec for all"):
         fusion.fuse_votes([a, votes([[0]], bev.GridSpec(resolution=1.0, x_max=1.0, y_max=1.0,
                                                          y_min=0.0))], grid)
@@ -155,6 +160,15 @@ def test_a_camera_without_tf_or_camera_info_leaves_its_cells_unknown_and_is_repo
     assert np.count_nonzero(fuser.fuse().values[:, xs < -5] == bev.FREE) > 1000
     fuser.update("rear", labels, camera, None)
     assert np.all(fuser.fuse().values[:, xs < 0] == bev.UNKNOWN)
+    # Over the three grids: what each camera missed, for a report.
+    summary = fuser.summary()
+    assert summary["fused_grids"] == 3
+    assert summary["cameras"]["rear"]["grids"] == {"no_pose": 2, "fused": 1}
+    assert summary["cameras"]["front"]["grids"] == {"fused": 3}
+    assert "rear_optical" not in summary["cameras"]["rear"]["messages"]["no_pose"]  # the latest
+    lines = fuser.warnings()
+    assert lines[0].startswith("camera 'rear': left out of 2 of 3 fused grid(s) (no_pose): no ")
+    assert sum("camera 'front'" in line for line in lines) == 0 and len(lines) == 3
 
 
 def test_stale_votes_are_left_out(scene: dict) -> None:
@@ -202,3 +216,26 @@ def test_several_cameras_default_to_the_surround_extent() -> None:
     assert (mixed.x_min, mixed.x_max, mixed.y_min, mixed.y_max) == (-12.0, 50.0, -12.0, 12.0)
     with pytest.raises(ValueError, match="surround grid"):
         grid_options_from_parameters({"grid_max_range": 500.0}, cameras=2)
+
+
+@pytest.mark.parametrize("name", list(CAMERAS))
+def test_a_camera_remaps_only_the_block_of_cells_it_can_see(name: str, scene: dict) -> None:
+    labels, camera, pose = scene[name]
+    lookup = bev.GroundLookup(camera, pose, GRID, labels.shape)
+    # Every sample of the whole grid that the camera sees (checked here point by point, without
+    # the lookup's pruning) lies in the lookup's block, and the block is a part of the grid.
+    points = GRID.sample_points()
+    np.testing.assert_array_equal(GRID.sample_points(lookup.rows, lookup.cols),
+                                  points[:, lookup.rows, lookup.cols])
+    flat = points.reshape(-1, 3)
+    near = np.hypot(*(flat[:, :2] - pose.translation[:2]).T) <= GRID.max_range
+    uv, valid = camera.project((flat - pose.translation) @ pose.rotation)
+    width, height = camera.image_size
+    with np.errstate(invalid="ignore"):
+        seen = near & valid & (uv[:, 0] > -0.5) & (uv[:, 0] < width - 0.5) & (
+            uv[:, 1] > -0.5) & (uv[:, 1] < height - 0.5)
+    rows, cols = np.nonzero(seen.reshape(points.shape[:3]).any(axis=0))
+    assert rows.min() >= lookup.rows.start and rows.max() < lookup.rows.stop
+    assert cols.min() >= lookup.cols.start and cols.max() < lookup.cols.stop
+    block_cells = (lookup.rows.stop - lookup.rows.start) * (lookup.cols.stop - lookup.cols.start)
+    assert block_cells < 0.6 * GRID.width * GRID.height

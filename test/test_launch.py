@@ -164,7 +164,7 @@ def test_bad_launch_arguments_fail_at_launch(launch: Any, arguments: dict, match
 
 def test_multi_camera_launch_one_node_per_namespace(launch: Any) -> None:
     nodes = _run(launch, MULTI, cameras="front, left,right", devices="cuda:0,cuda:1",
-                 variant="bisenetv2")
+                 variant="bisenetv2", mode="separate")
     assert [n.namespace for n in nodes] == ["front", "left", "right"]
     assert [n.remappings[0] for n in nodes] == [
         ("image", "/front/image_raw"), ("image", "/left/image_raw"), ("image", "/right/image_raw")]
@@ -173,7 +173,7 @@ def test_multi_camera_launch_one_node_per_namespace(launch: Any) -> None:
     for node in nodes:
         assert node.parameters[0].endswith("config/bisenetv2.yaml")
         assert node.executable == "segmentation_node"
-    default = _run(launch, MULTI)
+    default = _run(launch, MULTI, mode="separate")
     assert [n.namespace for n in default] == ["front", "rear"]
     # devices not given: the params file's device is kept
     assert "device" not in default[0].parameters[1]
@@ -181,6 +181,48 @@ def test_multi_camera_launch_one_node_per_namespace(launch: Any) -> None:
         _run(launch, MULTI, cameras="front,front")
     with pytest.raises(RuntimeError, match="is empty"):
         _run(launch, MULTI, cameras=" , ")
+
+
+def test_multi_camera_launch_batched_is_one_node_for_every_camera(launch: Any) -> None:
+    (node,) = _run(launch, MULTI, cameras="front, left,/right/", devices="cuda:1",
+                   image_suffix="image_rect", variant="bisenetv2")  # mode:=batched by default
+    assert (node.executable, node.name, node.namespace) == ("segmentation_node", "segmentation", "")
+    values = effective_parameters(node)
+    assert values["cameras"] == ["front", "left", "right"]
+    assert values["image_suffix"] == "image_rect" and values["device"] == "cuda:1"
+    assert node.parameters[0].endswith("config/bisenetv2.yaml")
+    options = node_options_from_parameters(values)
+    assert options.cameras == ("front", "left", "right")
+    with pytest.raises(RuntimeError, match="mode:=batched runs one engine"):
+        _run(launch, MULTI, devices="cuda:0,cuda:1")
+    with pytest.raises(RuntimeError, match="expected batched or separate"):
+        _run(launch, MULTI, mode="both")
+    with pytest.raises(RuntimeError, match="names a camera twice"):
+        _run(launch, MULTI, cameras="front,front")
+    # The single-camera launch file without cameras passes none (the one-camera node).
+    (single,) = _run(launch, SINGLE)
+    assert "cameras" not in single.parameters[1]
+
+
+def test_launched_batched_node_reads_and_writes_every_camera_namespace(
+        launch: Any, ros: Any, tmp_path: Path) -> None:
+    from ros_double.fake_engine import FakeSegmenter
+
+    (action,) = _run(launch, MULTI, cameras="front,rear")
+    ros.rclpy.try_shutdown()
+    ros.rclpy.init(args=["segmentation_node", *action.command_line(tmp_path)])
+    node = ros.module.SegmentationNode(segmenter_factory=FakeSegmenter)
+    try:
+        subscribed = {s.topic_name for s in node.subscriptions}
+        assert {"/front/image_raw", "/front/camera_info", "/rear/image_raw",
+                "/rear/camera_info"} <= subscribed
+        published = {p.topic_name for p in node.publishers}
+        # the names one node per camera (mode:=separate) gives them: subscribers do not change
+        assert {"/front/segmentation/mask", "/rear/segmentation/overlay/compressed",
+                "/rear/segmentation/label_info", "/segmentation/drivable_grid"} <= published
+        assert node.get_fully_qualified_name() == "/segmentation"
+    finally:
+        node.destroy_node()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -461,6 +461,40 @@ def test_frames_lost_before_the_node_are_estimated_from_stamps(ros: Any) -> None
     assert "docs/node.md#large-images-and-dds" in warnings[0] and "5 camera frame(s)" in warnings[0]
 
 
+def test_heavy_loss_with_few_arrivals_is_bounded_and_warned(ros: Any) -> None:
+    # Issue 17: 40 frames at 2.5 Hz sent, 5 reached the node (CycloneDDS defaults at 1080p).
+    node = ros.make()
+    camera = ros.camera()
+    period, t0 = 400_000_000, 1_700_000_000 * 10**9
+    for i in (2, 9, 22, 36, 38):
+        camera.publish(ros.image(stamp_ns=t0 + i * period))
+    wait_until(lambda: node.stats.counters["frames_received"] == 5)
+    status, values = _diagnostics(ros, node)
+    assert int(values["frames_lost_upstream"]) >= 35 / 2  # 32: all between the first and last
+    assert values["camera_rate_hz"] == "2.50" and float(values["arrival_ratio"]) < 0.2
+    assert status.level == sys.modules["diagnostic_msgs.msg"].DiagnosticStatus.WARN
+    warnings = [m for m in ros.graph.messages("warning") if "never reached this node" in m]
+    assert len(warnings) == 1 and "cyclonedds.xml" in warnings[0] and "rmem_max" in warnings[0]
+
+
+@pytest.mark.parametrize("pause_s", [0.0, 0.02])
+def test_replay_speed_and_rate_changes_are_not_loss(ros: Any, pause_s: float) -> None:
+    # A bag replayed fast or slow (arrival times differ, header stamps do not), whose camera
+    # went from 10 Hz to 5 Hz on the same clock halfway.
+    node = ros.make()
+    camera = ros.camera()
+    t0 = 1_700_000_000 * 10**9
+    stamps = [t0 + i * 100_000_000 for i in range(20)] + [t0 + 1_900_000_000 + i * 200_000_000
+                                                         for i in range(1, 10)]
+    for stamp in stamps:
+        camera.publish(ros.image(stamp_ns=stamp))
+        time.sleep(pause_s)
+    wait_until(lambda: node.stats.counters["frames_received"] == len(stamps))
+    _, values = _diagnostics(ros, node)
+    assert values["frames_lost_upstream"] == "0" and values["camera_rate_hz"] == "5.00"
+    assert not [m for m in ros.graph.messages("warning") if "never reached" in m]
+
+
 def test_missing_cyclonedds_config_is_one_line_at_start(
         ros: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
         tmp_path: Path) -> None:
@@ -620,6 +654,29 @@ def test_real_segmenter_end_to_end(ros: Any) -> None:
     assert float(values["latency_inference_ms"]) > 0
 
 
+def test_random_weights_warned_once_and_no_tensorrt_talk_on_the_cpu(ros: Any) -> None:
+    import warnings
+
+    from bisenet_ros.inference import Segmenter
+
+    with warnings.catch_warnings(record=True) as python_warnings:
+        warnings.simplefilter("always")
+        ros.make(engine=Segmenter, variant="bisenetv2", resolution="64x32")
+    said = [m for m in ros.graph.messages() if "randomly initialised" in m]
+    assert len(said) == 1 and "weights:=" in said[0]
+    assert not [w for w in python_warnings if "randomly initialised" in str(w.message)]
+    warmup = [m for m in ros.graph.messages("info") if m.startswith("warming up")]
+    assert warmup == ["warming up the engine"]  # onnxruntime/torch on the CPU: no TensorRT
+
+    class WarmingEngine(FakeSegmenter):
+        def warmup(self, frame_size: tuple[int, int]) -> None:
+            self.calls.append({"warmup": frame_size})
+
+    ros.make(engine=WarmingEngine, backend="onnxruntime", device="tensorrt")
+    warmup = [m for m in ros.graph.messages("info") if m.startswith("warming up")]
+    assert len(warmup) == 2 and "TensorRT" in warmup[1]
+
+
 def test_publishing_failure_in_the_worker_is_survived(ros: Any) -> None:
     node = ros.make()
     mask = ros.listen("/segmentation/mask")
@@ -659,9 +716,28 @@ def test_diagnostics_name_the_model_that_runs(ros: Any, tmp_path: Path) -> None:
         model = load_torch_model(config)
     onnx = tmp_path / "stdc1_64x32.onnx"
     export_onnx(model, str(onnx), resolution=(64, 32), class_set=resolve_class_set(config, model))
-    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="128x64", weights=str(onnx),
+    # variant and resolution as the shipped bisenetv2.yaml gives them: defaults, which the file's
+    # own values replace (an explicit other size is refused: test_weights_file_describes_itself)
+    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="1024x512", weights=str(onnx),
                     backend="onnxruntime")
     status, values = _diagnostics(ros, node)
     assert values["variant"] == "stdc1" and values["resolution"] == "64x32"
     assert values["backend"] == "onnxruntime" and values["precision"] == "fp32"
     assert len(values["weights_sha256"]) == 12 and status.hardware_id == "cpu"
+
+
+def test_weights_file_describes_itself(ros: Any, tmp_path: Path) -> None:
+    """weights:= a training checkpoint, everything else as the launch file's defaults give it: the
+    file's variant, classes and size run; an explicit other variant is refused naming both."""
+    from bisenet_ros.inference import Segmenter
+    from trained import NAMES, write_training_checkpoint
+
+    weights = str(write_training_checkpoint(tmp_path / "best.pth"))
+    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="1024x512", weights=weights)
+    config = node.segmenter.config
+    assert (config.variant, config.resolution, config.num_classes) == ("stdc1", (64, 32), 5)
+    assert node.segmenter.class_names == NAMES
+    status, values = _diagnostics(ros, node)
+    assert values["variant"] == "stdc1" and values["resolution"] == "64x32"
+    with pytest.raises(ros.module.StartupError, match="variant=stdc2 contradicts .*best.pth"):
+        ros.make(engine=Segmenter, variant="stdc2", weights=weights)

@@ -109,7 +109,7 @@ def test_batches_of_one_rotate_strictly_over_the_live_cameras() -> None:
 
 
 def test_max_batch_wait_never_waits_for_a_stopped_camera() -> None:
-    scheduler: BatchScheduler[str] = BatchScheduler(["a", "b", "stopped"], max_batch_wait_ms=800,
+    scheduler: BatchScheduler[str] = BatchScheduler(["a", "b", "stopped"], max_batch_wait_ms=1000,
                                                     live_window_s=0.1)
     for camera in scheduler.cameras:
         scheduler.put(camera, camera + "0")
@@ -120,7 +120,7 @@ def test_max_batch_wait_never_waits_for_a_stopped_camera() -> None:
     start = time.monotonic()
     batch = scheduler.next_batch(2.0)
     assert batch is not None and [f.item for f in batch.frames] == ["a1", "b1"]
-    assert time.monotonic() - start < 0.4  # not the 0.8 s max_batch_wait_ms
+    assert time.monotonic() - start < 0.5  # not the 1 s max_batch_wait_ms
 
 
 def test_max_batch_wait_is_the_longest_a_first_frame_waits() -> None:
@@ -128,12 +128,12 @@ def test_max_batch_wait_is_the_longest_a_first_frame_waits() -> None:
                                                     live_window_s=60)
     scheduler.put("b", "b0")
     scheduler.next_batch(0)  # b is live, but sends nothing more
-    scheduler.put("a", "a1")
     start = time.monotonic()
+    scheduler.put("a", "a1")
     batch = scheduler.next_batch(2.0)
     waited = time.monotonic() - start
     assert batch is not None and [f.item for f in batch.frames] == ["a1"]
-    assert 0.15 < waited < 1.0
+    assert 0.2 <= waited < 1.5  # the deadline counts from a1's arrival
 
 
 def test_max_batch_wait_ends_as_soon_as_every_live_camera_has_a_frame() -> None:

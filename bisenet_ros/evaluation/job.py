@@ -322,15 +322,17 @@ class _FleetEngine:
 
     def segment_batch(self, frames: Sequence[np.ndarray], color_orders: Sequence[str],
                       outputs: Any = None) -> list[Any]:
-        """Model A's results for a batch (B's labels riding along with --compare)."""
-        from bisenet_ros.replay.pipeline import segment_frames
+        """Model A's results for a batch (B's labels riding along with --compare).
 
+        Raises:
+            ValueError: A model rejected a frame (the replay then runs the frames one by one).
+        """
         t0 = time.perf_counter()
-        results = segment_frames(self.engines[0], frames, color_orders, outputs)
+        results = _segment(self.engines[0], frames, color_orders, outputs)
         t1 = time.perf_counter()
         self.engine_ms[0] += (t1 - t0) * 1e3
         if self.disagreement is not None:
-            others = segment_frames(self.engines[1], frames, color_orders, set())
+            others = _segment(self.engines[1], frames, color_orders, set())
             t2 = time.perf_counter()
             self.engine_ms[1] += (t2 - t1) * 1e3
             paired = []
@@ -347,6 +349,19 @@ class _FleetEngine:
             self._last_tick = now
             self.tick(self.frames)
         return results
+
+
+def _segment(engine: Any, frames: Sequence[np.ndarray], color_orders: Sequence[str],
+             outputs: Any) -> list[Any]:
+    """One model's results for a batch (:func:`bisenet_ros.streams.segment_frames`), raising the
+    first frame's error as the engine itself would."""
+    from bisenet_ros.streams import segment_frames
+
+    results = segment_frames(engine, frames, color_orders, outputs)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
 
 
 def evaluate_bag(task: BagTask, settings: EvalSettings, engines: Sequence[Any], *,

@@ -267,14 +267,6 @@ class GridStage:
         return make_occupancy_grid(stamp_ns, self.source.grid.frame_id,
                                    bev.occupancy_grid_fields(values, self.source.grid))
 
-    def silence(self) -> str | None:
-        """Why no frame gave a grid, when frames came and none did (None otherwise): a camera
-        whose view misses the grid extent must never go unnoticed."""
-        if self.written or not self.problems:
-            return None
-        problem = self.problems.most_common(1)[0][0]
-        return f"none of its {sum(self.problems.values())} frames gave a drivable grid: {problem}"
-
     def evaluate(self, stamp_ns: int, truth: np.ndarray) -> None:
         """Accumulate the bird's-eye IoU of the frame stamped ``stamp_ns`` against ``truth``
         (trainId labels, 255 = ignore)."""
@@ -293,6 +285,12 @@ class GridStage:
         self.evaluated += 1
         if self.evaluated == 1:  # the first evaluated frame: prediction beside truth
             self.picture = (pred, truth_grid)
+
+    def warnings(self) -> list[str]:
+        """One line per reason frames got no grid, for the report's warnings (never silent:
+        e.g. a camera whose view lies outside the grid extent writes no grid at all)."""
+        return [f"drivable grid: {count} frame(s) without a grid: {message}"
+                for message, count in self.problems.items()]
 
     def iou(self) -> float | None:
         return self.intersection / self.union if self.union else None
@@ -408,6 +406,15 @@ class FusedGridStage:
         return make_occupancy_grid(fused.stamp_ns or 0, self.spec.frame_id,
                                    bev.occupancy_grid_fields(fused.values, self.spec))
 
+    def warnings(self) -> list[str]:
+        """The report's warnings: each camera left out of fused grids, how often and why
+        (:meth:`~bisenet_ros.fusion.GridFuser.warnings`); when no grid was fused at all, each
+        camera's own reasons. A camera whose view misses the extent is never silent."""
+        if self.written:
+            return self.fuser.warnings()
+        return [f"camera {c.name!r}: {w}" for c in self.cameras if c.grid is not None
+                for w in c.grid.warnings()]
+
     @property
     def evaluated(self) -> int:
         return sum(c.grid.evaluated for c in self.cameras if c.grid is not None)
@@ -428,6 +435,7 @@ class FusedGridStage:
                 "frames_evaluated": stage.evaluated}
         return {"topic_messages": self.written, "grid": grid_summary(self.spec),
                 "fused": True, "max_age_ms": self.max_age_ns / 1e6, "cameras": cameras,
+                "fusion": self.fuser.summary(),
                 "drivable_iou": self.iou(), "frames_evaluated": self.evaluated}
 
     def picture_png(self) -> bytes | None:

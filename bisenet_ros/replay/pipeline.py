@@ -36,6 +36,7 @@ import numpy as np
 from bisenet_ros import codec, outputs as node_outputs
 from bisenet_ros.inference.frames import sample_indices
 from bisenet_ros.inference.segmenter import engine_provenance
+from bisenet_ros.labels import class_indices
 from bisenet_ros.replay import metrics as M
 from bisenet_ros.replay.bag import BagError, InputBag, TopicInfo
 from bisenet_ros.replay.cameras import (
@@ -49,6 +50,7 @@ from bisenet_ros.replay.messages import (
 )
 from bisenet_ros.replay.progress import Progress
 from bisenet_ros.runtime import UserError
+from bisenet_ros.streams import segment_frames
 from bisenet_ros.replay.writer import DEFAULT_NODE_NAME, OutputBag, prepare_output_path
 
 # Exit statuses of a replay.
@@ -73,25 +75,8 @@ class Engine(Protocol):
                  outputs: set[str] | None = None) -> Any: ...
 
     # Optional, and used when present: ``segment_batch(frames, color_orders, outputs)`` -> one
-    # result per frame, in order (Segmenter runs them as one batch; see :func:`segment_frames`).
-
-
-def segment_frames(engine: Engine, frames: Sequence[np.ndarray], color_orders: Sequence[str],
-                   outputs: set[str] | None = None) -> list[Any]:
-    """The engine's results for ``frames`` (``H x W x 3`` uint8 each, sizes may differ), in order.
-
-    A :class:`~bisenet_ros.inference.Segmenter` runs them as one batch
-    (``Segmenter.segment_batch``); an engine with only the single-frame call (a test double, a
-    custom engine) is called once per frame.
-
-    Raises:
-        ValueError: The engine rejected a frame (a bad frame; see :func:`_infer`).
-    """
-    batch = getattr(engine, "segment_batch", None)
-    if callable(batch):
-        return list(batch(list(frames), list(color_orders), outputs=outputs))
-    return [engine(frame, color_order=order, outputs=outputs)
-            for frame, order in zip(frames, color_orders)]
+    # result per frame, in order (Segmenter runs them as one batch; see
+    # :func:`bisenet_ros.streams.segment_frames`, which the node uses too).
 
 
 @dataclasses.dataclass
@@ -364,18 +349,9 @@ class _Run:
 
 
 def resolve_drivable_ids(entries: Sequence[Any], class_names: Sequence[str]) -> list[int]:
-    """Class ids for ``drivable_classes`` entries (names or ids), as the engine reads them."""
-    ids = []
-    for entry in entries:
-        text = str(entry)
-        if text in class_names:
-            ids.append(list(class_names).index(text))
-        elif text.isdigit():
-            ids.append(int(text))
-        else:
-            raise ValueError(f"drivable class {text!r} is not a class name ({', '.join(class_names)}) "
-                             "or id")
-    return ids
+    """Class ids for ``drivable_classes`` entries (names or ids), by the engine's rule
+    (:func:`bisenet_ros.labels.class_index`: case-insensitive names, closest name on a typo)."""
+    return class_indices(entries, class_names)
 
 
 def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
@@ -465,10 +441,8 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         if owned:
             bag.close()
     result.damage = list(bag.damage) + result.damage
-    for camera in result.cameras:  # a camera whose view misses the grid is never silent
-        why = camera.grid.silence() if camera.grid is not None else None
-        if why:
-            result.warnings.append(f"camera {camera.name}: {why}" if camera.name else why)
+    if result.grid is not None:
+        result.warnings.extend(result.grid.warnings())
     if result.unnormalized_stamps:
         result.warnings.append(
             f"{result.unnormalized_stamps} image message(s) carry a header stamp with nanosec outside "
@@ -714,34 +688,38 @@ def _infer_due(run: _Run) -> bool:
 def _infer(run: _Run, frames: list[_Frame]) -> bool:
     """Run the engine on one batch and queue the results for the writer; False: a fatal error.
 
-    A frame the engine rejects (``ValueError``) is counted and skipped: in a batch of several,
-    each frame is tried alone to find it, so the others still count.
+    A frame the engine rejects (``ValueError``) is counted and skipped; the node's
+    :func:`~bisenet_ros.streams.segment_frames` then runs the batch frame by frame, so the
+    other frames still count. Any other error is fatal for the run.
     """
     t0 = time.perf_counter()
     try:
-        outs = segment_frames(run.engine, [f.image for f in frames],
-                              [f.color_order for f in frames], run.engine_outputs)
-    except ValueError as err:  # the engine's "bad frame" error: skip, count, report
-        if len(frames) > 1:
-            return all(_infer(run, [frame]) for frame in frames)
-        frame = frames[0]
-        run.result.corrupt.append(_corrupt(frame.camera, frame.index, frame.bag_ns,
-                                           f"engine rejected the frame: {err}"))
-        return True
-    except Exception as err:  # noqa: BLE001 - anything else is fatal for the run
-        first = frames[0]
-        where = f"frame {first.index}" + (f" of camera {first.camera}" if first.camera else "")
+        outs: list[Any] = segment_frames(run.engine, [f.image for f in frames],
+                                         [f.color_order for f in frames], run.engine_outputs)
+    except Exception as err:  # noqa: BLE001 - the batch call failed, not on a bad frame
+        outs = [err] * len(frames)
+    call_ms = (time.perf_counter() - t0) * 1e3
+    done, fatal = [], None
+    for frame, out in zip(frames, outs):
+        if isinstance(out, ValueError):  # the engine's "bad frame" error: skip, count, report
+            run.result.corrupt.append(_corrupt(frame.camera, frame.index, frame.bag_ns,
+                                               f"engine rejected the frame: {out}"))
+        elif isinstance(out, Exception):
+            fatal = fatal or (frame, out)
+        else:
+            timings = {"decode": frame.decode_ms}
+            timings.update({str(k): float(v)
+                            for k, v in (getattr(out, "timings", None) or {}).items()})
+            timings["engine_call"] = call_ms  # every frame of a batch waits for the whole batch
+            done.append(_Done(frame, out, timings, len(frames)))
+    if done:
+        run.q_out.put(_Batch(done))
+    if fatal is not None:
+        frame, err = fatal
+        where = f"frame {frame.index}" + (f" of camera {frame.camera}" if frame.camera else "")
         run.result.fatal = f"inference failed on {where}: {type(err).__name__}: {err}"
         run.stop.event.set()
         return False
-    call_ms = (time.perf_counter() - t0) * 1e3
-    done = []
-    for frame, out in zip(frames, outs):
-        timings = {"decode": frame.decode_ms}
-        timings.update({str(k): float(v) for k, v in (getattr(out, "timings", None) or {}).items()})
-        timings["engine_call"] = call_ms  # every frame of a batch waits for the whole batch
-        done.append(_Done(frame, out, timings, len(frames)))
-    run.q_out.put(_Batch(done))
     return True
 
 

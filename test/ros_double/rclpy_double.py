@@ -505,8 +505,11 @@ class Node:
             raise RuntimeError(f"Parameter(s) already declared: {name}")
         if descriptor is None:
             descriptor = rclpy_style_class("rcl_interfaces/msg/ParameterDescriptor")()
-        declared_type = Parameter.Type.from_parameter_value(value)
-        parameter = Parameter(name, value=value)
+        if isinstance(value, Parameter.Type):  # declared by type alone: unset (None) until overridden
+            declared_type, value = value, None
+        else:
+            declared_type = Parameter.Type.from_parameter_value(value)
+        parameter = Parameter(name, declared_type, value)
         if name in self._overrides and not ignore_override:
             parameter = self._overrides[name]
         if not descriptor.dynamic_typing and parameter.type_ != declared_type:
