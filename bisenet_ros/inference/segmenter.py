@@ -8,6 +8,11 @@ Per frame (all NumPy/OpenCV except the network)::
       -> labels back onto the camera frame (nearest), LUT colours,
          addWeighted overlay, LUT drivable mask, confidence           [postprocess]
 
+:meth:`Segmenter.segment_batch` does the same for the frames of several cameras at once: each
+frame is fitted into its slot of one ``(N, 3, H, W)`` blob, the backend runs the batch
+(:meth:`~bisenet_ros.inference.backends.base.Backend.run_batch`), and each result is
+post-processed against its own frame, so that every result equals the single-frame call's.
+
 The Segmenter is not thread-safe (it reuses its input buffer): use one per thread.
 """
 from __future__ import annotations
@@ -21,7 +26,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -280,6 +285,7 @@ class Segmenter:
         self._warned_confidence = False
         width, height = config.resolution
         self._blob = np.empty((1, 3, height, width), dtype=np.float32)
+        self._batch_blob = np.empty((0, 3, height, width), dtype=np.float32)
         self._provenance: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction helpers
@@ -443,10 +449,7 @@ class Segmenter:
         t_pre = time.perf_counter()
         net = self.backend.run(blob)
         t_inf = time.perf_counter()
-        if net.labels.shape != (blob.shape[2], blob.shape[3]):
-            raise RuntimeError(
-                f"backend returned labels of shape {net.labels.shape}, expected {blob.shape[2:]} "
-                "(network input size)")
+        self._check_network_output(net.labels, blob)
         result = self._postprocess(frame, fitted, geometry, net.labels, net.confidence, wanted, color_order)
         end = time.perf_counter()
         result.timings = {
@@ -454,6 +457,83 @@ class Segmenter:
             "postprocess": (end - t_inf) * 1e3, "total": (end - start) * 1e3,
         }
         return result
+
+    def segment_batch(self, frames: Sequence[np.ndarray], color_orders: Sequence[str] | str = "bgr",
+                      outputs: Collection[str] | None = None) -> list[SegmentationResult]:
+        """Segment the frames of several cameras as one batch on the backend.
+
+        Frames may differ in size and colour order: each is fitted to the network size on its
+        own, into its slot of one ``(N, 3, net_h, net_w)`` blob. Each result is label for label
+        what ``self(frame, color_order, outputs)`` returns for that frame alone.
+
+        Args:
+            frames: ``N`` frames, each ``H_i x W_i x 3`` uint8.
+            color_orders: One colour order for all frames, or one per frame (``"bgr"``/``"rgb"``).
+            outputs: As for :meth:`__call__`, the same for every frame.
+
+        Returns:
+            ``N`` results, in the order of ``frames``. Each result's ``timings`` has its own
+            ``preprocess`` and ``postprocess`` milliseconds, ``inference`` (the whole batch's),
+            ``total`` (from the call's start until this result was ready) and ``batch`` (``N``).
+
+        Raises:
+            ValueError: A bad frame (the message names its index), colour order or output name,
+                or as many colour orders as frames not given. Nothing is run then.
+        """
+        start = time.perf_counter()
+        count = len(frames)
+        orders = [color_orders] * count if isinstance(color_orders, str) else list(color_orders)
+        if len(orders) != count:
+            raise ValueError(f"color_orders: expected one colour order or {count} (one per frame), got {len(orders)}")
+        wanted = self._default_outputs if outputs is None else self._check_outputs(outputs)
+        if count == 0:
+            return []
+        checked = []
+        for index, (frame, order) in enumerate(zip(frames, orders)):
+            try:
+                checked.append(check_frame(frame, order))
+            except ValueError as exc:
+                raise ValueError(f"frames[{index}]: {exc}") from None
+        if count == 1:  # the single-frame path (its reused buffer, the backend's run)
+            result = self(checked[0], orders[0], wanted)
+            result.timings["batch"] = 1.0
+            return [result]
+        if self._batch_blob.shape[0] != count:
+            self._batch_blob = np.empty((count, *self._blob.shape[1:]), dtype=np.float32)
+        blob = self._batch_blob
+        fits = []
+        preprocess_ms = []
+        for index, (frame, order) in enumerate(zip(checked, orders)):
+            began = time.perf_counter()
+            geometry = self.geometry(frame.shape[1], frame.shape[0])
+            fitted = fit_frame(frame, geometry, self._normalizer.pad_value(order))
+            self._normalizer(fitted, order, out=blob[index:index + 1])
+            fits.append((fitted, geometry))
+            preprocess_ms.append((time.perf_counter() - began) * 1e3)
+        t_pre = time.perf_counter()
+        nets = self.backend.run_batch(blob)
+        t_inf = time.perf_counter()
+        if len(nets) != count:
+            raise RuntimeError(f"backend returned {len(nets)} outputs for a batch of {count}")
+        results = []
+        for frame, order, (fitted, geometry), net, pre_ms in zip(checked, orders, fits, nets, preprocess_ms):
+            began = time.perf_counter()
+            self._check_network_output(net.labels, blob)
+            result = self._postprocess(frame, fitted, geometry, net.labels, net.confidence, wanted, order)
+            end = time.perf_counter()
+            result.timings = {
+                "preprocess": pre_ms, "inference": (t_inf - t_pre) * 1e3, "postprocess": (end - began) * 1e3,
+                "total": (end - start) * 1e3, "batch": float(count),
+            }
+            results.append(result)
+        return results
+
+    @staticmethod
+    def _check_network_output(labels: np.ndarray, blob: np.ndarray) -> None:
+        if labels.shape != (blob.shape[2], blob.shape[3]):
+            raise RuntimeError(
+                f"backend returned labels of shape {labels.shape}, expected {blob.shape[2:]} "
+                "(network input size)")
 
     def _check_outputs(self, outputs: Collection[str]) -> frozenset[str]:
         if isinstance(outputs, str):

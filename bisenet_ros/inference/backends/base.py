@@ -1,7 +1,8 @@
 """The small interface every backend implements, and the shared error type.
 
 A backend owns one compiled network and turns a normalized ``(1, 3, H, W)`` float32 blob into
-network-resolution labels (and, if asked at construction, confidences). Everything else
+network-resolution labels (and, if asked at construction, confidences); :meth:`Backend.run_batch`
+does the same for ``(N, 3, H, W)``, item by item unless a backend has a faster way. Everything else
 (resizing, colours, overlays) is backend-independent and lives in the engine.
 
 Heavy packages (torch, onnxruntime, openvino) are imported only when a backend is constructed,
@@ -68,6 +69,20 @@ class Backend(abc.ABC):
         Returns:
             Labels (and confidence if enabled) at network resolution ``H x W``.
         """
+
+    def run_batch(self, blob: np.ndarray) -> list[NetworkOutput]:
+        """Run the network on a batch of frames.
+
+        Each item's labels equal those :meth:`run` gives for it alone. This default runs the items
+        one after the other; backends override it where they have a faster way.
+
+        Args:
+            blob: ``(N, 3, H, W)`` float32, normalized RGB, C-contiguous.
+
+        Returns:
+            ``N`` outputs, in the order of the batch.
+        """
+        return [self.run(blob[i:i + 1]) for i in range(blob.shape[0])]
 
     def describe(self) -> str:
         """One line for logs and benchmark tables, e.g. ``onnxruntime[CPUExecutionProvider] fp32``."""
