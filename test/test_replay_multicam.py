@@ -334,16 +334,27 @@ def test_the_real_segmenter_gives_each_camera_what_it_gives_the_frame_alone(
         bag: Path, tmp_path: Path) -> None:
     from bisenet_ros.inference import Segmenter
 
+    class Counting(Segmenter):
+        batches: list[int] = []
+
+        def segment_batch(self, frames: Any, color_orders: Any = "bgr", outputs: Any = None) -> Any:
+            self.batches.append(len(frames))
+            return super().segment_batch(frames, color_orders, outputs)
+
     engines: list[Segmenter] = []
 
     def factory(config: Any) -> Segmenter:
-        engines.append(Segmenter(config))
+        engines.append(Counting(config))
         return engines[-1]
 
     with pytest.warns(UserWarning, match="random"):
         assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--cameras", "front,rear,left",
                         "--resolution", "64x32", "--max-frames", "2", "--no-grid",
-                        "--no-progress"], engine_factory=factory) == 0
+                        "--report", str(tmp_path / "report"), "--no-progress"],
+                       engine_factory=factory) == 0
+    assert Counting.batches == [3, 3]  # the three cameras' frames as one batch, twice
+    latency = json.loads((tmp_path / "report" / "metrics.json").read_text())["timing"]["latency_ms"]
+    assert {"inference", "engine_call"} <= set(latency) and "batch" not in latency
     out = read_bag(tmp_path / "out")
     engine = engines[0]
     with Reader(bag) as reader:

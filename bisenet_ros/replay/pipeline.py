@@ -708,8 +708,10 @@ def _infer(run: _Run, frames: list[_Frame]) -> bool:
             fatal = fatal or (frame, out)
         else:
             timings = {"decode": frame.decode_ms}
+            # Stages in ms; a batch's size (Segmenter's "batch" entry) is FrameRecord.batch_size.
             timings.update({str(k): float(v)
-                            for k, v in (getattr(out, "timings", None) or {}).items()})
+                            for k, v in (getattr(out, "timings", None) or {}).items()
+                            if k != "batch"})
             timings["engine_call"] = call_ms  # every frame of a batch waits for the whole batch
             done.append(_Done(frame, out, timings, len(frames)))
     if done:
