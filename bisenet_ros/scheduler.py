@@ -331,6 +331,17 @@ class BatchScheduler(Generic[T]):
                            + [n for n in self._order if n in served])
             return batch
 
+    def pending(self, camera: str) -> bool:
+        """Whether a frame of ``camera`` waits for a batch. An offline consumer (the replay,
+        which drops nothing) puts a camera's next frame only once this is False, so no frame is
+        ever replaced.
+
+        Raises:
+            KeyError: ``camera`` is not one of :attr:`cameras`.
+        """
+        with self._cond:
+            return self._slots[camera] is not None
+
     def frame_age_s(self, frame: Frame[T]) -> float | None:
         """Age of ``frame`` against the scheduler's clock, in seconds (None: unstamped)."""
         return frame_age_s(frame.stamp_ns, self._now_ns())

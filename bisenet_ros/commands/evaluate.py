@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from bisenet_ros.commands.replay import (
     add_bag_arguments, add_engine_arguments, add_ground_truth_arguments, add_run_arguments,
-    check_run_arguments, metrics_text, output_bag_fields,
+    camera_fields, check_run_arguments, labels_fields, metrics_text, output_bag_fields,
 )
 from bisenet_ros.config import BACKENDS, PRECISIONS, SegmenterConfig, config_from_args
 from bisenet_ros.runtime import USER_ERROR_STATUS
@@ -153,6 +153,7 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
     try:
         config = config_from_args(args)
         fields, config = output_bag_fields(args, config)
+        cameras = camera_fields(args)
         check_run_arguments(args)
         if args.jobs < 1:
             raise ValueError(f"--jobs {args.jobs}: expected 1 or more")
@@ -161,7 +162,8 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
     except (ValueError, OSError) as err:
         return _error(str(err))
     settings = EvalSettings(
-        image_topic=args.image_topic, labels_topic=args.labels_topic, labels_dir=args.labels_dir,
+        **cameras, labels_camera=args.labels_camera,
+        **labels_fields(args), labels_dir=args.labels_dir,
         labels_match=args.labels_match, label_tolerance_ms=args.label_tolerance_ms,
         max_frames=args.max_frames, queue_size=args.queue_size, output_dir=args.output_dir,
         replay=dict(fields, overwrite=args.overwrite) if args.output_dir else {})

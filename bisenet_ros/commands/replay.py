@@ -55,8 +55,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
     """The camera topic and what an output bag holds (shared with ``bisenet-ros evaluate``)."""
-    parser.add_argument("--image-topic", help="camera topic (sensor_msgs/Image or CompressedImage); "
-                        "default: the bag's only image topic")
+    parser.add_argument("--image-topic", action="append", default=None,
+                        help="camera topic (sensor_msgs/Image or CompressedImage); default: the "
+                        "bag's only image topic. Repeat it for several cameras (each named after "
+                        "its topic's namespace)")
+    parser.add_argument("--cameras", metavar="NAME,...",
+                        help="replay several cameras through one batched engine, as the node's "
+                        "cameras parameter: topics /<NAME>/image_raw (or .../compressed), outputs "
+                        "/<NAME>/segmentation/..., one fused drivable grid")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap",
                         help="output storage: mcap (default; ROS 2 Iron and later) or sqlite3 "
                         "(Humble's default)")
@@ -82,8 +88,13 @@ def add_bag_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_ground_truth_arguments(group: Any) -> None:
     """Where the ground truth comes from (shared with ``bisenet-ros evaluate``)."""
-    group.add_argument("--labels-topic", help="ground truth topic: mono8 trainId masks (255 = ignore) "
-                       "with the camera frames' header stamps")
+    group.add_argument("--labels-topic", action="append", default=None,
+                       help="ground truth topic: mono8 trainId masks (255 = ignore) with the camera "
+                       "frames' header stamps; with several cameras repeat it, one per camera "
+                       "(each for the camera whose namespace holds it)")
+    group.add_argument("--labels-camera", metavar="NAME",
+                       help="with several cameras: the camera the ground truth belongs to "
+                       "(default: the camera whose namespace holds --labels-topic)")
     group.add_argument("--labels-dir", help="ground truth folder (Cityscapes-style "
                        "*_gtFine_labelTrainIds.png, or trainId PNGs)")
     group.add_argument("--labels-match", choices=("auto", "timestamp", "order"), default="auto",
@@ -125,12 +136,16 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--grid-resolution", type=float, help="cell size, m (default 0.1)")
     group.add_argument("--grid-extent", nargs=4, type=float,
                        metavar=("X_MIN", "X_MAX", "Y_MIN", "Y_MAX"),
-                       help="grid extent in the grid frame, m (default 0 40 -20 20)")
+                       help="grid extent in the grid frame, m (default 0 40 -20 20; with several "
+                       "cameras -R R -R R around the vehicle, R = --grid-max-range)")
     group.add_argument("--grid-max-range", type=float, help="unknown beyond this range, m "
                        "(default 30)")
     group.add_argument("--grid-ground-height", type=float, help="ground plane z, m (default 0)")
     group.add_argument("--rectified", action="store_true", default=None,
                        help="the images are rectified: project with CameraInfo P")
+    group.add_argument("--grid-max-age-ms", type=float, default=500.0,
+                       help="several cameras: leave a camera out of the fused grid when its "
+                       "latest frame is older than this (default 500 ms)")
     group.add_argument("--no-grid", action="store_true", help="write no drivable grid")
 
 
@@ -149,7 +164,10 @@ def _grid_options(args: argparse.Namespace) -> Any:
         if value is not None:
             values[key] = value
     values["use_static_camera_pose"] = False  # the replay's pose fallback is --camera-pose
-    return grid_options_from_parameters(values)
+    # Several cameras: the node's surround extent, unless --grid-extent says otherwise.
+    fields = camera_fields(args)
+    cameras = len(fields.get("cameras") or fields.get("image_topics") or [None])
+    return grid_options_from_parameters(values, cameras=1 if args.grid_extent else cameras)
 
 
 def _config_file_values(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
@@ -214,6 +232,23 @@ def output_bag_fields(args: argparse.Namespace,
             "copy_topics": copy}, config
 
 
+def camera_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`ReplayOptions` camera fields: one ``image_topic``, or several cameras."""
+    topics = list(args.image_topic or [])
+    cameras = tuple(c.strip() for c in args.cameras.split(",")) if args.cameras else ()
+    if cameras and topics:
+        raise ValueError("give the cameras either with --cameras or with --image-topic, not both")
+    if len(topics) > 1 or cameras:
+        return {"image_topic": None, "image_topics": tuple(topics), "cameras": cameras}
+    return {"image_topic": topics[0] if topics else None}
+
+
+def labels_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`ReplayOptions` ground-truth topic fields (``--labels-topic``, repeatable)."""
+    topics = list(args.labels_topic or [])
+    return {"labels_topic": topics[0] if topics else None, "labels_topics": tuple(topics[1:])}
+
+
 def check_run_arguments(args: argparse.Namespace) -> None:
     """Check the ground-truth and run options (:func:`add_ground_truth_arguments`,
     :func:`add_run_arguments`).
@@ -241,15 +276,16 @@ def build_options(args: argparse.Namespace, config: SegmenterConfig) -> tuple[An
     check_run_arguments(args)
     grid = _grid_options(args)
     options = ReplayOptions(
-        input=Path(args.input), output=Path(args.output), image_topic=args.image_topic, **fields,
-        labels_topic=args.labels_topic, labels_dir=Path(args.labels_dir) if args.labels_dir else None,
+        input=Path(args.input), output=Path(args.output), **camera_fields(args), **fields,
+        **labels_fields(args), labels_camera=args.labels_camera,
+        labels_dir=Path(args.labels_dir) if args.labels_dir else None,
         labels_match=args.labels_match, label_tolerance_ms=args.label_tolerance_ms,
         report_dir=Path(args.report) if args.report else None, overwrite=args.overwrite,
         max_frames=args.max_frames, progress=args.progress, queue_size=args.queue_size,
         samples=args.samples, grid=grid.grid, write_grid=not args.no_grid,
         camera_info_yaml=args.camera_info,
         camera_pose=tuple(args.camera_pose) if args.camera_pose else None,
-        rectified_input=grid.rectified_input)
+        rectified_input=grid.rectified_input, grid_max_age_ms=args.grid_max_age_ms)
     return options, config
 
 
@@ -347,11 +383,14 @@ def _print_summary(result: Any) -> None:
           f"{len(result.corrupt)} corrupt skipped"
           + (f"; {fps:.2f} frames/s" if fps else "")
           + (f", real-time factor {rtf:.2f}x" if rtf else ""))
+    for camera in result.cameras if result.options.multi_camera else ():
+        print(f"  camera {camera.name}: {len(result.camera_frames(camera.name))} processed of "
+              f"{camera.frames_read} read ({camera.image_topic.name})")
     if result.confusion is not None:
         print(f"evaluation: {metrics_text(result.confusion)}")
     if result.grid is not None and result.grid.iou() is not None:
         print(f"bird's-eye drivable IoU {result.grid.iou():.4f} over {result.grid.evaluated} frames "
-              f"({result.grid.source.grid.resolution:g} m cells in {result.grid.source.grid.frame_id})")
+              f"({result.grid.spec.resolution:g} m cells in {result.grid.spec.frame_id})")
     print(f"output: {result.options.output} ({result.options.storage}"
           + (", closed" if result.output_closed else ", NOT closed") + ")")
     for topic, count in result.output_counts.items():

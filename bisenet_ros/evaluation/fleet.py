@@ -321,7 +321,7 @@ def _plan(paths: Sequence[Path], options: FleetOptions, models: Sequence[ModelSp
     """Key every bag, take cached results, check the rest open; returns the bags to run and
     their frames (for the progress line). Unusable bags go straight into ``results``."""
     from bisenet_ros.replay.bag import BagError
-    from bisenet_ros.replay.pipeline import open_input, pick_image_topic
+    from bisenet_ros.replay.pipeline import camera_topics, open_input
 
     settings = options.settings
     model_keys = [m.key for m in models]
@@ -356,10 +356,10 @@ def _plan(paths: Sequence[Path], options: FleetOptions, models: Sequence[ModelSp
             results[index] = BagResult.failure(task, str(err))
             continue
         try:
-            count = pick_image_topic(bag, options).count
+            counts = [topic.count for topic in camera_topics(bag, options)]
         finally:
             bag.close()
-        total += min(count, settings.max_frames) if settings.max_frames else count
+        total += sum(min(c, settings.max_frames) if settings.max_frames else c for c in counts)
         tasks.append(task)
     return tasks, total
 

@@ -84,7 +84,11 @@ class EvalSettings:
 
     Attributes:
         image_topic: Camera topic (None: each bag's only image topic).
+        cameras: Camera names of multi-camera bags (see ``ReplayOptions.cameras``).
+        image_topics: Camera topics of multi-camera bags, instead of ``cameras``.
+        labels_camera: The camera the ground truth belongs to (multi-camera bags).
         labels_topic: Ground-truth topic (mono8 trainId masks).
+        labels_topics: Several cameras: more ground-truth topics (see ``ReplayOptions``).
         labels_dir: Ground-truth folder template (see :func:`~bisenet_ros.evaluation.bags.labels_dir_for`).
         labels_match: ``auto``, ``timestamp`` or ``order`` for folders.
         label_tolerance_ms: Largest stamp difference for timestamp matching.
@@ -96,7 +100,11 @@ class EvalSettings:
     """
 
     image_topic: str | None = None
+    cameras: tuple[str, ...] = ()
+    image_topics: tuple[str, ...] = ()
+    labels_camera: str | None = None
     labels_topic: str | None = None
+    labels_topics: tuple[str, ...] = ()
     labels_dir: str | None = None
     labels_match: str = "auto"
     label_tolerance_ms: float = 1.0
@@ -107,9 +115,13 @@ class EvalSettings:
 
     def key(self) -> dict[str, Any]:
         """The settings that change a bag's figures (part of the cache key)."""
-        return {"image_topic": self.image_topic, "labels_topic": self.labels_topic,
-                "labels_dir": self.labels_dir, "labels_match": self.labels_match,
-                "label_tolerance_ms": self.label_tolerance_ms, "max_frames": self.max_frames}
+        key = {"image_topic": self.image_topic, "labels_topic": self.labels_topic,
+               "labels_dir": self.labels_dir, "labels_match": self.labels_match,
+               "label_tolerance_ms": self.label_tolerance_ms, "max_frames": self.max_frames}
+        if self.cameras or self.image_topics:  # single-camera keys stay as they were
+            key.update(cameras=list(self.cameras), image_topics=list(self.image_topics),
+                       labels_topics=list(self.labels_topics), labels_camera=self.labels_camera)
+        return key
 
     def replay_options(self, bag: Path, labels_dir: Path | None, output: Path | None) -> Any:
         from bisenet_ros.replay.pipeline import ReplayOptions
@@ -119,7 +131,9 @@ class EvalSettings:
         if output is None:
             extra["outputs"] = ("mask",)  # labels only: the engine skips colour and overlay
         return ReplayOptions(
-            input=bag, output=output, image_topic=self.image_topic, labels_topic=self.labels_topic,
+            input=bag, output=output, image_topic=self.image_topic, cameras=self.cameras,
+            image_topics=self.image_topics, labels_camera=self.labels_camera,
+            labels_topic=self.labels_topic, labels_topics=self.labels_topics,
             labels_dir=labels_dir, labels_match=self.labels_match,
             label_tolerance_ms=self.label_tolerance_ms, max_frames=self.max_frames,
             queue_size=self.queue_size, progress=False, samples=0, **extra)
@@ -304,25 +318,50 @@ class _FleetEngine:
         self._last_tick = 0.0
 
     def __call__(self, frame: np.ndarray, color_order: str = "bgr", outputs: Any = None) -> Any:
+        return self.segment_batch([frame], [color_order], outputs=outputs)[0]
+
+    def segment_batch(self, frames: Sequence[np.ndarray], color_orders: Sequence[str],
+                      outputs: Any = None) -> list[Any]:
+        """Model A's results for a batch (B's labels riding along with --compare).
+
+        Raises:
+            ValueError: A model rejected a frame (the replay then runs the frames one by one).
+        """
         t0 = time.perf_counter()
-        result = self.engines[0](frame, color_order=color_order, outputs=outputs)
+        results = _segment(self.engines[0], frames, color_orders, outputs)
         t1 = time.perf_counter()
         self.engine_ms[0] += (t1 - t0) * 1e3
         if self.disagreement is not None:
-            other = self.engines[1](frame, color_order=color_order, outputs=set())
+            others = _segment(self.engines[1], frames, color_orders, set())
             t2 = time.perf_counter()
             self.engine_ms[1] += (t2 - t1) * 1e3
-            b_labels = np.asarray(other.labels)
-            self.disagreement.add_frame(np.asarray(result.labels), b_labels)
-            timings = dict(getattr(result, "timings", None) or {})
-            timings.update({"model_a": (t1 - t0) * 1e3, "model_b": (t2 - t1) * 1e3})
-            result = _Paired(result, b_labels, timings)
-        self.frames += 1
+            paired = []
+            for result, other in zip(results, others):
+                b_labels = np.asarray(other.labels)
+                self.disagreement.add_frame(np.asarray(result.labels), b_labels)
+                timings = dict(getattr(result, "timings", None) or {})
+                timings.update({"model_a": (t1 - t0) * 1e3, "model_b": (t2 - t1) * 1e3})
+                paired.append(_Paired(result, b_labels, timings))
+            results = paired
+        self.frames += len(frames)
         now = time.perf_counter()
         if self.tick is not None and now - self._last_tick >= TICK_INTERVAL_S:
             self._last_tick = now
             self.tick(self.frames)
-        return result
+        return results
+
+
+def _segment(engine: Any, frames: Sequence[np.ndarray], color_orders: Sequence[str],
+             outputs: Any) -> list[Any]:
+    """One model's results for a batch (:func:`bisenet_ros.streams.segment_frames`), raising the
+    first frame's error as the engine itself would."""
+    from bisenet_ros.streams import segment_frames
+
+    results = segment_frames(engine, frames, color_orders, outputs)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
 
 
 def evaluate_bag(task: BagTask, settings: EvalSettings, engines: Sequence[Any], *,
@@ -367,7 +406,7 @@ def evaluate_bag(task: BagTask, settings: EvalSettings, engines: Sequence[Any], 
         tick(engine.frames)
     out = BagResult(
         bag=str(task.bag), key=task.key, status=OK,
-        frames_in_topic=result.image_topic.count if result.image_topic else 0,
+        frames_in_topic=result.messages_in_topics,
         frames_read=result.frames_read, frames_processed=result.frames_processed,
         corrupt=len(result.corrupt), unmatched=result.unmatched_predictions, wall_s=result.wall_s,
         damage=list(result.damage), warnings=list(result.warnings),

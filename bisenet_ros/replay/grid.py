@@ -235,13 +235,21 @@ class GridStage:
             self.problems[str(err)] += 1
             return None
 
-    def frame(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
-              frame_shape: tuple[int, ...]) -> Any:
-        """The OccupancyGrid message of a frame (typestore), or None (the cause is counted)."""
+    @property
+    def spec(self) -> bev.GridSpec:
+        return self.source.grid
+
+    def project(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
+                frame_shape: tuple[int, ...]) -> np.ndarray | None:
+        """The grid values of a frame (kept for :meth:`evaluate`), or None (the cause is counted)."""
         values = self._grid(labels, stamp_ns, frame_id,
                             bev.label_window(frame_shape, labels.shape, self.resize))
-        if values is None:
-            return None
+        if values is not None:
+            self.record(stamp_ns, frame_id, values)
+        return values
+
+    def record(self, stamp_ns: int, frame_id: str, values: np.ndarray) -> None:
+        """Keep a frame's grid values (this stage's or the fuser's) for :meth:`evaluate`."""
         if len(self._recent) == self._recent.maxlen:
             self.frames.pop(self._recent[0], None)
         self._recent.append(stamp_ns)
@@ -249,6 +257,13 @@ class GridStage:
         if self.picture is None:
             self.picture = (values, None)
         self.written += 1
+
+    def frame(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
+              frame_shape: tuple[int, ...]) -> Any:
+        """The OccupancyGrid message of a frame (typestore), or None (the cause is counted)."""
+        values = self.project(stamp_ns, frame_id, labels, frame_shape)
+        if values is None:
+            return None
         return make_occupancy_grid(stamp_ns, self.source.grid.frame_id,
                                    bev.occupancy_grid_fields(values, self.source.grid))
 
@@ -280,33 +295,149 @@ class GridStage:
     def iou(self) -> float | None:
         return self.intersection / self.union if self.union else None
 
+    def sources(self) -> dict[str, Any]:
+        """Where the camera model and pose came from, and how its frames fared."""
+        return {"camera_model_from": self.source.camera_from,
+                "camera_models": len(self.source.cameras), "pose_from": self.source.pose_from,
+                "frames_without_grid": dict(self.problems)}
+
     def summary(self) -> dict[str, Any]:
         """The report's ``birds_eye`` section."""
-        grid = self.source.grid
-        return {
-            "topic_messages": self.written,
-            "grid": {"frame": grid.frame_id, "resolution_m": grid.resolution,
-                     "width": grid.width, "height": grid.height,
-                     "x_m": [grid.x_min, grid.x_max], "y_m": [grid.y_min, grid.y_max],
-                     "max_range_m": grid.max_range, "ground_height_m": grid.ground_height},
-            "camera_model_from": self.source.camera_from,
-            "camera_models": len(self.source.cameras),
-            "pose_from": self.source.pose_from,
-            "frames_without_grid": dict(self.problems),
-            "drivable_iou": self.iou(),
-            "frames_evaluated": self.evaluated,
-        }
+        return {"topic_messages": self.written, "grid": grid_summary(self.source.grid),
+                **self.sources(), "drivable_iou": self.iou(), "frames_evaluated": self.evaluated}
 
     def picture_png(self) -> bytes | None:
         """PNG of a predicted grid (beside the truth's when evaluated), forward up."""
-        import cv2
+        return None if self.picture is None else grid_png(self.source.grid, self.picture)
 
-        if self.picture is None:
+
+def grid_summary(grid: bev.GridSpec) -> dict[str, Any]:
+    """A grid's geometry for the report."""
+    return {"frame": grid.frame_id, "resolution_m": grid.resolution,
+            "width": grid.width, "height": grid.height,
+            "x_m": [grid.x_min, grid.x_max], "y_m": [grid.y_min, grid.y_max],
+            "max_range_m": grid.max_range, "ground_height_m": grid.ground_height}
+
+
+def grid_png(grid: bev.GridSpec, grids: Sequence[np.ndarray | None]) -> bytes | None:
+    """PNG of grids side by side (None entries left out), forward up."""
+    import cv2
+
+    scale = max(1, int(round(300 / max(grid.width, grid.height))))
+    tiles = [bev.grid_image(g, scale) for g in grids if g is not None]
+    if len(tiles) == 2:
+        gap = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)
+        tiles = [tiles[0], gap, tiles[1]]
+    ok, buf = cv2.imencode(".png", np.hstack(tiles))
+    return buf.tobytes() if ok else None
+
+
+class FusedGridStage:
+    """The surround grid of a multi-camera replay: each batch's frames go into one
+    :class:`~bisenet_ros.fusion.GridFuser` (the node's fusion and overlap rule), which gives
+    one grid per batch.
+
+    Each camera's own grid (from its votes) is kept by its :class:`GridStage`, for its figures
+    and its bird's-eye IoU against ground truth; a camera whose frames give no votes (no pose in
+    tf, a view that misses the extent) has the reason counted there.
+
+    Args:
+        grid: The grid all cameras project into.
+        cameras: The replay's cameras (:class:`~bisenet_ros.replay.cameras.CameraResult`);
+            those without a ``grid`` stage (no camera model or pose) leave their cells unknown.
+        drivable_ids: Class ids that are drivable.
+        max_age_ms: A camera's latest votes older than this before the batch's newest frame are
+            left out of the grid (a camera that stopped, or runs much slower).
+    """
+
+    def __init__(self, grid: bev.GridSpec, cameras: Sequence[Any], drivable_ids: Iterable[int],
+                 *, max_age_ms: float = 500.0) -> None:
+        from bisenet_ros.fusion import GridFuser
+
+        self.spec = grid
+        self.cameras = list(cameras)
+        self.fuser = GridFuser(grid, drivable_ids, cameras=[c.name for c in self.cameras])
+        self.max_age_ns = int(max_age_ms * 1e6)
+        self.written = 0
+        self.picture: np.ndarray | None = None
+        self.statuses: dict[str, Any] = {}  # camera -> its CameraStatus in the latest grid
+
+    def fuse(self, frames: Sequence[tuple[str, int, str, np.ndarray, tuple[int, ...]]]) -> Any:
+        """The OccupancyGrid message of one batch, or None when no frame of it gave votes.
+
+        Args:
+            frames: ``(camera, stamp_ns, frame_id, labels, frame_shape)`` of the batch's frames.
+
+        Returns:
+            The grid of every camera's latest votes, stamped with the newest votes fused.
+        """
+        stages = {camera.name: camera.grid for camera in self.cameras}
+        fresh = []
+        for name, stamp_ns, frame_id, labels, frame_shape in frames:
+            stage = stages.get(name)
+            if stage is None:  # no camera model or pose at all: said once, at the start
+                self.fuser.update(name, None, None, None, stamp_ns=stamp_ns,
+                                  problem="no camera model or pose (see the warnings)")
+                continue
+            camera = stage.source.camera_at(stamp_ns)
+            try:
+                pose, problem = stage.source.pose_for(frame_id), None
+            except bev.BevError as err:
+                pose, problem = None, str(err)
+            status = self.fuser.update(
+                name, labels, camera, pose, stamp_ns=stamp_ns, problem=problem,
+                window=bev.label_window(frame_shape, labels.shape, stage.resize))
+            if status.fused:
+                fresh.append((name, stamp_ns, frame_id))
+            else:
+                stage.problems[status.message] += 1
+        if not fresh:
             return None
-        scale = max(1, int(round(300 / max(self.source.grid.width, self.source.grid.height))))
-        tiles = [bev.grid_image(g, scale) for g in self.picture if g is not None]
-        if len(tiles) == 2:
-            gap = np.full((tiles[0].shape[0], 8, 3), 255, np.uint8)
-            tiles = [tiles[0], gap, tiles[1]]
-        ok, buf = cv2.imencode(".png", np.hstack(tiles))
-        return buf.tobytes() if ok else None
+        fused = self.fuser.fuse(stamp_ns=max(stamp for _, stamp, _ in fresh),
+                                max_age_ns=self.max_age_ns)
+        self.statuses = dict(fused.cameras)
+        for name, stamp_ns, frame_id in fresh:
+            values = fused.camera_grid(name)
+            if values is not None:
+                stages[name].record(stamp_ns, frame_id, values)
+        if self.picture is None:
+            self.picture = fused.values
+        self.written += 1
+        return make_occupancy_grid(fused.stamp_ns or 0, self.spec.frame_id,
+                                   bev.occupancy_grid_fields(fused.values, self.spec))
+
+    def warnings(self) -> list[str]:
+        """The report's warnings: each camera left out of fused grids, how often and why
+        (:meth:`~bisenet_ros.fusion.GridFuser.warnings`); when no grid was fused at all, each
+        camera's own reasons. A camera whose view misses the extent is never silent."""
+        if self.written:
+            return self.fuser.warnings()
+        return [f"camera {c.name!r}: {w}" for c in self.cameras if c.grid is not None
+                for w in c.grid.warnings()]
+
+    @property
+    def evaluated(self) -> int:
+        return sum(c.grid.evaluated for c in self.cameras if c.grid is not None)
+
+    def iou(self) -> float | None:
+        """Bird's-eye drivable IoU over the cameras with ground truth (their own grids)."""
+        stages = [c.grid for c in self.cameras if c.grid is not None]
+        union = sum(stage.union for stage in stages)
+        return sum(stage.intersection for stage in stages) / union if union else None
+
+    def summary(self) -> dict[str, Any]:
+        """The report's ``birds_eye`` section: the fused grid, and each camera's share."""
+        cameras = {}
+        for camera in self.cameras:
+            stage = camera.grid
+            cameras[camera.name] = None if stage is None else {
+                **stage.sources(), "grids": stage.written, "drivable_iou": stage.iou(),
+                "frames_evaluated": stage.evaluated}
+        return {"topic_messages": self.written, "grid": grid_summary(self.spec),
+                "fused": True, "max_age_ms": self.max_age_ns / 1e6, "cameras": cameras,
+                "fusion": self.fuser.summary(),
+                "drivable_iou": self.iou(), "frames_evaluated": self.evaluated}
+
+    def picture_png(self) -> bytes | None:
+        """PNG of the first fused grid, forward up."""
+        return None if self.picture is None else grid_png(self.spec, [self.picture])

@@ -20,6 +20,7 @@ import numpy as np
 from bisenet_ros.fileio import NewOutputs
 from bisenet_ros.inference.segmenter import model_summary
 from bisenet_ros.replay import metrics as M
+from bisenet_ros.replay.cameras import CameraResult
 from bisenet_ros.replay.pipeline import ReplayResult
 from bisenet_ros.replay.writer import OutputExistsError
 
@@ -71,14 +72,9 @@ def build_metrics(result: ReplayResult) -> dict[str, Any]:
     changes = [f.change_fraction for f in frames if f.change_fraction is not None]
     drivable = [f.drivable_fraction for f in frames]
     throughput = result.throughput_fps()
-    call = [f.timings["engine_call"] for f in frames if "engine_call" in f.timings]
-    evaluation = None
-    if result.confusion is not None:
-        evaluation = result.confusion.summary(names)
-        evaluation["unmatched_predictions"] = result.unmatched_predictions
-        evaluation["unmatched_labels"] = result.unmatched_labels
-        evaluation["ground_truth"] = (f"topic {opts.labels_topic}" if opts.labels_topic
-                                      else f"folder {opts.labels_dir}")
+    evaluation = _evaluation(result.confusion, names, result.unmatched_predictions,
+                             result.unmatched_labels,
+                             ", ".join(c.ground_truth for c in result.cameras if c.ground_truth))
     image = result.image_topic
     data = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -111,7 +107,7 @@ def build_metrics(result: ReplayResult) -> dict[str, Any]:
         "timing": {
             "wall_s": result.wall_s,
             "throughput_fps": throughput,
-            "engine_fps": (1000.0 / float(np.mean(call))) if call else None,
+            "engine_fps": _engine_fps(frames),
             "real_time_factor": result.real_time_factor(),
             "latency_ms": M.latency_summary([f.timings for f in frames]),
         },
@@ -124,7 +120,57 @@ def build_metrics(result: ReplayResult) -> dict[str, Any]:
         "evaluation": evaluation,
         "birds_eye": result.grid.summary() if result.grid is not None else None,
     }
+    if opts.multi_camera:  # the figures above are the totals over the cameras
+        data["input"]["image_topics"] = [c.image_topic.name for c in result.cameras]
+        data["input"]["messages_in_topic"] = result.messages_in_topics
+        data["timing"]["mean_batch_size"] = (float(np.mean([f.batch_size for f in frames]))
+                                             if frames else None)
+        data["cameras"] = {c.name: _camera_metrics(result, c, names) for c in result.cameras}
     return json_safe(data)
+
+
+def _engine_fps(frames: Sequence[Any]) -> float | None:
+    """Frames per second of engine time (a batch's time shared by its frames)."""
+    call = [f.timings["engine_call"] / f.batch_size for f in frames if "engine_call" in f.timings]
+    return (1000.0 / float(np.mean(call))) if call else None
+
+
+def _evaluation(confusion: M.ConfusionMatrix | None, names: list[str], unmatched_predictions: int,
+                unmatched_labels: int, ground_truth: str) -> dict[str, Any] | None:
+    if confusion is None:
+        return None
+    evaluation = confusion.summary(names)
+    evaluation["unmatched_predictions"] = unmatched_predictions
+    evaluation["unmatched_labels"] = unmatched_labels
+    evaluation["ground_truth"] = ground_truth
+    return evaluation
+
+
+def _camera_metrics(result: ReplayResult, camera: CameraResult, names: list[str]) -> dict[str, Any]:
+    """One camera's figures in a multi-camera replay."""
+    frames = result.camera_frames(camera.name)
+    drivable = [f.drivable_fraction for f in frames]
+    changes = [f.change_fraction for f in frames if f.change_fraction is not None]
+    corrupt = [c for c in result.corrupt if c.get("camera") == camera.name]
+    section = None
+    if camera.grid is not None:
+        section = {**camera.grid.sources(), "grids": camera.grid.written,
+                   "drivable_iou": camera.grid.iou(), "frames_evaluated": camera.grid.evaluated}
+    return {
+        "image_topic": camera.image_topic.name, "image_type": camera.image_topic.msgtype,
+        "messages_in_topic": camera.image_topic.count,
+        "frame_rate_hz": M.frame_rate(camera.bag_times),
+        "frames": {"read": camera.frames_read, "processed": len(frames),
+                   "skipped_corrupt": len(corrupt)},
+        "throughput_fps": len(frames) / result.wall_s if result.wall_s > 0 and frames else None,
+        "engine_fps": _engine_fps(frames),
+        "latency_ms": M.latency_summary([f.timings for f in frames]),
+        "drivable_fraction": M.percentiles(drivable) if drivable else None,
+        "label_change_fraction": M.percentiles(changes) if changes else None,
+        "evaluation": _evaluation(camera.confusion, names, camera.unmatched_predictions,
+                                  camera.unmatched_labels, camera.ground_truth or ""),
+        "birds_eye": section,
+    }
 
 
 def write_report(result: ReplayResult, folder: str | Path, *, palette: np.ndarray | None = None) -> Path:
@@ -153,13 +199,16 @@ def _write_csv(result: ReplayResult, path: Path) -> None:
     stages: list[str] = []
     for frame in result.frames:
         stages.extend(s for s in frame.timings if s not in stages)
+    camera = ["camera"] if result.options.multi_camera else []  # a column only with cameras
     with path.open("w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["index", "stamp_ns", "bag_ns", "drivable_fraction", "label_change_fraction"]
+        writer.writerow(camera + ["index", "stamp_ns", "bag_ns", "drivable_fraction",
+                                  "label_change_fraction"]
                         + [f"ms_{s}" for s in stages] + [f"share_{n}" for n in names])
         for f in result.frames:
-            writer.writerow([f.index, f.stamp_ns, f.bag_ns, f"{f.drivable_fraction:.6f}",
-                             "" if f.change_fraction is None else f"{f.change_fraction:.6f}"]
+            writer.writerow([f.camera] * len(camera)
+                            + [f.index, f.stamp_ns, f.bag_ns, f"{f.drivable_fraction:.6f}",
+                               "" if f.change_fraction is None else f"{f.change_fraction:.6f}"]
                             + [f"{f.timings[s]:.3f}" if s in f.timings else "" for s in stages]
                             + [f"{v:.6f}" for v in f.shares[:len(names)]])
 
@@ -184,6 +233,8 @@ def _plots(result: ReplayResult, palette: np.ndarray | None) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     frames = result.frames
+    if result.options.multi_camera:  # the cameras' frames interleave: plot them in time order
+        frames = sorted(frames, key=lambda f: f.stamp_ns)
     t0 = frames[0].stamp_ns
     t = np.array([(f.stamp_ns - t0) / 1e9 for f in frames])
     names = result.class_names
@@ -283,20 +334,33 @@ def _birds_eye_html(result: ReplayResult, section: dict[str, Any] | None) -> lis
     if section is None or result.grid is None:
         return []
     grid = section["grid"]
+    if section.get("fused"):
+        sources = [("cameras fused", ", ".join(n for n, c in section["cameras"].items() if c)
+                    + "; without camera model or pose (cells unknown): "
+                    + (", ".join(n for n, c in section["cameras"].items() if not c) or "none"))]
+        sources += [(f"camera {name}", f"model from {c['camera_model_from']}, pose from "
+                     f"{c['pose_from']}, {c['grids']} grids")
+                    for name, c in section["cameras"].items() if c]
+    else:
+        sources = [("camera model", f"{section['camera_model_from']} "
+                                    f"({section['camera_models']} calibration(s))"),
+                   ("camera pose", section["pose_from"])]
     parts = ["<h2>Bird's-eye drivable grid</h2>", html_table([
         ("grid", f"{grid['width']} x {grid['height']} cells of {grid['resolution_m']} m in "
                  f"{html.escape(grid['frame'])}, x {grid['x_m'][0]}..{grid['x_m'][1]} m, "
                  f"y {grid['y_m'][0]}..{grid['y_m'][1]} m, max range {grid['max_range_m']} m"),
-        ("camera model", f"{html.escape(section['camera_model_from'])} "
-                         f"({section['camera_models']} calibration(s))"),
-        ("camera pose", html.escape(section["pose_from"])),
+        *sources,
         ("grids written", section["topic_messages"]),
         ("bird's-eye drivable IoU", format_value(section["drivable_iou"], 4)
          + (f" over {section['frames_evaluated']} frames (grid of the ground truth vs grid of "
             "the prediction, cells the truth grid sees)" if section["frames_evaluated"] else "")),
     ])]
-    for problem, count in section["frames_without_grid"].items():
-        parts.append(f"<p class='bad'>{count} frames without a grid: {html.escape(problem)}</p>")
+    problems = [("", section)] if not section.get("fused") else [
+        (f"camera {name}: ", c) for name, c in section["cameras"].items() if c]
+    for prefix, part in problems:
+        for problem, count in part["frames_without_grid"].items():
+            parts.append(f"<p class='bad'>{html.escape(prefix)}{count} frames without a grid: "
+                         f"{html.escape(problem)}</p>")
     png = result.grid.picture_png()
     if png:
         caption = ("prediction (left) and ground truth (right)" if section["frames_evaluated"]
@@ -307,6 +371,27 @@ def _birds_eye_html(result: ReplayResult, section: dict[str, Any] | None) -> lis
                      f"<img alt='drivable grid' src='data:image/png;base64,"
                      f"{base64.b64encode(png).decode('ascii')}'>")
     return parts
+
+
+def _cameras_html(cameras: dict[str, Any] | None) -> list[str]:
+    """The per-camera table of a multi-camera replay (the other sections give the totals)."""
+    if not cameras:
+        return []
+    rows = []
+    for name, c in cameras.items():
+        latency = c["latency_ms"].get("engine_call", {})
+        evaluation = c["evaluation"]
+        rows.append((name, c["image_topic"], f"{c['frames']['processed']} / {c['frames']['read']}",
+                     c["frames"]["skipped_corrupt"], format_value(c["frame_rate_hz"], 2),
+                     format_value(c["throughput_fps"], 2), format_value(latency.get("p50"), 2),
+                     format_value(latency.get("p99"), 2),
+                     format_value(evaluation["miou"], 4) if evaluation else "no ground truth",
+                     c["birds_eye"]["grids"] if c["birds_eye"] else "no camera model/pose"))
+    return ["<h2>Cameras</h2>", html_table(rows, [
+        "camera", "topic", "frames processed / read", "corrupt", "bag Hz", "frames/s",
+        "engine_call p50 ms", "p99 ms", "mIoU", "grids"]),
+        "<p>One engine runs the cameras' frames in batches (a frame's engine_call is its "
+        "batch's time); the other sections give the totals over all cameras.</p>"]
 
 
 def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> str:
@@ -339,7 +424,8 @@ def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> 
     parts.append("<h2>Run</h2>")
     parts.append(html_table([
         ("input", f"{inp['bag']} ({inp['storage']})"),
-        ("camera topic", f"{inp['image_topic']} [{inp['image_type']}]"),
+        ("camera topic", f"{inp['image_topic']} [{inp['image_type']}]" if inp["image_topic"]
+         else ", ".join(inp.get("image_topics", []))),
         ("output", f"{data['output']['bag']} ({data['output']['storage']})"),
         ("model", model_summary(engine)),
         ("frames processed / in topic", f"{frames['processed']} / {inp['messages_in_topic']}"),
@@ -376,6 +462,7 @@ def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> 
                 parts.append(f"<img alt='{key}' src='data:image/png;base64,{plots[key]}'>")
         parts.append(html_table([(n, format_value(v, 4)) for n, v in evaluation["per_class_iou"].items()],
                             ["class", "IoU"]))
+    parts.extend(_cameras_html(data.get("cameras")))
     parts.extend(_birds_eye_html(result, data["birds_eye"]))
     parts.append("<h2>Content over time</h2>")
     for key in ("shares", "drivable"):
@@ -389,9 +476,11 @@ def _html(result: ReplayResult, data: dict[str, Any], plots: dict[str, str]) -> 
                      f"max {format_value(c['max'] * 100, 2)}%).</p>")
     if result.samples:
         parts.append("<h2>Sample overlays</h2><div class='samples'>")
-        for index, jpeg in sorted(result.samples):
-            parts.append(f"<img title='frame {index}' alt='frame {index}' "
-                         f"src='data:image/jpeg;base64,{base64.b64encode(jpeg).decode('ascii')}'>")
+        for camera in result.cameras:
+            for index, jpeg in sorted(camera.samples):
+                title = html.escape(f"{camera.name} frame {index}" if camera.name else f"frame {index}")
+                parts.append(f"<img title='{title}' alt='{title}' src='data:image/jpeg;base64,"
+                             f"{base64.b64encode(jpeg).decode('ascii')}'>")
         parts.append("</div>")
     if frames["corrupt"] or frames["corrupt_labels"]:
         parts.append("<h2>Skipped messages</h2>")

@@ -16,7 +16,7 @@ import struct
 from collections import defaultdict
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from bisenet_ros.replay.bag import TopicInfo
 from bisenet_ros.replay.messages import (
@@ -141,15 +141,18 @@ class OutputExistsError(FileExistsError):
     """The output path exists and ``--overwrite`` was not given (or it is not a bag)."""
 
 
-def resolve_topic(name: str, *, namespace: str = "", node_name: str = DEFAULT_NODE_NAME) -> str:
+def resolve_topic(name: str, *, namespace: str = "", node_name: str = DEFAULT_NODE_NAME,
+                  camera: str = "") -> str:
     """Fully qualified topic of the node's private name ``~/<name>``.
 
     Args:
         name: Output name, e.g. ``"mask"``.
         namespace: Node namespace, e.g. ``"/front"`` or ``"front"`` (empty: root).
         node_name: Node name.
+        camera: Camera of a multi-camera node: its outputs are ``<namespace>/<camera>/<node_name>/
+            <name>``, the names ``multi_camera.launch.py`` gives one node per camera (empty: none).
     """
-    parts = [p for p in namespace.strip("/").split("/") if p] + [node_name, name]
+    parts = [p for p in f"{namespace}/{camera}".strip("/").split("/") if p] + [node_name, name]
     return "/" + "/".join(parts)
 
 
@@ -218,12 +221,19 @@ class OutputBag:
         self._connections: dict[str, Any] = {}
         self._fast = False
 
-    def topic(self, name: str) -> str:
-        """Fully qualified topic for the output ``name``."""
-        return resolve_topic(name, namespace=self.namespace, node_name=self.node_name)
+    def topic(self, name: str, camera: str = "") -> str:
+        """Fully qualified topic for the output ``name`` (of ``camera``, see :func:`resolve_topic`)."""
+        return resolve_topic(name, namespace=self.namespace, node_name=self.node_name, camera=camera)
 
-    def open(self, outputs: list[str]) -> None:
-        """Create the bag and declare the output topics (in ``outputs`` order)."""
+    def open(self, outputs: list[str], *, cameras: Sequence[str] = ("",),
+             shared: Sequence[str] = ()) -> None:
+        """Create the bag and declare the output topics (in ``outputs`` order, camera by camera).
+
+        Args:
+            outputs: Output names declared for each camera.
+            cameras: Camera names (``""``: the single-camera node's topics).
+            shared: Output names of the node itself, not of a camera (the fused grid).
+        """
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         plugin = StoragePlugin.MCAP if self.storage == "mcap" else StoragePlugin.SQLITE3
@@ -237,15 +247,16 @@ class OutputBag:
         self._fast = (getattr(getattr(writer, "storage", None), "direct", False) is True
                       and getattr(writer, "compression_mode", None) == CompressionMode.NONE)
         store = typestore()
-        for name in outputs:
+        declared = [(camera, name) for camera in cameras for name in outputs]
+        for camera, name in declared + [("", name) for name in shared]:
             if name not in OUTPUT_TYPES:
                 raise ValueError(f"unknown output {name!r}; expected one of {', '.join(OUTPUT_TYPES)}")
             latched = name == "label_info"
             # As the node's publishers: reliable keep-last 1; label_info also transient-local.
-            self._connections[name] = writer.add_connection(
-                self.topic(name), OUTPUT_TYPES[name], typestore=store,
+            self._connections[(camera, name)] = writer.add_connection(
+                self.topic(name, camera), OUTPUT_TYPES[name], typestore=store,
                 offered_qos_profiles=[_qos(latched=latched, depth=1)])
-            self.counts[self.topic(name)] = 0
+            self.counts[self.topic(name, camera)] = 0
 
     def add_copy_topic(self, info: TopicInfo) -> bool:
         """Declare an input topic to be copied through unchanged; False if its type is unknown.
@@ -268,8 +279,9 @@ class OutputBag:
         self.counts[info.name] = 0
         return True
 
-    def write(self, name: str, msg: Any, timestamp: int) -> None:
-        """Serialize and write ``msg`` on output ``name`` at bag time ``timestamp`` (ns)."""
+    def write(self, name: str, msg: Any, timestamp: int, camera: str = "") -> None:
+        """Serialize and write ``msg`` on output ``name`` (of ``camera``) at bag time
+        ``timestamp`` (ns)."""
         data: Any = None
         if self._fast:  # an image's pixels go to the MCAP file as they are, not copied
             parts = serialize_image_parts(msg)
@@ -277,8 +289,8 @@ class OutputBag:
                 data = _Parts(*parts)
         if data is None:
             data = serialize(msg)
-        self._writer.write(self._connections[name], int(timestamp), data)
-        self.counts[self.topic(name)] += 1
+        self._writer.write(self._connections[(camera, name)], int(timestamp), data)
+        self.counts[self.topic(name, camera)] += 1
 
     def write_raw(self, topic: str, data: bytes | memoryview, timestamp: int) -> None:
         """Write an already serialized message on a copied topic."""
