@@ -29,7 +29,8 @@ setup(
     description="Real-time BiSeNet V1/V2 and STDC semantic segmentation for ROS 2.",
     license="Apache-2.0",
     python_requires=">=3.10",
-    tests_require=["pytest"],
+    # colcon test runs pytest for packages that name it here (current setuptools ignores tests_require).
+    extras_require={"test": ["pytest"]},
     entry_points={
         "console_scripts": [
             # Both check the interpreter's packages first (one clear line if it is the wrong one).

@@ -3,7 +3,9 @@
 The issue's target: under 2 ms per frame for a 40 m x 40 m grid at 0.1 m (400 x 400 cells, 2 x 2
 samples each) on one core. Measured on one thread (``cv2.setNumThreads(1)``), for label maps at
 camera resolution (1920x1080) and at a network's (1024x512), against the one-off cost of building
-the lookup (what every frame would pay without the cache). Prints the CPU and its SIMD flags.
+the lookup (what every frame would pay without the cache). Then four cameras around a car fused
+into the surround grid (``bisenet_ros.fusion``, +-30 m at 0.1 m), per fused grid, interleaved with
+four single-camera grids of the same extent. Prints the CPU and its SIMD flags.
 
     nice .venv/bin/python benchmarks/bench_bev.py --output benchmarks/results/bench_bev.json
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -20,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bisenet_ros import bev
+from bisenet_ros import bev, fusion
 
 TARGET_MS = 2.0
 SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "amx_tile",
@@ -69,6 +72,61 @@ def time_ms(fn, repeats: int) -> list[float]:  # noqa: ANN001 - a zero-argument 
     return samples
 
 
+# Four cameras around a car (body x y z roll pitch yaw in base_link): front, rear, left, right.
+SURROUND_MOUNTS = {"front": (2.0, 0.0, 1.5, 0.0, math.radians(8.0), 0.0),
+                   "rear": (-1.0, 0.0, 1.5, 0.0, math.radians(8.0), math.pi),
+                   "left": (0.5, 0.9, 1.3, 0.0, math.radians(15.0), math.pi / 2),
+                   "right": (0.5, -0.9, 1.3, 0.0, math.radians(15.0), -math.pi / 2)}
+
+
+def fusion_case(camera: bev.CameraModel, frames: int) -> dict[str, object]:
+    """Four 1080p cameras' 1024x512 label maps fused into the surround grid (the node's default
+    with several cameras: +-30 m at 0.1 m), per fused grid: each camera's votes and the fusion,
+    against four single-camera grids of the same extent."""
+    grid = bev.surround_grid(bev.GridSpec(resolution=0.1, max_range=30.0))
+    shape = (512, 1024)
+    labels = labels_for(shape)
+    poses = {name: bev.Pose.from_mount(*mount) for name, mount in SURROUND_MOUNTS.items()}
+    fuser = fusion.GridFuser(grid, [0], cameras=list(poses))
+
+    def fused() -> np.ndarray:
+        for name, pose in poses.items():
+            fuser.update(name, labels, camera, pose)
+        return fuser.fuse().values
+
+    projectors = {name: bev.BevProjector(grid, [0]) for name in poses}
+
+    def singles() -> None:
+        for name, pose in poses.items():
+            projectors[name](labels, camera, pose)
+
+    values = fused()  # builds the lookups
+    singles()
+    fused_ms: list[float] = []
+    single_ms: list[float] = []
+    for _ in range(frames):  # interleaved: both see the same machine load
+        fused_ms += time_ms(fused, 1)
+        single_ms += time_ms(singles, 1)
+    case = {"cameras": len(poses), "labels": f"{shape[1]}x{shape[0]}",
+            "grid": {"cells": grid.width * grid.height, "width": grid.width,
+                     "height": grid.height, "resolution_m": grid.resolution,
+                     "extent_m": [grid.x_min, grid.x_max, grid.y_min, grid.y_max]},
+            "fused_ms_median": statistics.median(fused_ms),
+            "fused_ms_p90": float(np.percentile(fused_ms, 90)), "fused_ms_min": min(fused_ms),
+            "four_single_grids_ms_median": statistics.median(single_ms),
+            "four_single_grids_ms_min": min(single_ms),
+            "fused_vs_four_single_grids": (statistics.median(fused_ms)
+                                           / statistics.median(single_ms)),
+            "known_cells": int(np.count_nonzero(values != bev.UNKNOWN))}
+    print(f"fusion of {case['cameras']} cameras ({case['labels']} labels) into a {grid.width}x"
+          f"{grid.height} surround grid: {case['fused_ms_median']:.3f} ms per fused grid (p90 "
+          f"{case['fused_ms_p90']:.3f}, min {case['fused_ms_min']:.3f}); 4 single-camera grids "
+          f"{case['four_single_grids_ms_median']:.3f} ms (min "
+          f"{case['four_single_grids_ms_min']:.3f}; fused / single "
+          f"{case['fused_vs_four_single_grids']:.2f}x); {case['known_cells']} known cells")
+    return case
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300, help="timed frames per case")
@@ -83,6 +141,7 @@ def main() -> int:
     camera = camera_1080p()
     pose = bev.Pose.from_mount(0.0, 0.0, 1.5, 0.0, math.radians(8.0), 0.0)
     results = {"cpu": cpu, "opencv": cv2.__version__, "numpy": np.__version__, "threads": 1,
+               "load_average_before": list(os.getloadavg()),
                "grid": {"cells": grid.width * grid.height, "width": grid.width,
                         "height": grid.height, "resolution_m": grid.resolution,
                         "samples_per_cell": grid.subsamples ** 2},
@@ -107,6 +166,8 @@ def main() -> int:
               f"target; lookup build {case['lookup_build_ms_median']:.1f} ms "
               f"({case['speedup_vs_rebuilding_each_frame']:.0f}x a frame); "
               f"{lookup.visible_cells} visible cells")
+    results["fusion"] = fusion_case(camera, args.frames)
+    results["load_average_after"] = list(os.getloadavg())
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.output.with_suffix(".tmp")

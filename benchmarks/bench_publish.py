@@ -13,8 +13,9 @@ plus the rosbags CDR serializer on the same message (a Python serializer: an upp
 rclpy's C one).
 
 Also timed: the engine's share of the visualization (colour LUT, resize to the camera, blend),
-which is inside ``latency_engine_ms`` in the node's diagnostics but only spent when somebody
-subscribes to a visualization topic, and all of it with ``visualization_resolution: network``.
+only spent when somebody subscribes to a visualization topic (since issue 17 on the node's
+visualization worker, see ``bench_visualization.py``), and all of it with
+``visualization_resolution: network``.
 
 Inputs: a rendered street frame (``bisenet_ros.inference.frames.street_frame``) at each camera
 size and a region-like label map at the network size (1024x512) derived from it (a trained

@@ -25,7 +25,9 @@ Method: the lookup goes from the ground to the image, which needs no iterative u
 ``subsamples x subsamples`` points (a regular sub-grid, 2 x 2 by default); every sample point is
 projected once, when the (camera model, pose, grid, mask size) changes, into an integer pixel
 map of the mask (:class:`GroundLookup`). Per frame it is one ``cv2.remap`` (nearest) of the label
-map, one table lookup per sample and one per cell.
+map over the block of cells the camera can see, one table lookup per sample and one per cell.
+The per-cell sums before the vote (:class:`CellVotes`) are what :mod:`bisenet_ros.fusion` adds up
+over several cameras.
 
 Vote rule per cell (stated here, used by :func:`vote_table`): a sample *counts* when its ground
 point lies in front of the camera (``z > 5 cm`` in the optical frame), within the lens's valid
@@ -43,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -54,7 +57,8 @@ __all__ = [
     "BevError", "CameraModel", "Pose", "GridSpec", "GroundLookup", "BevProjector",
     "DISTORTION_MODELS", "MAX_GRID_CELLS", "FREE", "OCCUPIED", "UNKNOWN", "vote_table",
     "label_lut", "quaternion_to_matrix", "matrix_to_quaternion", "rpy_to_matrix", "OPTICAL_IN_BODY", "grid_image",
-    "occupancy_grid_fields", "label_window",
+    "occupancy_grid_fields", "label_window", "CellVotes", "ViewCoverage", "view_coverage",
+    "surround_grid",
 ]
 
 #: Distortion models understood (``sensor_msgs/distortion_models.hpp`` names).
@@ -460,24 +464,137 @@ class GridSpec:
         """Position of the corner of cell (0, 0) in the grid frame (``info.origin``), metres."""
         return (self.x_min, self.y_min, self.ground_height)
 
-    def sample_points(self) -> np.ndarray:
-        """Ground sample points, (S*S, height, width, 3) float64 in the grid frame, metres."""
+    def sample_points(self, rows: slice | None = None, cols: slice | None = None) -> np.ndarray:
+        """Ground sample points, (S*S, height, width, 3) float64 in the grid frame, metres.
+
+        ``rows`` and ``cols`` (slices of the y and x cell indices, step 1) give only that block
+        of cells: (S*S, block rows, block cols, 3).
+        """
         s = self.subsamples
-        offsets = (np.arange(s) + 0.5) / s
-        xs = self.x_min + (np.arange(self.width)[None, :] + offsets[:, None]) * self.resolution
-        ys = self.y_min + (np.arange(self.height)[None, :] + offsets[:, None]) * self.resolution
-        points = np.empty((s, s, self.height, self.width, 3))
+        rows = slice(*rows.indices(self.height)) if rows is not None else slice(0, self.height)
+        cols = slice(*cols.indices(self.width)) if cols is not None else slice(0, self.width)
+        offsets = (np.arange(s) + 0.5)[:, None] / s
+        xs = self.x_min + (np.arange(cols.start, cols.stop)[None, :] + offsets) * self.resolution
+        ys = self.y_min + (np.arange(rows.start, rows.stop)[None, :] + offsets) * self.resolution
+        points = np.empty((s, s, ys.shape[1], xs.shape[1], 3))
         points[..., 0] = xs[None, :, None, :]
         points[..., 1] = ys[:, None, :, None]
         points[..., 2] = self.ground_height
-        return points.reshape(s * s, self.height, self.width, 3)
+        return points.reshape(s * s, ys.shape[1], xs.shape[1], 3)
 
 
+def surround_grid(grid: GridSpec) -> GridSpec:
+    """``grid`` with the surround extent of a vehicle with several cameras.
+
+    The extent is the square of half-size ``max_range`` around the grid frame's origin (x and
+    y from ``-max_range`` to ``+max_range``, widened to whole cells): every camera's view up to
+    ``max_range``, behind and beside the vehicle included. It depends on no camera pose, so the
+    grid's size and origin are fixed from the start (tf may come late) and the same in the node
+    and the replay; a camera mounted ``d`` metres from the origin loses at most the last ``d``
+    metres of its range on its side.
+
+    Raises:
+        BevError: the square has more than :data:`MAX_GRID_CELLS` cells (e.g. ``max_range`` 120
+            m at 0.1 m); the message says what to change.
+    """
+    cells = math.ceil(grid.max_range / grid.resolution - 1e-9)
+    half = cells * grid.resolution
+    if (2 * cells) ** 2 > MAX_GRID_CELLS:
+        raise BevError(
+            f"the surround grid (x and y -{half:g}..{half:g} m: grid_max_range at "
+            f"{grid.resolution:g} m per cell) would be {2 * cells} x {2 * cells} cells, more than "
+            f"the cap of {MAX_GRID_CELLS}; lower grid_max_range, use a coarser grid_resolution or "
+            "give the extent (grid_x_min, grid_x_max, grid_y_min, grid_y_max)")
+    return dataclasses.replace(grid, x_min=-half, x_max=half, y_min=-half, y_max=half)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewCoverage:
+    """How a camera's view of the ground meets a grid (see :func:`view_coverage`).
+
+    Attributes:
+        samples: Ground points (on a regular lattice) the camera sees up to ``max_range``.
+        inside: Of those, the points inside the grid extent.
+        bounds: ``(x_min, x_max, y_min, y_max)`` of the seen points in the grid frame, metres
+            (None when it sees no ground).
+        problem: Why the camera adds nothing to the grid, one line, or None when its view
+            overlaps the grid.
+    """
+
+    samples: int
+    inside: int
+    bounds: tuple[float, float, float, float] | None
+    problem: str | None
+
+    @property
+    def outside(self) -> bool:
+        """The camera sees ground, none of it inside the grid extent."""
+        return self.samples > 0 and self.inside == 0
+
+    @property
+    def fraction_inside(self) -> float:
+        """Share of the camera's ground view (up to ``max_range``) inside the grid extent."""
+        return self.inside / self.samples if self.samples else 0.0
+
+
+def view_coverage(camera: CameraModel, pose: Pose, grid: GridSpec) -> ViewCoverage:
+    """Whether a camera's ground footprint (up to ``grid.max_range``) meets the grid extent.
+
+    A coarse check, independent of the grid's cells and of the label-map size, made once per
+    camera model and pose: the ground is sampled every ``max(resolution, max_range / 150)``
+    metres in the square of half-size ``max_range`` around the point below the camera, and a
+    point is seen as in :class:`GroundLookup` (in front of the camera, within the lens's field of
+    view, inside the image).
+
+    Returns:
+        The :class:`ViewCoverage`; its ``problem`` is the warning to log and report (a camera
+        below the ground, looking at the sky, or whose view lies outside the extent: e.g. a
+        rear-facing camera with the forward default extent).
+    """
+    height = float(pose.translation[2]) - grid.ground_height
+    if not height > 0:
+        return ViewCoverage(0, 0, None, (
+            f"the camera is {height:.3f} m above the ground plane (z = {grid.ground_height} m in "
+            f"{grid.frame_id}), so it sees no ground; check the camera pose and ground_height"))
+    reach = grid.max_range
+    step = max(grid.resolution, reach / 150.0)
+    offsets = np.arange(-reach, reach + step / 2, step)
+    xs, ys = np.meshgrid(pose.translation[0] + offsets, pose.translation[1] + offsets)
+    points = np.column_stack([xs.ravel(), ys.ravel(), np.full(xs.size, grid.ground_height)])
+    points = points[np.hypot(points[:, 0] - pose.translation[0],
+                             points[:, 1] - pose.translation[1]) <= reach]
+    uv, valid = camera.project((points - pose.translation) @ pose.rotation)
+    img_w, img_h = camera.image_size
+    with np.errstate(invalid="ignore"):
+        valid &= ((uv[:, 0] > -0.5) & (uv[:, 0] < img_w - 0.5) & (uv[:, 1] > -0.5)
+                  & (uv[:, 1] < img_h - 0.5))
+    seen = points[valid]
+    if not len(seen):
+        return ViewCoverage(0, 0, None, (
+            f"the camera sees no ground within max_range {reach:g} m: it looks above the horizon "
+            "(at the sky); check the camera pose (tf or camera_pose)"))
+    inside = int(np.count_nonzero((seen[:, 0] >= grid.x_min) & (seen[:, 0] <= grid.x_max)
+                                  & (seen[:, 1] >= grid.y_min) & (seen[:, 1] <= grid.y_max)))
+    bounds = (float(seen[:, 0].min()), float(seen[:, 0].max()),
+              float(seen[:, 1].min()), float(seen[:, 1].max()))
+    problem = None
+    if inside == 0:
+        problem = (
+            f"the camera's view of the ground (up to max_range {reach:g} m: x {bounds[0]:.1f}.."
+            f"{bounds[1]:.1f}, y {bounds[2]:.1f}..{bounds[3]:.1f} m in {grid.frame_id}) lies "
+            f"outside the grid extent (x {grid.x_min:g}..{grid.x_max:g}, y {grid.y_min:g}.."
+            f"{grid.y_max:g} m), so its cells stay unknown; widen the extent to include it "
+            "(grid_x_min/grid_x_max/grid_y_min/grid_y_max, --grid-extent)")
+    return ViewCoverage(len(seen), inside, bounds, problem)
+
+
+@functools.lru_cache(maxsize=None)
 def vote_table(subsamples: int) -> np.ndarray:
     """The per-cell decision as a (256,) uint8 table of summed sample codes -> cell value.
 
     Index ``t`` = drivable samples + 16 x uncounted samples; the value is the OccupancyGrid
-    byte (0 free, 100 occupied, 255 = -1 unknown) by the rule in the module docstring.
+    byte (0 free, 100 occupied, 255 = -1 unknown) by the rule in the module docstring. Built
+    once per ``subsamples`` (read-only).
     """
     n = subsamples * subsamples
     table = np.full(256, UNKNOWN & 0xFF, dtype=np.uint8)
@@ -487,6 +604,7 @@ def vote_table(subsamples: int) -> np.ndarray:
             if 2 * counted < n:  # fewer than half the samples counted (n >= 1)
                 continue
             table[drivable + _UNCOUNTED * uncounted] = FREE if 2 * drivable > counted else OCCUPIED
+    table.flags.writeable = False
     return table
 
 
@@ -497,6 +615,26 @@ def label_lut(drivable_ids: Iterable[int], ignore_ids: Iterable[int] = ()) -> np
     lut[[int(i) for i in ignore_ids if 0 <= int(i) < 256]] = _UNCOUNTED
     lut[_IGNORE] = _UNCOUNTED
     return lut
+
+
+def _candidate_block(pose: Pose, grid: GridSpec) -> tuple[slice, slice]:
+    """The block of cells (rows, cols) whose samples may count: within ``max_range`` and in
+    front of the camera's image plane, judged at the cell centres with a margin of half a cell
+    diagonal (a sample is at most that far from its centre, and along the ground the range and
+    the depth change by at most the distance). An empty block when no cell qualifies."""
+    margin = grid.resolution * math.sqrt(0.5)
+    dx = grid.x_min + (np.arange(grid.width) + 0.5) * grid.resolution - pose.translation[0]
+    dy = grid.y_min + (np.arange(grid.height) + 0.5) * grid.resolution - pose.translation[1]
+    axis = pose.rotation[:, 2]  # the optical axis in the grid frame
+    depth = (dx[None, :] * axis[0] + dy[:, None] * axis[1]
+             + (grid.ground_height - pose.translation[2]) * axis[2])
+    candidate = ((np.hypot(dx[None, :], dy[:, None]) <= grid.max_range + margin)
+                 & (depth > _MIN_DEPTH_M - margin))
+    rows = np.nonzero(candidate.any(axis=1))[0]
+    cols = np.nonzero(candidate.any(axis=0))[0]
+    if not rows.size:
+        return slice(0, 0), slice(0, 0)
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 class GroundLookup:
@@ -527,8 +665,11 @@ class GroundLookup:
             raise BevError(f"the camera is {height:.3f} m above the ground plane (z = "
                            f"{grid.ground_height} m in {grid.frame_id}): expected it above; check "
                            "the camera pose (tf or camera_pose) and ground_height")
-        samples = grid.sample_points()  # (S2, H, W, 3)
-        n_planes = samples.shape[0]
+        # Only the block of cells that can hold a counted sample is sampled and projected (a
+        # camera sees part of a surround grid): identical maps, built in a fraction of the time.
+        block_rows, block_cols = _candidate_block(pose, grid)
+        samples = grid.sample_points(block_rows, block_cols)  # (S2, block H, block W, 3)
+        n_planes, block_h, block_w = samples.shape[:3]
         flat = samples.reshape(-1, 3)
         ground_range = np.hypot(flat[:, 0] - pose.translation[0], flat[:, 1] - pose.translation[1])
         in_range = ground_range <= grid.max_range
@@ -548,20 +689,54 @@ class GroundLookup:
         chosen = np.nonzero(in_range)[0][valid]
         full[chosen, 0] = u[valid]
         full[chosen, 1] = v[valid]
-        self.map = full.reshape(n_planes * grid.height, grid.width, 2)
         self.table = vote_table(grid.subsamples)
         counted = np.zeros(flat.shape[0], dtype=np.uint8)
         counted[chosen] = 1
-        per_cell = counted.reshape(n_planes, grid.height, grid.width).sum(axis=0)
+        per_cell = counted.reshape(n_planes, block_h, block_w).sum(axis=0)
         #: Cells whose samples mostly see the image (the most a grid can show), and sample count.
         self.visible_cells = int(np.count_nonzero(2 * per_cell >= n_planes))
         self.samples = int(chosen.size)
         if self.visible_cells == 0:
             raise BevError(
-                "no cell of the grid is visible from the camera: it looks above the horizon (at "
-                "the sky), or the grid lies outside its view or beyond max_range "
-                f"({grid.max_range} m); check the camera pose (tf or camera_pose) and the grid "
-                "extent")
+                "no cell of the grid is visible from the camera: "
+                + (view_coverage(camera, pose, grid).problem
+                   or "it looks above the horizon (at the sky), or the grid lies outside its view "
+                   f"or beyond max_range ({grid.max_range} m); check the camera pose (tf or "
+                   "camera_pose) and the grid extent"))
+        # Only the block of cells with a counted sample is remapped per frame: a camera sees a
+        # part of a surround grid (the rest is unknown for it anyway).
+        any_rows = np.nonzero(per_cell.any(axis=1))[0]
+        any_cols = np.nonzero(per_cell.any(axis=0))[0]
+        inner_rows = slice(int(any_rows[0]), int(any_rows[-1]) + 1)
+        inner_cols = slice(int(any_cols[0]), int(any_cols[-1]) + 1)
+        #: The block of grid rows (y index) and columns (x index) holding every counted sample.
+        self.rows = slice(block_rows.start + inner_rows.start, block_rows.start + inner_rows.stop)
+        self.cols = slice(block_cols.start + inner_cols.start, block_cols.start + inner_cols.stop)
+        block = full.reshape(n_planes, block_h, block_w, 2)[:, inner_rows, inner_cols]
+        self.map = np.ascontiguousarray(block).reshape(-1, block.shape[2], 2)
+
+    def votes(self, labels: np.ndarray, lut: np.ndarray) -> "CellVotes":
+        """The per-cell sample codes of one label map (the vote rule not yet applied).
+
+        Args:
+            labels: (rows, cols) uint8 label map of ``mask_shape`` (255 = ignore).
+            lut: (256,) uint8 sample codes from :func:`label_lut`.
+
+        Raises:
+            BevError: the label map has another shape or dtype.
+        """
+        if labels.shape != self.mask_shape or labels.dtype != np.uint8:
+            raise BevError(f"label map {labels.shape} {labels.dtype}: expected uint8 of shape "
+                           f"{self.mask_shape}")
+        sampled = cv2.remap(labels, self.map, None, cv2.INTER_NEAREST,
+                            borderMode=cv2.BORDER_CONSTANT, borderValue=_IGNORE)
+        codes = cv2.LUT(sampled, lut)
+        planes = codes.reshape(self.grid.subsamples ** 2, -1, codes.shape[1])
+        total = planes[0].copy()
+        for plane in planes[1:]:
+            total += plane  # uint8: at most 15 + 16 x 15 = 255, no overflow
+        return CellVotes(total, self.rows, self.cols, (self.grid.height, self.grid.width),
+                         self.grid.subsamples)
 
     def apply(self, labels: np.ndarray, lut: np.ndarray) -> np.ndarray:
         """The grid of one label map.
@@ -577,17 +752,44 @@ class GroundLookup:
         Raises:
             BevError: the label map has another shape or dtype.
         """
-        if labels.shape != self.mask_shape or labels.dtype != np.uint8:
-            raise BevError(f"label map {labels.shape} {labels.dtype}: expected uint8 of shape "
-                           f"{self.mask_shape}")
-        sampled = cv2.remap(labels, self.map, None, cv2.INTER_NEAREST,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=_IGNORE)
-        codes = cv2.LUT(sampled, lut)
-        planes = codes.reshape(-1, self.grid.height, self.grid.width)
-        total = planes[0].copy()
-        for plane in planes[1:]:
-            total += plane  # uint8: at most 15 + 16 x 15 = 255, no overflow
-        return cv2.LUT(total, self.table).view(np.int8)
+        return self.votes(labels, lut).values()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CellVotes:
+    """One camera's votes on the grid: the summed sample codes of the cells it can see.
+
+    Attributes:
+        codes: (block rows, block cols) uint8: drivable samples + 16 x uncounted samples of each
+            cell of the block (the index of :func:`vote_table`).
+        rows: The block's grid rows (y index); cells outside the block have no counted sample.
+        cols: The block's grid columns (x index).
+        shape: ``(height, width)`` of the whole grid, cells.
+        subsamples: Samples per cell along each axis.
+    """
+
+    codes: np.ndarray
+    rows: slice
+    cols: slice
+    shape: tuple[int, int]
+    subsamples: int
+
+    @property
+    def counted(self) -> np.ndarray:
+        """(block rows, block cols) uint8: the samples of each cell that count."""
+        return (self.subsamples ** 2 - (self.codes >> 4)).astype(np.uint8)
+
+    @property
+    def drivable(self) -> np.ndarray:
+        """(block rows, block cols) uint8: the drivable samples of each cell."""
+        return self.codes & np.uint8(_UNCOUNTED - 1)
+
+    def values(self) -> np.ndarray:
+        """(height, width) int8 grid of this camera alone by the vote rule (unknown outside the
+        block)."""
+        grid = np.full(self.shape, UNKNOWN, dtype=np.int8)
+        grid[self.rows, self.cols] = cv2.LUT(self.codes, vote_table(self.subsamples)).view(np.int8)
+        return grid
 
 
 class BevProjector:
@@ -634,14 +836,21 @@ class BevProjector:
             raise lookup
         return lookup
 
+    def votes(self, labels: np.ndarray, camera: CameraModel, pose: Pose,
+              lut: np.ndarray | None = None,
+              window: tuple[int, int, int, int] | None = None) -> CellVotes:
+        """The per-cell votes of ``labels`` (uint8 class ids), for fusing several cameras
+        (:mod:`bisenet_ros.fusion`); see :meth:`GroundLookup.votes`."""
+        labels = np.ascontiguousarray(labels)
+        lookup = self.lookup(camera, pose, labels.shape, window)
+        return lookup.votes(labels, self.lut if lut is None else lut)
+
     def __call__(self, labels: np.ndarray, camera: CameraModel, pose: Pose,
                  lut: np.ndarray | None = None,
                  window: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """Grid (height, width) int8 of ``labels`` (uint8 class ids); see :meth:`GroundLookup.apply`
         (``window``: see :class:`GroundLookup`)."""
-        labels = np.ascontiguousarray(labels)
-        lookup = self.lookup(camera, pose, labels.shape, window)
-        return lookup.apply(labels, self.lut if lut is None else lut)
+        return self.votes(labels, camera, pose, lut, window).values()
 
 
 def label_window(frame_shape: Sequence[int], label_shape: Sequence[int],

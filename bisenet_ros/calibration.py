@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from bisenet_ros.fileio import natural_key, write_atomic
+from bisenet_ros.fileio import NewOutputs, natural_key, write_atomic
 from bisenet_ros.inference.frames import sample_indices
 from bisenet_ros.inference.quantize import (
     CALIBRATION_METHODS, QuantizeSettings, check_quantizable, label_agreement, quantize_model,
@@ -273,42 +273,46 @@ def run_quantize(job: QuantizeJob, log: Callable[[str], None] = print) -> dict[s
     tried: dict[str, dict[str, Any]] = {}
     best: tuple[tuple[float, float], str, bytes] | None = None
     out_dir = os.path.dirname(os.path.abspath(job.output))
-    os.makedirs(out_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".quantize_", dir=out_dir) as tmp:
-        for method in methods:
-            t0 = time.perf_counter()
-            data = quantize_model(model, blobs, QuantizeSettings(method, job.activations), provenance)
-            quantize_s = time.perf_counter() - t0
-            candidate = os.path.join(tmp, f"{method}.onnx")
-            with open(candidate, "wb") as stream:
-                stream.write(data)
-            int8 = Segmenter(weights=candidate, backend="onnxruntime", resize=job.resize)
-            result = _evaluate(int8, held_out, info.num_classes)
-            entry = {"agreement": label_agreement(reference["labels"], result["labels"]),
-                     "miou_int8": result["miou"], "quantize_s": quantize_s}
-            tried[method] = entry
-            log(f"  {method:<10} labels = fp32 on {entry['agreement'] * 100:.2f}% of check pixels"
-                + (f", mIoU fp32 {reference['miou'] * 100:.2f} / int8 {result['miou'] * 100:.2f}"
-                   if result["miou"] is not None else "") + f" ({quantize_s:.1f} s)")
-            # Fidelity to fp32 decides, on every pixel: the mIoU of a few check frames moves by a
-            # point either way with int8 noise (measured on the demo model: every method scored
-            # above fp32), so picking by it would reward noise and overstate int8's accuracy.
-            score = (entry["agreement"], result["miou"] or 0.0)
-            if best is None or score > best[0]:
-                best = (score, method, data)
-        assert best is not None
-        chosen = best[1]
-        quality = {
-            "held_out_frames": len(held_out), "checked_on": checked_on, "chosen_method": chosen,
-            "agreement": tried[chosen]["agreement"], "miou_fp32": reference["miou"],
-            "miou_int8": tried[chosen]["miou_int8"], "methods": tried,
-            "selection": "best label agreement with fp32 on the check frames" if len(methods) > 1
-            else "given by the user",
-            "total_s": time.perf_counter() - start,
-        }
-        data = update_calibration(best[2], quality=quality)
-        write_atomic(job.output, data)
-        write_atomic(job.quality_path(), json.dumps(quality, indent=2))
+    # A failure (or Ctrl-C) removes the folder this run made and a file already written:
+    # the int8 model is never left without its quality check, or the other way round.
+    with NewOutputs(out_dir) as created:
+        os.makedirs(out_dir, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".quantize_", dir=out_dir) as tmp:
+            for method in methods:
+                t0 = time.perf_counter()
+                data = quantize_model(model, blobs, QuantizeSettings(method, job.activations), provenance)
+                quantize_s = time.perf_counter() - t0
+                candidate = os.path.join(tmp, f"{method}.onnx")
+                with open(candidate, "wb") as stream:
+                    stream.write(data)
+                int8 = Segmenter(weights=candidate, backend="onnxruntime", resize=job.resize)
+                result = _evaluate(int8, held_out, info.num_classes)
+                entry = {"agreement": label_agreement(reference["labels"], result["labels"]),
+                         "miou_int8": result["miou"], "quantize_s": quantize_s}
+                tried[method] = entry
+                log(f"  {method:<10} labels = fp32 on {entry['agreement'] * 100:.2f}% of check pixels"
+                    + (f", mIoU fp32 {reference['miou'] * 100:.2f} / int8 {result['miou'] * 100:.2f}"
+                       if result["miou"] is not None else "") + f" ({quantize_s:.1f} s)")
+                # Fidelity to fp32 decides, on every pixel: the mIoU of a few check frames moves by a
+                # point either way with int8 noise (measured on the demo model: every method scored
+                # above fp32), so picking by it would reward noise and overstate int8's accuracy.
+                score = (entry["agreement"], result["miou"] or 0.0)
+                if best is None or score > best[0]:
+                    best = (score, method, data)
+            assert best is not None
+            chosen = best[1]
+            quality = {
+                "held_out_frames": len(held_out), "checked_on": checked_on, "chosen_method": chosen,
+                "agreement": tried[chosen]["agreement"], "miou_fp32": reference["miou"],
+                "miou_int8": tried[chosen]["miou_int8"], "methods": tried,
+                "selection": "best label agreement with fp32 on the check frames" if len(methods) > 1
+                else "given by the user",
+                "total_s": time.perf_counter() - start,
+            }
+            data = update_calibration(best[2], quality=quality)
+            write_atomic(job.output, data)
+            created.add(job.output)
+            write_atomic(job.quality_path(), json.dumps(quality, indent=2))
     log(f"wrote {job.output} ({len(data) / 1e6:.1f} MB, int8 QDQ, {job.activations} activations, {chosen}): labels "
         f"agree with fp32 on {quality['agreement'] * 100:.2f}% of check pixels"
         + (f"; mIoU fp32 {quality['miou_fp32'] * 100:.2f}, int8 {quality['miou_int8'] * 100:.2f}"

@@ -3,7 +3,7 @@
 Each sub-command lives in its own module of :mod:`bisenet_ros.commands` exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; it is imported only when chosen, so ``bisenet-ros --help`` stays fast and
 a missing optional dependency only affects the command that needs it. A user error (bad option,
-file or data; a missing package) ends as one line and exit status 1; ``--debug`` anywhere on the
+file or data; a missing package) ends as one line and exit status 2; ``--debug`` anywhere on the
 command line shows its traceback.
 """
 from __future__ import annotations

@@ -14,7 +14,7 @@ import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 RESIZE_POLICIES = ("stretch", "letterbox")
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -23,6 +23,12 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
 OUTPUT_RESOLUTIONS = ("camera", "network")
 COLOR_ORDERS = ("rgb", "bgr")
+#: Options a weights file describes itself (this project's .pth, an exported .onnx): the file's
+#: values are used unless the option was set explicitly (see :attr:`SegmenterConfig.explicit`).
+FILE_DESCRIBED = ("variant", "num_classes", "class_set", "resolution")
+#: Options whose explicitness matters: the file-described ones, and the backend (an .onnx picks
+#: onnxruntime unless a backend was given).
+TRACKED = FILE_DESCRIBED + ("backend",)
 # Upper bound for the network input size. Larger values are almost always a units mistake
 # (e.g. passing the camera size in pixels*10) and would exhaust a Jetson's memory.
 MAX_NETWORK_SIDE = 4096
@@ -37,25 +43,41 @@ class SegmenterConfig:
     """Options of :class:`bisenet_ros.inference.Segmenter` (and of the node, replay and CLIs).
 
     Field metadata ``help`` is the single source of every user-facing description.
+
+    :attr:`explicit` names the :data:`TRACKED` options the user set, as opposed to defaults: a
+    self-describing weights file (:func:`bisenet_ros.inference.weights.resolve_config`) supplies
+    the others, and only an explicit value can contradict the file. Built from a mapping or
+    keywords, every option given is explicit; from a YAML or ROS parameter file, and when built
+    directly, a value equal to the default (for ``resolution`` also the variant's recommended
+    size) is a default: the shipped ``config/<variant>.yaml`` and the launch file's defaults never
+    contradict a weights file.
     """
 
     variant: str = field(default="bisenetv2", metadata=_help(
         "Model architecture: bisenetv1, bisenetv1_xception39, bisenetv2, stdc1 or stdc2. "
-        "Ignored when 'weights' is an exported .onnx file (the file names its variant)."))
+        "A training checkpoint or an exported .onnx names its own: leave it out for those."))
     weights: str | None = field(default=None, metadata=_help(
         "Checkpoint (.pth: this project's, CoinCheung/BiSeNet or STDC-Seg format, detected "
-        "automatically) or exported .onnx file. Empty: random weights (for testing only)."))
+        "automatically) or exported .onnx file. This project's checkpoints and .onnx files carry "
+        "their variant, classes and network size, so they run with this option alone (an option "
+        "given explicitly that contradicts the file is an error). Empty: random weights (for "
+        "testing only)."))
     num_classes: int = field(default=19, metadata=_help(
-        "Number of classes the model predicts (19 for Cityscapes)."))
+        "Number of classes the model predicts (19 for Cityscapes; a self-describing weights "
+        "file supplies it)."))
     class_set: str = field(default="cityscapes", metadata=_help(
-        "Class names and palette: 'cityscapes' or a YAML file with 'names' and 'palette'."))
+        "Class names and palette: 'cityscapes' or a YAML file with 'names' and 'palette' "
+        "(default: the weights file's names where it stores them)."))
     resolution: tuple[int, int] = field(default=(1024, 512), metadata=_help(
-        "Network input size as width x height, e.g. 1024x512 (STDC 'Seg50') or 1536x768 ('Seg75')."))
+        "Network input size as width x height, e.g. 1024x512 (STDC 'Seg50') or 1536x768 ('Seg75'). "
+        "Default: the size a training checkpoint was evaluated at or an .onnx was exported at "
+        "(an .onnx runs at no other), else 1024x512."))
     resize: str = field(default="stretch", metadata=_help(
         "How a camera frame is fitted to the network size: 'stretch' or 'letterbox' "
         "(keeps the aspect ratio, pads; the label map is mapped back either way)."))
     backend: str = field(default="torch", metadata=_help(
-        "Inference backend: torch, onnxruntime or openvino."))
+        "Inference backend: torch, onnxruntime or openvino (an .onnx file runs on onnxruntime, "
+        "or openvino where only that is installed, unless one is given)."))
     device: str = field(default="cpu", metadata=_help(
         "Device: 'cpu', 'cuda', 'cuda:N'; for onnxruntime also 'tensorrt' (TensorRT execution "
         "provider, the Jetson deploy path)."))
@@ -65,7 +87,8 @@ class SegmenterConfig:
         "(the fastest the file, backend and CPU support: bf16 where the CPU has avx512_bf16/amx, "
         "int8 for an int8 file; the choice and why are logged)."))
     drivable_classes: tuple[str, ...] = field(default=("road",), metadata=_help(
-        "Class names (or ids) that count as drivable area in the drivable mask."))
+        "Class names (any case: 'road' is a class named 'Road') or ids that count as drivable "
+        "area in the drivable mask."))
     overlay_alpha: float = field(default=0.5, metadata=_help(
         "Weight of the colour mask in the overlay, 0..1."))
     output_resolution: str = field(default="camera", metadata=_help(
@@ -83,15 +106,25 @@ class SegmenterConfig:
     num_threads: int = field(default=0, metadata=_help(
         "CPU threads for the backend; 0 lets the backend decide."))
 
+    def __post_init__(self) -> None:
+        #: The :data:`TRACKED` options set by the user (see the class docstring).
+        self.explicit: frozenset[str] = non_default_options(dataclasses.asdict(self))
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "SegmenterConfig":
+    def from_dict(cls, values: Mapping[str, Any], *,
+                  explicit: Iterable[str] | None = None) -> "SegmenterConfig":
         """Build a config from a plain mapping (e.g. a parsed YAML file) and validate it.
 
         Unknown keys are an error (a typo must not silently fall back to a default).
+
+        Args:
+            values: Option name -> value.
+            explicit: The options the user set (see :attr:`explicit`); None: every key of
+                ``values``.
         """
         names = cls.field_names()
         unknown = [k for k in values if k not in names]
@@ -103,6 +136,7 @@ class SegmenterConfig:
             raise ValueError(
                 f"unknown segmenter option(s) {', '.join(hints)}; valid options: {', '.join(names)}")
         config = cls(**{k: coerce_field(k, v) for k, v in values.items()})
+        config.explicit = frozenset(values if explicit is None else explicit) & frozenset(TRACKED)
         config.validate()
         return config
 
@@ -121,12 +155,24 @@ class SegmenterConfig:
             raise ValueError(f"{path}: expected a mapping of option names to values")
         data = unwrap_ros_parameters(data)
         data = {k: v for k, v in data.items() if k in cls.field_names() or k not in _NODE_ONLY_KEYS}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        # A node parameter file's values equal to the defaults are defaults (see the class doc).
+        explicit = non_default_options(data) | set(overrides)
+        data.update(overrides)
+        return cls.from_dict(data, explicit=explicit)
 
     def replace(self, **changes: Any) -> "SegmenterConfig":
-        """A validated copy with some fields changed."""
+        """A validated copy with some fields changed; the changed options become explicit."""
+        return self._copy(changes, self.explicit | frozenset(changes))
+
+    def adopt(self, **changes: Any) -> "SegmenterConfig":
+        """A validated copy with values taken from the weights file: they stay what they were
+        (explicit or default), so a model B that takes this config's options re-reads its own."""
+        return self._copy(changes, self.explicit)
+
+    def _copy(self, changes: Mapping[str, Any], explicit: frozenset[str]) -> "SegmenterConfig":
         config = dataclasses.replace(self, **{k: coerce_field(k, v) for k, v in changes.items()})
+        config.explicit = explicit & frozenset(TRACKED)
         config.validate()
         return config
 
@@ -177,15 +223,19 @@ class SegmenterConfig:
             raise ValueError("drivable_classes is empty: name at least one class, e.g. ['road']")
 
 
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(SegmenterConfig)}
+
 # Keys a ROS parameter file may hold for the node that are not segmenter options.
 _NODE_ONLY_KEYS = frozenset({
     "qos", "qos_depth", "max_frame_age", "publish_confidence", "color_mask_encoding",
     "use_compressed", "image_topic", "compressed_topic", "confidence_encoding", "use_sim_time",
     "diagnostics_period", "visualization_rate", "jpeg_quality",
+    # several cameras on one engine (bisenet_ros.scheduler)
+    "cameras", "image_suffix", "image_topics", "max_batch_size", "max_batch_wait_ms",
     # the drivable grid (bisenet_ros.pipeline.GRID_PARAMETERS)
     "camera_info_topic", "rectified_input", "grid_frame", "grid_resolution", "grid_x_min",
     "grid_x_max", "grid_y_min", "grid_y_max", "grid_max_range", "grid_ground_height",
-    "use_static_camera_pose", "static_camera_pose",
+    "use_static_camera_pose", "static_camera_pose", "per_camera_grids",
 })
 
 
@@ -201,6 +251,35 @@ def unwrap_ros_parameters(data: dict[str, Any]) -> dict[str, Any]:
             if inner is not value:
                 return inner
     return data
+
+
+def non_default_options(values: Mapping[str, Any]) -> frozenset[str]:
+    """The :data:`TRACKED` options of ``values`` that differ from their defaults.
+
+    ``resolution`` equal to the variant's recommended size (the model registry's, which the
+    shipped ``config/<variant>.yaml`` files use) is a default too.
+    """
+    out = set()
+    variant = values.get("variant") or _DEFAULTS["variant"]
+    for name in TRACKED:
+        if name not in values or values[name] is None:
+            continue
+        value = coerce_field(name, values[name])
+        if value == _DEFAULTS[name]:
+            continue
+        # Asked only then: the registry imports torch, which a default config never needs.
+        if name == "resolution" and value == recommended_resolution(str(variant)):
+            continue
+        out.add(name)
+    return frozenset(out)
+
+
+def recommended_resolution(variant: str) -> tuple[int, int] | None:
+    """The variant's recommended network size ``(width, height)``, or None for an unknown name."""
+    from bisenet_ros.models import MODELS  # lazy: the registry imports torch
+
+    spec = MODELS.get(variant)
+    return None if spec is None else tuple(spec.resolution)  # type: ignore[return-value]
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -273,7 +352,11 @@ def add_config_arguments(parser: Any, *, defaults: SegmenterConfig | None = None
 
 
 def config_from_args(args: Any) -> SegmenterConfig:
-    """Build the validated config from parsed arguments made by :func:`add_config_arguments`."""
+    """Build the validated config from parsed arguments made by :func:`add_config_arguments`.
+
+    Options given on the command line are explicit (:attr:`SegmenterConfig.explicit`); those
+    of a ``--config`` file are explicit where they differ from the defaults.
+    """
     overrides = {f: getattr(args, f) for f in SegmenterConfig.field_names()
                  if getattr(args, f, None) is not None}
     if getattr(args, "config", None):

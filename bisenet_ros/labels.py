@@ -15,6 +15,7 @@ This module is pure NumPy (OpenCV only for the LUT helpers): no torch, no ROS.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -163,25 +164,12 @@ class ClassSet:
         return len(self.names)
 
     def class_id(self, name_or_id: str | int) -> int:
-        """Resolve a class name (case-insensitive) or a numeric id ("0", 0) to a class id.
+        """Resolve a class name or a numeric id ("0", 0) to a class id (see :func:`class_index`).
 
         Raises:
-            ValueError: Unknown name or out-of-range id, listing the valid names.
+            ValueError: Unknown name or out-of-range id, listing the valid names and the closest.
         """
-        if isinstance(name_or_id, (int, np.integer)) or str(name_or_id).strip().isdigit():
-            class_id = int(name_or_id)
-            if 0 <= class_id < self.num_classes:
-                return class_id
-            raise ValueError(
-                f"class id {class_id} is out of range for class set {self.name!r} "
-                f"(0..{self.num_classes - 1})")
-        lowered = [n.lower() for n in self.names]
-        key = str(name_or_id).strip().lower()
-        if key in lowered:
-            return lowered.index(key)
-        raise ValueError(
-            f"unknown class {name_or_id!r} in class set {self.name!r}; expected one of: "
-            + ", ".join(self.names))
+        return class_index(name_or_id, self.names, source=f"class set {self.name!r}")
 
     def color_lut(self, color_order: str = "rgb") -> np.ndarray:
         """A ``(256, 1, 3)`` uint8 table for ``cv2.LUT`` on a 3-channel label image.
@@ -196,9 +184,50 @@ class ClassSet:
     def mask_lut(self, classes: Iterable[str | int]) -> np.ndarray:
         """A ``(256,)`` uint8 table mapping the given classes to 255 and everything else to 0."""
         lut = np.zeros(256, dtype=np.uint8)
-        for item in classes:
-            lut[self.class_id(item)] = 255
+        lut[class_indices(classes, self.names, source=f"class set {self.name!r}")] = 255
         return lut
+
+
+def class_index(entry: str | int, names: Sequence[str], *, source: str = "the model") -> int:
+    """The class id of ``entry``: the one rule for class names everywhere (engine, node, replay,
+    evaluate, quantize, training).
+
+    A name matches case-insensitively (``Road`` and ``road`` are the same class), after trimming
+    spaces; a number (``3`` or ``"3"``) is a class id. Messages show the names as ``names`` spells
+    them.
+
+    Args:
+        entry: A class name or id, e.g. from ``drivable_classes``.
+        names: The class names, index = class id.
+        source: What the names belong to, for the message (e.g. ``class set 'camvid.yaml'``).
+
+    Returns:
+        The class id, ``0 <= id < len(names)``.
+
+    Raises:
+        ValueError: An unknown name (listing the names, and the closest one when there is one) or
+            an id out of range.
+    """
+    names = [str(n) for n in names]
+    text = str(entry).strip()
+    if isinstance(entry, (int, np.integer)) or text.isdigit():
+        class_id = int(text)
+        if 0 <= class_id < len(names):
+            return class_id
+        raise ValueError(f"class id {class_id} is out of range for {source} (0..{len(names) - 1})")
+    lowered = [n.lower() for n in names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    close = difflib.get_close_matches(text.lower(), lowered, n=1)
+    hint = f" (did you mean {names[lowered.index(close[0])]!r}?)" if close else ""
+    raise ValueError(f"unknown class {str(entry)!r} in {source}{hint}; expected one of: "
+                     + ", ".join(names) + " (or a class id)")
+
+
+def class_indices(entries: Iterable[str | int], names: Sequence[str], *,
+                  source: str = "the model") -> list[int]:
+    """:func:`class_index` of every entry, in order (e.g. the ids of ``drivable_classes``)."""
+    return [class_index(entry, names, source=source) for entry in entries]
 
 
 def cityscapes() -> ClassSet:

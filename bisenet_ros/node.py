@@ -3,8 +3,10 @@
 The only module of the package that imports rclpy and ROS message packages. It is a thin adapter:
 message -> array (:mod:`bisenet_ros.codec`) -> engine (:class:`bisenet_ros.inference.Segmenter`)
 -> arrays -> messages (:mod:`bisenet_ros.outputs`), with the input header copied onto every
-output. Frame scheduling, statistics and parameter validation live in the ROS-free
-:mod:`bisenet_ros.pipeline`.
+output. Parameter validation and statistics live in the ROS-free :mod:`bisenet_ros.pipeline`,
+frame scheduling in :mod:`bisenet_ros.scheduler`, each camera's state in :mod:`bisenet_ros.streams`
+and grid fusion in :mod:`bisenet_ros.fusion`; this module wires them (:class:`CameraIO` per camera,
+:class:`SurroundGridIO` for the fused grid).
 
 Subscribes:
     ``image`` (sensor_msgs/Image; or ``image/compressed``, sensor_msgs/CompressedImage, with
@@ -13,15 +15,23 @@ Publishes:
     ``~/mask`` (mono8 class ids), ``~/drivable_mask`` (mono8, 255 = drivable), ``~/confidence``
     (32FC1 or mono8, with ``publish_confidence``) and ``~/drivable_grid`` (nav_msgs/OccupancyGrid
     in ``grid_frame``, only while somebody subscribes: the drivable area projected onto the ground
-    with the camera's ``camera_info`` and its tf pose, :mod:`bisenet_ros.bev`): first, on every
-    frame; then, at most ``visualization_rate`` per second, ``~/color_mask`` and ``~/overlay`` (bgr8
-    or rgb8), ``~/overlay/compressed`` (JPEG) and ``~/color_mask/compressed`` (PNG);
+    with the camera's CameraInfo, subscribed beside the image subscription's resolved name as
+    image_transport does, and its tf pose, :mod:`bisenet_ros.bev`): first, on every
+    frame; and, at most ``visualization_rate`` per second, built and published on the
+    visualization worker thread (:mod:`bisenet_ros.visualization`), ``~/color_mask`` and
+    ``~/overlay`` (bgr8 or rgb8), ``~/overlay/compressed`` (JPEG) and
+    ``~/color_mask/compressed`` (PNG);
     ``~/label_info`` (vision_msgs/LabelInfo, transient local) and ``/diagnostics``
     (diagnostic_msgs/DiagnosticArray).
 
-Latency never builds up: the subscription callback only stores the newest message in a one-slot
-buffer, and a worker thread runs inference on whatever is newest when it is free. Frames replaced
-before inference, frames older than ``max_frame_age`` and malformed messages are counted in
+With ``cameras`` (several cameras, one engine) the same topics exist per camera ``C``: input
+``/C/<image_suffix>`` (or ``image_topics``), outputs under ``/C/segmentation/``, one
+``/diagnostics`` entry per camera plus one for the engine, and ``~/drivable_grid`` fuses them all.
+
+Latency never builds up: the subscription callbacks only store each camera's newest message, and
+a worker thread runs the newest frame of every camera that has one, as one batch, whenever it is
+free (no sync barrier; round-robin under ``max_batch_size``). Frames replaced before inference,
+frames older than ``max_frame_age`` and malformed messages are counted per camera in
 ``/diagnostics``; the node never dies on input.
 """
 from __future__ import annotations
@@ -31,7 +41,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable
+import warnings
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import rclpy
@@ -41,6 +52,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -51,13 +63,16 @@ from vision_msgs.msg import LabelInfo, VisionClass
 
 from bisenet_ros import bev, outputs
 from bisenet_ros.codec import CodecError, decode_compressed, decode_image
+from bisenet_ros.fusion import CameraStatus, GridFuser
 from bisenet_ros.labels import make_class_set
 from bisenet_ros.pipeline import (
-    LatestFrameSlot, NodeOptions, ParameterSpec, PipelineStats, RateLimiter, all_parameters,
-    config_from_parameters, frame_age_s, grid_options_from_parameters, is_stale,
-    node_options_from_parameters, stamp_to_ns)
+    NodeOptions, ParameterSpec, all_parameters, choose_camera_info_topic, config_from_parameters,
+    frame_age_s, grid_options_from_parameters, node_options_from_parameters, stamp_to_ns)
 from bisenet_ros.runtime import prefer_passive_openmp
-from bisenet_ros.transport import DDS_DOCS, FrameGapEstimator, dds_config_problems
+from bisenet_ros.scheduler import Batch, BatchScheduler, CameraTopics, camera_topics
+from bisenet_ros.streams import CameraStream, EngineStats, segment_frames
+from bisenet_ros.transport import DDS_DOCS, dds_config_problems
+from bisenet_ros.visualization import VisualizationWorker
 
 # Throttle period of the per-frame warnings (malformed input, stale frames, engine errors):
 # a broken camera at 30 Hz must not flood the log, but the first occurrence is shown at once.
@@ -146,8 +161,291 @@ class CameraPoseLookup:
         return self.fallback, None
 
 
+class CameraIO:
+    """The ROS wiring of one camera: its subscriptions and publishers around a ROS-free
+    :class:`bisenet_ros.streams.CameraStream` (statistics, rate limit, CameraInfo, throttles).
+
+    Args:
+        node: The node that owns the subscriptions and publishers.
+        stream: The camera's state.
+        input_topic: Image (or CompressedImage) topic, as given (resolved by the node).
+        output: Namespace of the outputs: ``"~"`` (one camera) or ``/<C>/segmentation``.
+        diagnostic_name: Name of the camera's ``/diagnostics`` entry.
+        grid_topic: Where this camera's own grid goes, or None for none.
+        info_hint: How to fix a missing CameraInfo (for the log).
+    """
+
+    def __init__(self, node: "SegmentationNode", stream: CameraStream, *, input_topic: str,
+                 output: str, diagnostic_name: str, grid_topic: str | None,
+                 info_hint: str) -> None:
+        self.node, self.stream, self.diagnostic_name = node, stream, diagnostic_name
+        options = node.options
+        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=ReliabilityPolicy.RELIABLE)
+        topics = [t for t in outputs.OUTPUT_TOPICS if t != "confidence" or options.publish_confidence]
+        self.publishers = {t: node.create_publisher(Image, f"{output}/{t}", out_qos) for t in topics}
+        # image_transport "compressed" names (<topic>/compressed): rviz and image_transport
+        # subscribers pick them up as the compressed transport of ~/overlay and ~/color_mask.
+        self.publishers.update({t: node.create_publisher(CompressedImage, f"{output}/{t}", out_qos)
+                                for t in outputs.COMPRESSED_TOPICS})
+        # Transient local: a subscriber starting later still receives the class map.
+        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                             reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        node.create_publisher(LabelInfo, f"{output}/label_info", latched).publish(node.label_info())
+        self.grid_publisher = None if grid_topic is None else node.create_publisher(
+            OccupancyGrid, grid_topic, out_qos)
+        self.visualization: VisualizationWorker[Any] = VisualizationWorker(
+            self._publish_visualization, stream.stats, on_error=self._on_visualization_error,
+            name=f"visualization {stream.name}".strip())
+        qos = input_qos(options)
+        self.msg_type = CompressedImage if options.use_compressed else Image
+        self.subscription = node.create_subscription(self.msg_type, input_topic, self._on_image, qos)
+        info_topic, self.camera_info_reason = node.camera_info_topic(self.subscription.topic_name)
+        self.camera_info_subscription = node.create_subscription(
+            CameraInfo, info_topic, self._on_camera_info, qos)
+        self._info_hint = info_hint
+        self.grid_status: CameraStatus | None = None  # its place in the fused grid
+
+    def _on_image(self, msg: Any) -> None:
+        """Subscription callback: count, keep only the newest message, decode nothing here."""
+        stamp_ns = stamp_to_ns(msg.header.stamp)
+        gap = self.stream.received(stamp_ns)
+        gaps = self.stream.gaps
+        if gap is not None and gaps.loss_warning:  # >= 20% of the recent frames
+            self.warn("transport", f"{gap.missing} camera frame(s) never reached this node "
+                      f"({gaps.recent_loss_fraction:.0%} of the recent ones, from the header "
+                      f"stamps: camera period {gap.period_s * 1e3:.0f} ms, last gap "
+                      f"{gap.gap_s * 1e3:.0f} ms): large images are being dropped by the DDS "
+                      f"transport (or the driver); see {DDS_DOCS} (config/cyclonedds.xml, "
+                      "net.core.rmem_max)", TRANSPORT_LOG_THROTTLE_S)
+        if self.node.scheduler.put(self.stream.name, msg, stamp_ns):
+            self.stream.stats.count("dropped_superseded")
+
+    def _on_camera_info(self, msg: Any) -> None:
+        self.stream.camera_info = msg  # one reference assignment: safe against the worker thread
+
+    def warn(self, cause: str, message: str, period_s: float = LOG_THROTTLE_S) -> None:
+        """Log a warning about this camera, at most once per ``period_s`` per cause."""
+        if self.stream.should_log(cause, period_s):
+            self.node.get_logger().warning(self.stream.prefix + message)
+
+    def error(self, message: str) -> None:
+        """Count an error of this camera and log it (throttled)."""
+        self.stream.stats.record_error(message)
+        if self.stream.should_log("error"):
+            self.node.get_logger().error(self.stream.prefix + message)
+
+    def decode(self, msg: Any) -> tuple[np.ndarray, str] | None:
+        """The frame and its colour order, or None (counted, logged) for a malformed message."""
+        try:
+            return (decode_compressed if self.msg_type is CompressedImage else decode_image)(msg)
+        except CodecError as err:
+            self.stream.stats.count("malformed")
+            self.warn("malformed", f"skipping a malformed image message: {err}")
+            return None
+
+    def wanted_topics(self) -> tuple[list[str], list[str]]:
+        """Planner and visualization topics to build for this camera's frame now."""
+        return self.stream.wanted_topics(
+            {t: p.get_subscription_count() for t, p in self.publishers.items()})
+
+    def publish(self, job: "_Job", result: Any) -> bool:
+        """Publish one result: planner topics (and this camera's grid), then hand the
+        visualization to its worker; record the frame's timings. False when ``result`` is the
+        frame's error instead (counted, logged)."""
+        msg = job.msg
+        if isinstance(result, ValueError):  # the engine's "bad frame" error (empty, huge image)
+            self.stream.stats.count("malformed")
+            self.warn("malformed", f"skipping a frame the engine rejects: {result}")
+            return False
+        if isinstance(result, Exception):  # the node must outlive a backend failure
+            self.error(f"inference failed: {type(result).__name__}: {result}")
+            return False
+        started = time.perf_counter()
+        for topic, fields in outputs.result_to_image_fields(
+                result, job.color_order, topics=job.planner, **self.node.image_options).items():
+            self.publishers[topic].publish(self.node.image_message(msg.header, fields))
+        planned = time.perf_counter()
+        grid_ms: dict[str, float] = {}
+        if self.grid_publisher is not None and self.grid_publisher.get_subscription_count() > 0:
+            values = self.grid_values(msg.header, result.labels, job.frame.shape)
+            if values is not None:
+                self.grid_publisher.publish(self.node.grid_message(msg.header.stamp, values))
+                self.stream.stats.count("grid_published")
+                grid_ms["grid"] = (time.perf_counter() - planned) * 1e3
+        if job.visual:
+            # Built and published on the visualization worker: only references cross over.
+            self.visualization.submit((msg.header, result, job.color_order, tuple(job.visual)))
+        done = time.perf_counter()
+        engine = dict(getattr(result, "timings", None) or {})
+        if "total" in engine:  # 'total' below is the node's (decode to publish)
+            engine["engine"] = engine.pop("total")
+        engine.pop("batch", None)  # segment_batch's batch size, not a time (the engine's entry has it)
+        timings = {"decode": (job.decoded - job.start) * 1e3, **engine, **grid_ms,
+                   "publish_planner": (planned - started) * 1e3,
+                   "publish": (done - started) * 1e3, "total": (done - job.start) * 1e3}
+        age = frame_age_s(stamp_to_ns(msg.header.stamp), self.node.get_clock().now().nanoseconds)
+        self.stream.stats.record_frame(timings, None if age is None else age * 1e3)
+        return True
+
+    def _publish_visualization(self, job: tuple[Any, Any, str, tuple[str, ...]]) -> None:
+        """The visualization worker's job: overlay, colour mask and their ``/compressed`` for
+        one result (raw first, as subscribers of both expect)."""
+        header, result, color_order, topics = job
+        options = self.node.options
+        for topic, fields in outputs.result_to_image_fields(
+                result, color_order, topics=topics, **self.node.image_options).items():
+            self.publishers[topic].publish(self.node.image_message(header, fields))
+        for topic, fields in outputs.result_to_compressed_fields(
+                result, color_order, color_encoding=options.color_mask_encoding,
+                jpeg_quality=options.jpeg_quality, topics=topics).items():
+            msg = CompressedImage(header=header, format=fields["format"])
+            msg.data = _pixels(fields["data"])
+            self.publishers[topic].publish(msg)
+
+    def _on_visualization_error(self, err: BaseException) -> None:
+        self.error(f"publishing the visualization failed: {type(err).__name__}: {err}")
+
+    def grid_inputs(self, header: Any) -> tuple[bev.CameraModel | None, bev.Pose | None, str]:
+        """This camera's model (CameraInfo) and pose (tf) for the frame of ``header``:
+        ``(camera, pose, "")``, or a None and why (counted in its diagnostics, logged)."""
+        camera, counter, problem = self.stream.camera_model()
+        topic = self.camera_info_subscription.topic_name
+        if camera is None:
+            problem = (f"no CameraInfo received on {topic} yet ({self._info_hint})"
+                       if counter == "grid_no_camera_info" else f"{problem} (on {topic})")
+            self.grid_problem(counter, problem)
+            return None, None, problem
+        pose, why = self.node.camera_poses.pose(header.frame_id, stamp_to_ns(header.stamp))
+        if pose is None:
+            self.grid_problem("grid_no_transform", str(why))
+        return camera, pose, str(why or "")
+
+    def grid_values(self, header: Any, labels: np.ndarray,
+                    frame_shape: tuple[int, ...]) -> np.ndarray | None:
+        """This camera's labels projected onto the ground (the grid's int8 values), or None
+        (counted in its diagnostics, logged) without CameraInfo, transform or usable geometry."""
+        camera, pose, _ = self.grid_inputs(header)
+        if camera is None or pose is None:
+            return None
+        try:
+            labels = np.asarray(labels)
+            window = bev.label_window(frame_shape, labels.shape, self.node.config.resize)
+            return self.node.bev(labels, camera, pose, window=window)
+        except bev.BevError as err:
+            self.grid_problem("grid_invalid", str(err))
+            return None
+
+    def grid_problem(self, counter: str, message: str) -> None:
+        """Count and log (throttled per cause) why this frame adds nothing to the grid."""
+        self.stream.stats.count(counter)
+        # Throttled per cause: one cause must not hide another.
+        self.warn(counter, f"no {'~/drivable_grid' if self.stream.prefix == '' else 'grid'}: "
+                  f"{message}")
+
+
+    def diagnostic_status(self, engine_info: dict[str, Any] | None) -> DiagnosticStatus:
+        """This camera's ``/diagnostics`` entry (with the engine's provenance when given; with
+        several cameras, its place in the fused grid as ``grid_state`` and ``grid_problem``)."""
+        snapshot = self.stream.snapshot()
+        level, message = outputs.diagnostic_level(snapshot)
+        values = outputs.diagnostic_values(snapshot, engine_info)
+        if self.grid_status is not None:
+            values += [("grid_state", self.grid_status.state),
+                       ("grid_problem", self.grid_status.message)]
+        return self.node.diagnostic_status(self.diagnostic_name, level, message, values)
+
+
+class SurroundGridIO:
+    """The ROS wiring of the fused ``~/drivable_grid`` of several cameras, around the ROS-free
+    :class:`bisenet_ros.fusion.GridFuser` (the overlap rule is documented there).
+
+    After each batch, every camera of the batch gives the fuser its labels with its CameraInfo
+    model and tf pose (or why it has none: its cells stay unknown unless another camera sees
+    them, and its diagnostics say why); the grid of every camera's latest votes is published,
+    stamped with the batch's newest frame. Votes older than ``max_frame_age`` are left out. With
+    ``per_camera_grids``, each camera's own grid goes to ``/<C>/segmentation/drivable_grid``.
+
+    Args:
+        node: The node.
+        drivable_ids: Class ids counted as drivable.
+        topics: The cameras' topics (for the per-camera grid names).
+    """
+
+    def __init__(self, node: "SegmentationNode", drivable_ids: list[int],
+                 topics: tuple[CameraTopics, ...]) -> None:
+        self.node = node
+        self.fuser = GridFuser(node.grid_options.grid, drivable_ids,
+                               cameras=[t.name for t in topics])
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                         reliability=ReliabilityPolicy.RELIABLE)
+        self.publisher = node.create_publisher(OccupancyGrid, "~/drivable_grid", qos)
+        self.camera_publishers = {t.name: node.create_publisher(
+            OccupancyGrid, t.output("drivable_grid"), qos) for t in topics
+        } if node.grid_options.per_camera_grids else {}
+        age = node.options.max_frame_age
+        self.max_age_ns = int(age * 1e9) if age > 0 else None
+
+    def wanted(self) -> bool:
+        """Whether anybody listens to a grid (nothing is projected otherwise)."""
+        return any(p.get_subscription_count() > 0
+                   for p in [self.publisher, *self.camera_publishers.values()])
+
+    def publish(self, done: list[tuple["_Job", Any]]) -> None:
+        """Fuse the batch's label maps (``(job, result)`` pairs) and publish the grids."""
+        for job, result in done:
+            camera = job.camera
+            header = job.msg.header
+            model, pose, problem = camera.grid_inputs(header)
+            labels = np.asarray(result.labels)
+            status = self.fuser.update(
+                camera.stream.name, labels, model, pose, stamp_ns=stamp_to_ns(header.stamp),
+                window=bev.label_window(job.frame.shape, labels.shape, self.node.config.resize),
+                problem=problem or None)
+            if status.state in ("outside_extent", "invalid"):  # e.g. a view that misses the extent
+                camera.grid_problem("grid_invalid", status.message)
+        stamp_ns = max(stamp_to_ns(job.msg.header.stamp) for job, _ in done)
+        fused = self.fuser.fuse(stamp_ns=stamp_ns, max_age_ns=self.max_age_ns)
+        self.publisher.publish(self.node.grid_message(Time(nanoseconds=stamp_ns).to_msg(),
+                                                      fused.values))
+        for job, _ in done:
+            camera = job.camera
+            camera.grid_status = fused.cameras[camera.stream.name]
+            if not camera.grid_status.fused:
+                continue
+            camera.stream.stats.count("grid_published")
+            values = fused.camera_grid(camera.stream.name)
+            publisher = self.camera_publishers.get(camera.stream.name)
+            if publisher is not None and values is not None:
+                publisher.publish(self.node.grid_message(job.msg.header.stamp, values))
+
+
+class _Job(NamedTuple):
+    """One decoded frame of a batch, with what its camera wants published."""
+
+    camera: CameraIO
+    msg: Any
+    frame: np.ndarray
+    color_order: str
+    planner: list[str]
+    visual: list[str]
+    start: float
+    decoded: float
+
+
+def _pixels(buffer: Any, typecode: str = "B") -> array.array:
+    # rclpy's generated setter takes array.array('B') as is (a NumPy array is rejected, a list
+    # or bytes is checked element by element); frombytes is a single memcpy, the one copy of
+    # the pixels this node makes (rclpy's C conversion at publish makes its own).
+    data = array.array(typecode)
+    data.frombytes(buffer)
+    return data
+
+
 class SegmentationNode(Node):
-    """Semantic segmentation of a camera stream with BiSeNet V1/V2 or STDC.
+    """Semantic segmentation of one camera stream, or of several on one batched engine
+    (``cameras``), with BiSeNet V1/V2 or STDC.
 
     Args:
         segmenter_factory: builds the engine from a ``SegmenterConfig``; default
@@ -164,10 +462,11 @@ class SegmentationNode(Node):
                  node_name: str = "segmentation", **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         try:
-            # rclpy checks an override's type against the default's, and ranges, right here.
-            values = {spec.name: self.declare_parameter(spec.name, spec.default,
-                                                        _descriptor(spec)).value
-                      for spec in all_parameters()}
+            # rclpy checks an override's type against the default's, and ranges, right here. An
+            # empty list default is declared by type: rclpy cannot tell the type of [].
+            values = {spec.name: self.declare_parameter(
+                spec.name, spec.default if spec.default != [] else Parameter.Type.STRING_ARRAY,
+                _descriptor(spec)).value for spec in all_parameters()}
         except (InvalidParameterTypeException, InvalidParameterValueException) as err:
             self.get_logger().fatal(
                 f"invalid parameter: {err} (`ros2 param describe` lists types and ranges; see "
@@ -175,223 +474,213 @@ class SegmentationNode(Node):
             raise ParameterError(str(err)) from err
         try:
             self.options = node_options_from_parameters(values)
-            self.grid_options = grid_options_from_parameters(values, self.options.image_topic)
+            self.grid_options = grid_options_from_parameters(
+                values, cameras=max(1, len(self.options.cameras)))
             self.config = config_from_parameters(
                 values, publish_confidence=self.options.publish_confidence)
+            topics = camera_topics(self.options.cameras, image_suffix=self.options.image_suffix,
+                                   image_topics=self.options.image_topics,
+                                   compressed=self.options.use_compressed
+                                   ) if self.options.cameras else ()
         except ValueError as err:
             self.get_logger().fatal(f"invalid parameter: {err}")
             raise ParameterError(str(err)) from err
 
-        from bisenet_ros.inference.segmenter import engine_provenance, model_summary
+        from bisenet_ros.inference.segmenter import (
+            RandomWeightsWarning, engine_provenance, model_summary)
 
         if segmenter_factory is None:
             from bisenet_ros.inference import Segmenter as segmenter_factory
+        # A weights file that describes itself supplies variant, classes and size: the engine
+        # line below ("engine: ...") says what was loaded.
         self.get_logger().info(
-            f"loading {self.config.variant} ({self.config.weights or 'random weights'}) on "
-            f"{self.config.backend}/{self.config.device} at "
-            f"{self.config.resolution[0]}x{self.config.resolution[1]}")
+            f"loading {self.config.weights or f'random {self.config.variant} weights'} on "
+            f"{self.config.device}")
         if not self.config.weights:
             self.get_logger().warning(
                 "no 'weights' given: the model is randomly initialised and its output is "
                 "meaningless (set weights:=/path/to/model.pth or .onnx)")
+        # Python warnings of the engine go to the ROS log (once each); the random-weights one
+        # was just said in the node's words.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            warnings.simplefilter("ignore", RandomWeightsWarning)
+            try:
+                self._build_engine(segmenter_factory)
+            finally:
+                for item in caught:
+                    self.get_logger().warning(f"engine: {item.message}")
+
+        # What actually runs (an .onnx file's own variant, size and classes win over the
+        # parameters): diagnostics report this, never the parameter defaults.
+        self.engine_info = engine_provenance(self.segmenter)
+        self.get_logger().info(f"engine: {model_summary(self.engine_info)}")
+        self.engine_stats = EngineStats()
+        self.image_options = {"color_encoding": self.options.color_mask_encoding,
+                              "confidence_encoding": self.options.confidence_encoding}
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # The newest frame of each camera, in batches (one camera: a batch of one).
+        names = [t.name for t in topics] or ["camera"]
+        self.scheduler: BatchScheduler[Any] = BatchScheduler(
+            names, max_batch=self.options.max_batch_size,
+            max_batch_wait_ms=self.options.max_batch_wait_ms,
+            max_frame_age_s=self.options.max_frame_age,
+            now_ns=lambda: self.get_clock().now().nanoseconds)
+        self.cameras = [CameraIO(
+            self, CameraStream(t.name, visualization_rate=self.options.visualization_rate,
+                               rectified=self.grid_options.rectified_input),
+            input_topic=t.input_topic, output=t.output_namespace,
+            diagnostic_name=f"{t.output_namespace}: segmentation", grid_topic=None,
+            info_hint=f"publish it beside {t.image_topic} or set image_topics") for t in topics]
+        if not topics:  # one camera: the topics and names the node has always had
+            self.cameras = [CameraIO(
+                self, CameraStream("camera", visualization_rate=self.options.visualization_rate,
+                                   rectified=self.grid_options.rectified_input,
+                                   named_in_logs=False),
+                input_topic=self.options.input_topic, output="~",
+                diagnostic_name=f"{self.get_fully_qualified_name()}: segmentation",
+                grid_topic="~/drivable_grid",
+                info_hint="remap camera_info or set camera_info_topic")]
+            only = self.cameras[0]
+            self.stats, self.frame_gaps = only.stream.stats, only.stream.gaps
+            self._subscription, self._image_publishers = only.subscription, only.publishers
+            self._camera_info_subscription = only.camera_info_subscription
+            self._visualization = only.visualization
+        self._by_name = {c.stream.name: c for c in self.cameras}
+        self._setup_grid(topics)
+        self._diagnostics_timer = self.create_timer(
+            self.options.diagnostics_period, self._publish_diagnostics)
+        self._worker = threading.Thread(target=self._run_worker, name="segmentation", daemon=True)
+        self._worker.start()
+        for camera in self.cameras:
+            # Resolved names (namespace and remapping applied): what `ros2 topic list` shows.
+            self.get_logger().info(
+                f"{camera.stream.prefix}segmenting {camera.subscription.topic_name} "
+                f"({camera.msg_type.__name__}, QoS {self.options.qos}, depth "
+                f"{self.options.qos_depth}); max frame age {self.options.max_frame_age} s; "
+                f"CameraInfo {camera.camera_info_subscription.topic_name} "
+                f"({camera.camera_info_reason}); outputs "
+                + ", ".join(p.topic_name for p in camera.publishers.values()))
+
+    def camera_info_topic(self, image_topic: str) -> tuple[str, str]:
+        """The CameraInfo topic beside a camera's resolved image topic, and why. One camera:
+        the ``camera_info_topic`` parameter or a remap of ``camera_info`` win."""
+        if self.options.cameras:
+            return choose_camera_info_topic(image_topic, compressed=self.options.use_compressed)
+        remapped = self.resolve_topic_name("camera_info")
+        return choose_camera_info_topic(
+            image_topic, compressed=self.options.use_compressed,
+            parameter=self.grid_options.camera_info_topic,
+            remapped=remapped if remapped != self.resolve_topic_name(
+                "camera_info", only_expand=True) else None)
+
+    def _build_engine(self, segmenter_factory: Callable[[Any], Any]) -> None:
         try:
             self.segmenter = segmenter_factory(self.config)
         except (ImportError, OSError, ValueError, RuntimeError) as err:
             self.get_logger().fatal(f"cannot build the segmentation engine: {err}")
             raise StartupError(str(err)) from err
         warmup = getattr(self.segmenter, "warmup", None)
-        if warmup is not None:
-            # Lazy initialisation (cuDNN autotuning, TensorRT engine build: minutes on a Jetson on
-            # the first run, cached afterwards) happens here rather than on the first camera frame.
-            self.get_logger().info("warming up the engine (a first TensorRT run builds its engine)")
-            try:
-                warmup(frame_size=tuple(self.config.resolution))
-            except Exception as err:  # noqa: BLE001 - report like a construction error
-                self.get_logger().fatal(f"the segmentation engine fails on a blank frame: {err}")
-                raise StartupError(str(err)) from err
-
-        # What actually runs (an .onnx file's own variant, size and classes win over the
-        # parameters): diagnostics report this, never the parameter defaults.
-        self.engine_info = engine_provenance(self.segmenter)
-        self.get_logger().info(f"engine: {model_summary(self.engine_info)}")
-        self.stats = PipelineStats()
-        self.frame_gaps = FrameGapEstimator()
-        self._slot: LatestFrameSlot[Any] = LatestFrameSlot()
-
-        # Outputs: reliable keep-last matches reliable and best-effort subscribers (rviz, planners).
-        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                             reliability=ReliabilityPolicy.RELIABLE)
-        topics = [t for t in outputs.OUTPUT_TOPICS
-                  if t != "confidence" or self.options.publish_confidence]
-        self._image_publishers = {t: self.create_publisher(Image, f"~/{t}", out_qos) for t in topics}
-        # image_transport "compressed" names (<topic>/compressed): rviz and image_transport
-        # subscribers pick them up as the compressed transport of ~/overlay and ~/color_mask.
-        self._image_publishers.update({t: self.create_publisher(CompressedImage, f"~/{t}", out_qos)
-                                       for t in outputs.COMPRESSED_TOPICS})
-        self._visualization_limiter = RateLimiter(self.options.visualization_rate)
-        # Transient local: a subscriber starting later still receives the class map.
-        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                             reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        self._label_info_publisher = self.create_publisher(LabelInfo, "~/label_info", latched)
-        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._publish_label_info()
-
-        msg_type = CompressedImage if self.options.use_compressed else Image
-        self._decode = decode_compressed if self.options.use_compressed else decode_image
-        qos = input_qos(self.options)
-        self._subscription = self.create_subscription(
-            msg_type, self.options.input_topic, self._on_image, qos)
-        self._setup_grid(qos)
-        self._diagnostics_timer = self.create_timer(
-            self.options.diagnostics_period, self._publish_diagnostics)
-
-        self._worker = threading.Thread(target=self._run_worker, name="segmentation", daemon=True)
-        self._worker.start()
+        if warmup is None:
+            return
+        # Lazy initialisation (cuDNN autotuning, TensorRT engine build: minutes on a Jetson on
+        # the first run, cached afterwards) happens here rather than on the first camera frame.
         self.get_logger().info(
-            f"segmenting {self.options.input_topic} ({msg_type.__name__}, QoS {self.options.qos}, "
-            f"depth {self.options.qos_depth}); max frame age {self.options.max_frame_age} s")
-
-    # -- input ------------------------------------------------------------------------------
-
-    def _on_image(self, msg: Any) -> None:
-        """Subscription callback: keep only the newest message, decode nothing here."""
-        self.stats.count("frames_received")
-        gap = self.frame_gaps.observe(stamp_to_ns(msg.header.stamp))
-        if gap is not None:
-            self.get_logger().warning(
-                f"{gap.missing} camera frame(s) never reached this node (header stamps "
-                f"{gap.gap_s * 1e3:.0f} ms apart, camera period {gap.period_s * 1e3:.0f} ms): "
-                "large images are being dropped by the DDS transport (or the driver); see "
-                f"{DDS_DOCS} (config/cyclonedds.xml, net.core.rmem_max)",
-                throttle_duration_sec=TRANSPORT_LOG_THROTTLE_S)
-        if self._slot.put(msg):
-            self.stats.count("dropped_superseded")
-
-    def _run_worker(self) -> None:
-        while not self._slot.closed:
-            msg = self._slot.take(timeout=0.5)
-            if msg is None:
-                continue
-            try:
-                self.process(msg)
-            except Exception as err:  # noqa: BLE001 - e.g. publishing while Ctrl-C shuts down
-                if self._slot.closed:
-                    break
-                self.stats.record_error(f"{type(err).__name__}: {err}")
-                self.get_logger().error(f"processing a frame failed: {type(err).__name__}: {err}",
-                                        throttle_duration_sec=LOG_THROTTLE_S)
+            "warming up the engine" + (" (a first TensorRT run builds its engine: minutes on a "
+                                       "Jetson, cached afterwards)"
+                                       if self.config.device == "tensorrt" else ""))
+        try:
+            warmup(frame_size=tuple(self.config.resolution))
+        except Exception as err:  # noqa: BLE001 - report like a construction error
+            self.get_logger().fatal(f"the segmentation engine fails on a blank frame: {err}")
+            raise StartupError(str(err)) from err
 
     # -- processing -------------------------------------------------------------------------
 
-    def _wanted_topics(self) -> tuple[list[str], list[str]]:
-        """Planner topics and visualization topics to build for this frame.
+    def _run_worker(self) -> None:
+        while not self.scheduler.closed:
+            batch = self.scheduler.next_batch(timeout=0.5)
+            if batch is None:
+                continue
+            try:
+                self.process_batch(batch)
+            except Exception as err:  # noqa: BLE001 - e.g. publishing while Ctrl-C shuts down
+                if self.scheduler.closed:
+                    break
+                for frame in batch.frames:
+                    self._by_name[frame.camera].error(
+                        f"processing a frame failed: {type(err).__name__}: {err}")
 
-        The mask is always published (planners rely on it); other outputs only cost time when
-        somebody listens, and visualization topics at most ``visualization_rate`` times a second.
+    def process_batch(self, batch: Batch[Any]) -> None:
+        """Segment one batch (the newest frame of each camera that has one) in one engine call
+        and publish every camera's outputs with its own header.
+
+        Per camera, ``mask`` and ``drivable_mask`` are published here and the visualization is
+        handed to the camera's visualization worker. Never raises on bad input: stale,
+        malformed and failing frames are logged (throttled, per camera) and counted in that
+        camera's ``/diagnostics`` entry; the other cameras of the batch go on.
         """
-        wanted = [t for t, pub in self._image_publishers.items()
-                  if t == "mask" or pub.get_subscription_count() > 0]
-        planner = [t for t in outputs.PLANNER_TOPICS if t in wanted]
-        visual = [t for t in outputs.VISUALIZATION_TOPICS if t in wanted]
-        if visual and not self._visualization_limiter.ready():
-            visual = []
-        return planner, visual
-
-    def process(self, msg: Any) -> bool:
-        """Segment one message and publish the outputs; returns whether anything was published.
-
-        ``~/mask`` and ``~/drivable_mask`` are built and published first; the visualization
-        topics (raw and compressed) follow. Never raises on bad input: stale, malformed and
-        failing frames are logged (throttled) and counted in ``/diagnostics``.
-        """
-        stamp_ns = stamp_to_ns(msg.header.stamp)
-        now_ns = self.get_clock().now().nanoseconds
-        if is_stale(stamp_ns, now_ns, self.options.max_frame_age):
-            self.stats.count("dropped_stale")
-            self.get_logger().warning(
-                f"dropping a frame {frame_age_s(stamp_ns, now_ns):.3f} s old (max_frame_age "
-                f"{self.options.max_frame_age} s): inference is slower than the camera or the "
-                "clocks differ (use_sim_time with a bag?)", throttle_duration_sec=LOG_THROTTLE_S)
-            return False
-        start = time.perf_counter()
+        for frame in batch.stale:
+            camera = self._by_name[frame.camera]
+            camera.stream.stats.count("dropped_stale")
+            camera.warn("stale", f"dropping a frame {self.scheduler.frame_age_s(frame):.3f} s old "
+                        f"(max_frame_age {self.options.max_frame_age} s): inference is slower "
+                        "than the camera or the clocks differ (use_sim_time with a bag?)")
+        jobs = []
+        for frame in batch.frames:
+            camera, start = self._by_name[frame.camera], time.perf_counter()
+            decoded = camera.decode(frame.item)
+            if decoded is not None:
+                jobs.append(_Job(camera, frame.item, *decoded, *camera.wanted_topics(), start,
+                                 time.perf_counter()))
+        if not jobs:
+            return
+        wanted = set().union(*(outputs.engine_outputs_for(j.planner + j.visual) for j in jobs))
+        started = time.perf_counter()
         try:
-            frame, color_order = self._decode(msg)
-        except CodecError as err:
-            self.stats.count("malformed")
-            self.get_logger().warning(f"skipping a malformed image message: {err}",
-                                      throttle_duration_sec=LOG_THROTTLE_S)
-            return False
-        decoded = time.perf_counter()
-        planner, visual = self._wanted_topics()
-        try:
-            result = self.segmenter(frame, color_order=color_order,
-                                    outputs=outputs.engine_outputs_for(planner + visual))
-        except ValueError as err:  # the engine's "bad frame" error (e.g. an empty or huge image)
-            self.stats.count("malformed")
-            self.get_logger().warning(f"skipping a frame the engine rejects: {err}",
-                                      throttle_duration_sec=LOG_THROTTLE_S)
-            return False
-        except Exception as err:  # noqa: BLE001 - the node must outlive a backend failure
-            self.stats.record_error(f"{type(err).__name__}: {err}")
-            self.get_logger().error(f"inference failed: {type(err).__name__}: {err}",
-                                    throttle_duration_sec=LOG_THROTTLE_S)
-            return False
+            results = segment_frames(self.segmenter, [j.frame for j in jobs],
+                                     [j.color_order for j in jobs], wanted)
+        except Exception as err:  # noqa: BLE001 - a backend failure fails this batch only
+            results = [err] * len(jobs)
         inferred = time.perf_counter()
-        image_options = {"color_encoding": self.options.color_mask_encoding,
-                         "confidence_encoding": self.options.confidence_encoding}
-        for topic, fields in outputs.result_to_image_fields(
-                result, color_order, topics=planner, **image_options).items():
-            self._image_publishers[topic].publish(self._image_message(msg.header, fields))
-        planned = time.perf_counter()
-        grid_ms: dict[str, float] = {}
-        if self._grid_publisher.get_subscription_count() > 0:
-            if self.publish_grid(msg.header, result.labels, frame.shape):
-                grid_ms["grid"] = (time.perf_counter() - planned) * 1e3
-        if visual:
-            for topic, fields in outputs.result_to_image_fields(
-                    result, color_order, topics=visual, **image_options).items():
-                self._image_publishers[topic].publish(self._image_message(msg.header, fields))
-            for topic, fields in outputs.result_to_compressed_fields(
-                    result, color_order, color_encoding=self.options.color_mask_encoding,
-                    jpeg_quality=self.options.jpeg_quality, topics=visual).items():
-                self._image_publishers[topic].publish(
-                    self._compressed_message(msg.header, fields))
-        done = time.perf_counter()
-        engine = dict(getattr(result, "timings", None) or {})
-        if "total" in engine:  # 'total' below is the node's (decode to publish)
-            engine["engine"] = engine.pop("total")
-        timings = {"decode": (decoded - start) * 1e3, **engine, **grid_ms,
-                   "publish_planner": (planned - inferred) * 1e3,
-                   "publish": (done - inferred) * 1e3, "total": (done - start) * 1e3}
-        age = frame_age_s(stamp_ns, self.get_clock().now().nanoseconds)
-        self.stats.record_frame(timings, None if age is None else age * 1e3)
-        return True
+        failed = next((r for r in results if isinstance(r, Exception)
+                       and not isinstance(r, ValueError)), None)
+        self.engine_stats.record_batch(len(jobs), (inferred - started) * 1e3, None if failed is None
+                                       else f"{type(failed).__name__}: {failed}")
+        done = []
+        for job, result in zip(jobs, results):
+            try:
+                if job.camera.publish(job, result):
+                    done.append((job, result))
+            except Exception as err:  # noqa: BLE001 - one camera's publisher must not stop others
+                if self.scheduler.closed:
+                    return
+                job.camera.error(f"processing a frame failed: {type(err).__name__}: {err}")
+        if done and self.surround is not None and self.surround.wanted():
+            self.surround.publish(done)
 
-    @staticmethod
-    def _pixels(buffer: Any, typecode: str = "B") -> array.array:
-        # rclpy's generated setter takes array.array('B') as is (a NumPy array is rejected, a
-        # list or bytes is checked element by element); frombytes is a single memcpy, the one
-        # copy of the pixels this node makes (rclpy's C conversion at publish makes its own).
-        data = array.array(typecode)
-        data.frombytes(buffer)
-        return data
+    # -- messages ---------------------------------------------------------------------------
 
-    def _image_message(self, header: Any, fields: dict[str, Any]) -> Image:
+    def image_message(self, header: Any, fields: dict[str, Any]) -> Image:
+        """A sensor_msgs/Image with ``header`` (the input's, bit for bit) and ``fields``."""
         msg = Image(header=header, height=fields["height"], width=fields["width"],
                     encoding=fields["encoding"], is_bigendian=fields["is_bigendian"],
                     step=fields["step"])
-        msg.data = self._pixels(fields["data"])
+        msg.data = _pixels(fields["data"])
         return msg
 
-    def _compressed_message(self, header: Any, fields: dict[str, Any]) -> CompressedImage:
-        msg = CompressedImage(header=header, format=fields["format"])
-        msg.data = self._pixels(fields["data"])
+    def label_info(self) -> LabelInfo:
+        """The class map of the running engine (vision_msgs/LabelInfo)."""
+        info = outputs.label_info_fields(self.segmenter.class_names)
+        msg = LabelInfo()
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.class_map = [VisionClass(class_id=i, class_name=name) for i, name in info["class_map"]]
+        msg.threshold = info["threshold"]
         return msg
 
     # -- bird's-eye drivable grid -------------------------------------------------------------
 
-    def _setup_grid(self, qos: QoSProfile) -> None:
+    def _setup_grid(self, topics: tuple[CameraTopics, ...]) -> None:
         opts = self.grid_options
         try:
             class_set = make_class_set(self.segmenter.class_names)
@@ -399,114 +688,60 @@ class SegmentationNode(Node):
         except ValueError as err:  # the engine resolves the same names; only a stand-in can differ
             self.get_logger().warning(f"drivable_classes cannot be resolved for the grid: {err}")
             drivable = np.zeros(0, dtype=np.int64)
-        self._bev = bev.BevProjector(opts.grid, drivable.tolist())
-        self._camera_info: Any = None
-        self._camera_model: tuple[Any, bev.CameraModel] | None = None
-        self._grid_logged: dict[str, float] = {}
-        self._camera_poses = CameraPoseLookup(self, opts.grid.frame_id, opts.static_pose)
-        self._grid_publisher = self.create_publisher(
-            OccupancyGrid, "~/drivable_grid",
-            QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                       reliability=ReliabilityPolicy.RELIABLE))
-        self._camera_info_subscription = self.create_subscription(
-            CameraInfo, opts.camera_info_topic, self._on_camera_info, qos)
+        self.bev = bev.BevProjector(opts.grid, drivable.tolist())
+        self.camera_poses = CameraPoseLookup(self, opts.grid.frame_id, opts.static_pose)
+        # Several cameras: one fused grid (the surround extent unless the parameters set one).
+        self.surround = SurroundGridIO(self, drivable.tolist(), topics) if topics else None
 
-    def _on_camera_info(self, msg: Any) -> None:
-        self._camera_info = msg  # one reference assignment: safe against the worker thread
-
-    def _grid_problem(self, counter: str, message: str) -> None:
-        self.stats.count(counter)
-        # Throttled per cause (rclpy throttles per call site, which would let one cause hide
-        # another): the first occurrence of each is shown at once.
-        now = time.monotonic()
-        if now - self._grid_logged.get(counter, -1e18) >= LOG_THROTTLE_S:
-            self._grid_logged[counter] = now
-            self.get_logger().warning(f"no ~/drivable_grid: {message}")
-
-    def _current_camera(self) -> bev.CameraModel | None:
-        info = self._camera_info
-        if info is None:
-            self._grid_problem("grid_no_camera_info", f"no CameraInfo received on "
-                               f"{self._camera_info_subscription.topic_name} yet (remap "
-                               "camera_info or set camera_info_topic)")
-            return None
-        if self._camera_model is not None and self._camera_model[0] is info:
-            return self._camera_model[1]
-        try:
-            model = bev.CameraModel.from_camera_info(info,
-                                                     rectified=self.grid_options.rectified_input)
-        except bev.BevError as err:
-            self._grid_problem("grid_invalid", f"CameraInfo on "
-                               f"{self._camera_info_subscription.topic_name}: {err}")
-            return None
-        self._camera_model = (info, model)
-        return model
-
-    def publish_grid(self, header: Any, labels: np.ndarray, frame_shape: tuple[int, ...]) -> bool:
-        """Project ``labels`` (of a camera frame of ``frame_shape``) onto the ground and publish
-        ``~/drivable_grid``; False (logged, counted in diagnostics) without CameraInfo, transform
-        or usable geometry."""
-        camera = self._current_camera()
-        if camera is None:
-            return False
-        pose, problem = self._camera_poses.pose(header.frame_id, stamp_to_ns(header.stamp))
-        if pose is None:
-            self._grid_problem("grid_no_transform", str(problem))
-            return False
-        try:
-            labels = np.asarray(labels)
-            window = bev.label_window(frame_shape, labels.shape, self.config.resize)
-            values = self._bev(labels, camera, pose, window=window)
-        except bev.BevError as err:
-            self._grid_problem("grid_invalid", str(err))
-            return False
-        fields = bev.occupancy_grid_fields(values, self._bev.grid)
+    def grid_message(self, stamp: Any, values: np.ndarray) -> OccupancyGrid:
+        """The OccupancyGrid of grid ``values`` (int8, ``bev`` layout) stamped ``stamp``."""
+        fields = bev.occupancy_grid_fields(values, self.bev.grid)
         msg = OccupancyGrid()
-        msg.header.stamp = header.stamp
-        msg.header.frame_id = self._bev.grid.frame_id
-        msg.info.map_load_time = header.stamp
+        msg.header.stamp = stamp
+        msg.header.frame_id = self.bev.grid.frame_id
+        msg.info.map_load_time = stamp
         msg.info.resolution = fields["resolution"]
         msg.info.width, msg.info.height = fields["width"], fields["height"]
         position, orientation = msg.info.origin.position, msg.info.origin.orientation
         position.x, position.y, position.z = fields["origin_position"]
         orientation.x, orientation.y, orientation.z, orientation.w = fields["origin_orientation"]
-        msg.data = self._pixels(fields["data"], "b")  # int8[]: array.array('b'), as uint8[] takes 'B'
-        self._grid_publisher.publish(msg)
-        self.stats.count("grid_published")
-        return True
+        msg.data = _pixels(fields["data"], "b")  # int8[]: array.array('b'), as uint8[] takes 'B'
+        return msg
 
-    # -- metadata and diagnostics -----------------------------------------------------------
+    # -- diagnostics --------------------------------------------------------------------------
 
-    def _publish_label_info(self) -> None:
-        info = outputs.label_info_fields(self.segmenter.class_names)
-        msg = LabelInfo()
-        msg.header.stamp = self.get_clock().now().to_msg()
-        msg.class_map = [VisionClass(class_id=i, class_name=name) for i, name in info["class_map"]]
-        msg.threshold = info["threshold"]
-        self._label_info_publisher.publish(msg)
-
-    def _publish_diagnostics(self) -> None:
-        snapshot = {**self.stats.snapshot(), **self.frame_gaps.snapshot()}
-        level, message = outputs.diagnostic_level(snapshot)
+    def diagnostic_status(self, name: str, level: int, message: str,
+                          values: list[tuple[str, str]]) -> DiagnosticStatus:
+        """One ``/diagnostics`` entry (``level``: an :mod:`bisenet_ros.outputs` level)."""
         levels = {outputs.OK: DiagnosticStatus.OK, outputs.WARN: DiagnosticStatus.WARN,
                   outputs.ERROR: DiagnosticStatus.ERROR}
-        status = DiagnosticStatus(
-            level=levels[level], name=f"{self.get_fully_qualified_name()}: segmentation",
-            message=message, hardware_id=str(self.engine_info.get("device") or self.config.device),
-            values=[KeyValue(key=k, value=v)
-                    for k, v in outputs.diagnostic_values(snapshot, self.engine_info)])
+        return DiagnosticStatus(
+            level=levels[level], name=name, message=message,
+            hardware_id=str(self.engine_info.get("device") or self.config.device),
+            values=[KeyValue(key=k, value=v) for k, v in values])
+
+    def _publish_diagnostics(self) -> None:
+        """One entry per camera; with several cameras, one more for the shared engine."""
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
-        msg.status = [status]
+        if not self.options.cameras:
+            msg.status = [self.cameras[0].diagnostic_status(self.engine_info)]
+        else:
+            level, message, values = self.engine_stats.diagnostic(self.engine_info)
+            msg.status = [c.diagnostic_status(None) for c in self.cameras] + [
+                self.diagnostic_status(f"{self.get_fully_qualified_name()}: engine", level,
+                                       message, values)]
         self._diagnostics_publisher.publish(msg)
 
     def destroy_node(self) -> None:
-        """Stop the worker thread, then destroy the node."""
-        slot, worker = getattr(self, "_slot", None), getattr(self, "_worker", None)
-        if slot is not None:
-            slot.close()
+        """Stop the worker threads, then destroy the node."""
+        scheduler, worker = getattr(self, "scheduler", None), getattr(self, "_worker", None)
+        if scheduler is not None:
+            scheduler.close()
         if worker is not None and worker.is_alive() and worker is not threading.current_thread():
             worker.join(timeout=5.0)
+        for camera in getattr(self, "cameras", []):
+            camera.visualization.close()
         super().destroy_node()
 
 

@@ -254,8 +254,10 @@ def diagnostic_values(stats: Mapping[str, Any],
     ``dropped_stale``, ``dropped_superseded`` (replaced by a newer frame before inference),
     ``malformed``, ``errors``, ``grid_published``, ``grid_no_camera_info``,
     ``grid_no_transform``, ``grid_invalid`` (frames without ``~/drivable_grid``, by cause),
-    ``latency_<stage>_ms`` (mean over the recent window, per engine
-    stage plus ``decode``, ``publish`` and ``total``) and ``age_ms`` (frame stamp to publish).
+    ``visualization_published``, ``visualization_skipped`` (the visualization worker's),
+    ``latency_<stage>_ms`` (mean over the recent window, per engine stage plus ``decode``,
+    ``publish_planner``, ``publish`` and ``total``, and the visualization worker's
+    ``visualization`` and ``visualization_wait``) and ``age_ms`` (frame stamp to publish).
     From the camera's header stamps (:class:`bisenet_ros.transport.FrameGapEstimator`, when its
     snapshot is merged in): ``camera_rate_hz``, ``frames_lost_upstream`` (frames that never
     reached the node, estimated from stamp gaps), ``frame_gaps`` and ``arrival_ratio`` (recent

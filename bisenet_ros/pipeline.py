@@ -26,7 +26,8 @@ __all__ = [
     "LatestFrameSlot", "RateLimiter", "RateMeter", "PipelineStats", "stamp_to_ns", "frame_age_s", "is_stale",
     "ParameterSpec", "NODE_PARAMETERS", "QOS_PROFILES", "NodeOptions", "config_parameters",
     "all_parameters", "node_options_from_parameters", "config_from_parameters",
-    "COUNTERS", "GRID_COUNTERS", "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
+    "COUNTERS", "GRID_COUNTERS", "VISUALIZATION_COUNTERS", "GRID_PARAMETERS", "GridOptions", "grid_options_from_parameters", "camera_info_topic",
+    "choose_camera_info_topic", "GRID_EXTENT_PARAMETERS",
 ]
 
 T = TypeVar("T")
@@ -72,6 +73,12 @@ class LatestFrameSlot(Generic[T]):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def empty(self) -> bool:
+        """Whether no item waits to be taken."""
+        with self._cond:
+            return self._item is None
 
 
 def stamp_to_ns(stamp: Any) -> int:
@@ -151,8 +158,11 @@ class RateMeter:
 
 #: Counters of the drivable grid: grids published, frames without one and why.
 GRID_COUNTERS = ("grid_published", "grid_no_camera_info", "grid_no_transform", "grid_invalid")
+#: Counters of the visualization worker (bisenet_ros.visualization): overlays/colour masks
+#: published, and results replaced by a newer one before the worker got to them.
+VISUALIZATION_COUNTERS = ("visualization_published", "visualization_skipped")
 COUNTERS = ("frames_received", "frames_processed", "dropped_stale", "dropped_superseded",
-            "malformed", "errors") + GRID_COUNTERS
+            "malformed", "errors") + GRID_COUNTERS + VISUALIZATION_COUNTERS
 
 
 class PipelineStats:
@@ -184,15 +194,21 @@ class PipelineStats:
 
     def record_frame(self, timings_ms: Mapping[str, float], age_ms: float | None = None) -> None:
         """Record one processed frame with its per-stage timings (ms)."""
+        self.record_timings(timings_ms)
         with self._lock:
             self.counters["frames_processed"] += 1
             self._since_snapshot["frames_processed"] += 1
             self.output_rate.tick()
+            self.last_age_ms = age_ms
+            self.last_error = None
+
+    def record_timings(self, timings_ms: Mapping[str, float]) -> None:
+        """Record stage timings (ms) of work done apart from a frame's own path (the
+        visualization worker's), without counting a processed frame."""
+        with self._lock:
             for stage, ms in timings_ms.items():
                 self._latency.setdefault(stage, collections.deque(maxlen=self._window)).append(
                     float(ms))
-            self.last_age_ms = age_ms
-            self.last_error = None
 
     def record_error(self, message: str) -> None:
         with self._lock:
@@ -228,7 +244,9 @@ class ParameterSpec:
     """One ROS parameter of the node: its ROS-typed default, help text and constraints.
 
     ``default`` has the type the ROS parameter is declared with (str, int, float, bool,
-    list[str] or list[float]); rclpy rejects an override of another type at launch.
+    list[str] or list[float]); rclpy rejects an override of another type at launch. An empty
+    list is a string array declared by its type alone (rclpy cannot type an empty list; the
+    node reads the unset value as empty).
     """
 
     name: str
@@ -289,6 +307,24 @@ NODE_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "~/drivable_mask are never limited."),
     ParameterSpec("jpeg_quality", 80,
                   "JPEG quality of ~/overlay/compressed (1..100).", int_range=(1, 100)),
+    # Several cameras on one engine (bisenet_ros.scheduler); empty: the one camera above.
+    ParameterSpec("cameras", [],
+                  "Camera names served by this node on one batched engine, e.g. [front, rear]: "
+                  "camera C is read from /C/<image_suffix> and published under "
+                  "/C/segmentation/... (as multi_camera.launch.py mode:=separate names it). "
+                  "Empty: one camera on 'image_topic', outputs under ~/."),
+    ParameterSpec("image_suffix", "image_raw",
+                  "With 'cameras': the image topic inside each camera's namespace."),
+    ParameterSpec("image_topics", [],
+                  "With 'cameras': one image topic per camera, in the same order, instead of "
+                  "/<camera>/<image_suffix>; with use_compressed, '<topic>/compressed' is read."),
+    ParameterSpec("max_batch_size", 0,
+                  "With 'cameras': most frames per engine call; 0: one per camera with a new "
+                  "frame. Cameras waiting longest go first (round-robin).", int_range=(0, 64)),
+    ParameterSpec("max_batch_wait_ms", 0.0,
+                  "With 'cameras': how long a first frame may wait for the other live cameras' "
+                  "frames to share its batch (ms); 0 never waits. A camera that stopped is "
+                  "never waited for.", float_range=(0.0, 1000.0)),
 )
 
 _CONFIG_CHOICES = {
@@ -346,6 +382,11 @@ class NodeOptions:
     diagnostics_period: float = 1.0
     visualization_rate: float = 10.0
     jpeg_quality: int = 80
+    cameras: tuple[str, ...] = ()
+    image_suffix: str = "image_raw"
+    image_topics: tuple[str, ...] = ()
+    max_batch_size: int = 0
+    max_batch_wait_ms: float = 0.0
 
     @property
     def input_topic(self) -> str:
@@ -371,6 +412,8 @@ def node_options_from_parameters(values: Mapping[str, Any]) -> NodeOptions:
     kwargs = {}
     for spec in NODE_PARAMETERS:
         value = values.get(spec.name, spec.default)
+        if isinstance(spec.default, list) and not spec.default:
+            value = tuple(value or ())  # an unset string array reads as None (see ParameterSpec)
         _check(spec, value)
         kwargs[spec.name] = value
     rate = kwargs["visualization_rate"]
@@ -393,7 +436,7 @@ def config_from_parameters(values: Mapping[str, Any], *, publish_confidence: boo
     Raises:
         ValueError: from :meth:`SegmenterConfig.validate`, naming the option and the fix.
     """
-    from bisenet_ros.config import SegmenterConfig
+    from bisenet_ros.config import SegmenterConfig, non_default_options
 
     specs = {spec.name: spec for spec in config_parameters()}
     options = {}
@@ -403,7 +446,9 @@ def config_from_parameters(values: Mapping[str, Any], *, publish_confidence: boo
         options[name] = value
     if publish_confidence:
         options["confidence"] = True
-    return SegmenterConfig.from_dict(options)
+    # rclpy cannot tell a parameter file's or the launch file's default from a value the user
+    # set: a value equal to the default is a default, and a weights file describing itself wins.
+    return SegmenterConfig.from_dict(options, explicit=non_default_options(options))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +461,8 @@ _METRES = (-10000.0, 10000.0)
 GRID_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("camera_info_topic", "",
                   "sensor_msgs/CameraInfo topic of the camera; empty: 'camera_info' beside the "
-                  "image topic, as image_transport names it (remapping 'camera_info' works too)."),
+                  "image subscription's resolved (remapped) name, as image_transport names it "
+                  "(an explicit remap of 'camera_info' works too)."),
     ParameterSpec("rectified_input", False,
                   "The images are rectified (image_rect): project with CameraInfo P, no "
                   "distortion. False: raw images, K and D."),
@@ -445,6 +491,9 @@ GRID_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "Fallback camera mount in grid_frame: [x, y, z, roll, pitch, yaw] (metres, "
                   "radians; pitch > 0 looks down) of the camera body (x forward, y left, z up); "
                   "the optical frame is derived from it as REP-103 defines."),
+    ParameterSpec("per_camera_grids", False,
+                  "With 'cameras': also publish each camera's own grid on "
+                  "/<camera>/segmentation/drivable_grid (~/drivable_grid fuses them all)."),
 )
 
 
@@ -454,30 +503,78 @@ class GridOptions:
 
     Attributes:
         grid: The :class:`bisenet_ros.bev.GridSpec`.
-        camera_info_topic: CameraInfo topic (already resolved beside the image topic).
+        camera_info_topic: The ``camera_info_topic`` parameter ("": beside the image topic,
+            see :func:`choose_camera_info_topic`).
         rectified_input: Project with P (rectified images).
         static_pose: The fallback :class:`bisenet_ros.bev.Pose` of the optical frame, or None.
+        per_camera_grids: With several cameras, publish each camera's grid too.
     """
 
     grid: Any
     camera_info_topic: str
     rectified_input: bool
     static_pose: Any
+    per_camera_grids: bool = False
 
 
-def camera_info_topic(image_topic: str) -> str:
-    """The CameraInfo topic beside ``image_topic`` (image_transport's rule): the image topic's
-    namespace plus ``camera_info``, e.g. ``/cam/image_raw`` -> ``/cam/camera_info``."""
-    head, _, _ = image_topic.rstrip("/").rpartition("/")
-    return f"{head}/camera_info" if head or image_topic.startswith("/") else "camera_info"
+def camera_info_topic(image_topic: str, *, compressed: bool = False) -> str:
+    """The CameraInfo topic beside ``image_topic``, by image_transport's rule
+    (``getCameraInfoTopic``): the last token of the image topic replaced by ``camera_info``.
+
+    Args:
+        image_topic: The image topic, best fully resolved (after namespaces and remapping), e.g.
+            ``/cam/image_raw`` -> ``/cam/camera_info``.
+        compressed: ``image_topic`` is a CompressedImage topic: a trailing transport token
+            (``/cam/image_raw/compressed``) is dropped first, as image_transport names its
+            transports below the base topic.
+    """
+    topic = image_topic.rstrip("/")
+    if compressed and topic.endswith("/compressed"):
+        topic = topic[: -len("/compressed")]
+    head, _, _ = topic.rpartition("/")
+    return f"{head}/camera_info" if head or topic.startswith("/") else "camera_info"
 
 
-def grid_options_from_parameters(values: Mapping[str, Any], image_topic: str) -> GridOptions:
+def choose_camera_info_topic(image_topic: str, *, compressed: bool = False, parameter: str = "",
+                             remapped: str | None = None) -> tuple[str, str]:
+    """The CameraInfo topic the node subscribes to, and why (for the start log).
+
+    Precedence: the ``camera_info_topic`` parameter; then an explicit remap of the node's
+    ``camera_info`` name (``-r camera_info:=/cam/camera_info``); otherwise the topic beside the
+    image subscription's resolved name (:func:`camera_info_topic`), so remapping or setting only
+    the image topic is enough, as with image_transport.
+
+    Args:
+        image_topic: The image subscription's fully resolved name.
+        compressed: The subscription is a CompressedImage one.
+        parameter: The ``camera_info_topic`` parameter ("" when unset).
+        remapped: Where a remap rule sends ``camera_info``, or None when no rule does.
+
+    Returns:
+        ``(topic, reason)``.
+    """
+    if parameter.strip():
+        return parameter.strip(), "camera_info_topic parameter"
+    if remapped:
+        return remapped, "remapped camera_info"
+    return camera_info_topic(image_topic, compressed=compressed), f"beside {image_topic}"
+
+
+#: The grid extent parameters and the :class:`bisenet_ros.bev.GridSpec` field each sets.
+GRID_EXTENT_PARAMETERS = {"grid_x_min": "x_min", "grid_x_max": "x_max", "grid_y_min": "y_min",
+                          "grid_y_max": "y_max"}
+
+
+def grid_options_from_parameters(values: Mapping[str, Any], *, cameras: int = 1) -> GridOptions:
     """Validate the grid parameters.
 
     Args:
         values: parameter name -> value (missing names take their defaults).
-        image_topic: the node's image topic (for the default CameraInfo topic).
+        cameras: How many cameras the grid fuses. With several, each extent parameter
+            (:data:`GRID_EXTENT_PARAMETERS`) missing or left at its single-camera default takes
+            the surround extent's value instead (:func:`bisenet_ros.bev.surround_grid`: x and y
+            from -grid_max_range to +grid_max_range around grid_frame), so a rear camera is in
+            the grid; one camera keeps today's defaults.
 
     Raises:
         ValueError: naming the parameter and what is expected (``BevError`` is a ValueError).
@@ -495,12 +592,23 @@ def grid_options_from_parameters(values: Mapping[str, Any], image_topic: str) ->
         y_min=float(merged["grid_y_min"]), y_max=float(merged["grid_y_max"]),
         max_range=float(merged["grid_max_range"]),
         ground_height=float(merged["grid_ground_height"]))
+    defaults = {spec.name: spec.default for spec in GRID_PARAMETERS}
+    unset = [field for name, field in GRID_EXTENT_PARAMETERS.items()
+             if float(merged[name]) == float(defaults[name])]
+    if cameras > 1 and unset:
+        surround = bev.surround_grid(grid)
+        grid = dataclasses.replace(grid, **{field: getattr(surround, field) for field in unset})
     static_pose = None
+    if merged["use_static_camera_pose"] and cameras > 1:
+        raise ValueError("parameter use_static_camera_pose=true with several cameras: one "
+                         "static_camera_pose cannot place them all; publish each camera's mount "
+                         "on /tf_static (robot_state_publisher or static_transform_publisher)")
     if merged["use_static_camera_pose"]:
         mount = [float(v) for v in merged["static_camera_pose"]]
         if len(mount) != 6:
             raise ValueError(f"parameter static_camera_pose={mount}: expected [x, y, z, roll, "
                              "pitch, yaw] (6 numbers, metres and radians)")
         static_pose = bev.Pose.from_mount(*mount)
-    topic = str(merged["camera_info_topic"]).strip() or camera_info_topic(image_topic)
-    return GridOptions(grid, topic, bool(merged["rectified_input"]), static_pose)
+    return GridOptions(grid, str(merged["camera_info_topic"]).strip(),
+                       bool(merged["rectified_input"]), static_pose,
+                       bool(merged["per_camera_grids"]))

@@ -43,6 +43,13 @@ class UserError(Exception):
     """
 
 
+#: Exit status of every command (``bisenet-ros ...``, ``python -m training ...``) that refuses what
+#: it was given: a bad option, file or data, a missing package. It is argparse's status for a
+#: command line it cannot parse, so "the user must change something" is one status. 1 is left for
+#: runs that started and could not finish everything (a damaged bag, a bag that failed).
+USER_ERROR_STATUS = 2
+
+
 def is_user_error(error: BaseException) -> bool:
     """Whether ``error`` is the user's to fix (bad option, file, data, missing package)."""
     # ArithmeticError: e.g. a training loss turning NaN ("lower optim.lr"), a setting to change.
@@ -57,7 +64,8 @@ def pop_debug_flag(argv: list[str]) -> bool:
 
 
 def run_command(prog: str, run: Callable[[Any], Any], args: Any, *, debug: bool = False) -> int:
-    """Run a command's ``run(args)``; a user error ends as one line on stderr and exit status 1.
+    """Run a command's ``run(args)``; a user error ends as one line on stderr and
+    :data:`USER_ERROR_STATUS` (2).
 
     Bugs (any other exception) keep their traceback, and so does everything with ``debug``.
 
@@ -68,7 +76,7 @@ def run_command(prog: str, run: Callable[[Any], Any], args: Any, *, debug: bool 
         debug: Re-raise user errors too, with their traceback.
 
     Returns:
-        The exit status: ``run``'s, 1 after a user error, 130 after Ctrl-C.
+        The exit status: ``run``'s, 2 after a user error, 130 after Ctrl-C.
     """
     try:
         return int(run(args) or 0)
@@ -82,7 +90,7 @@ def run_command(prog: str, run: Callable[[Any], Any], args: Any, *, debug: bool 
             raise
         message = " ".join(str(error).split()) or type(error).__name__
         print(f"{prog}: error: {message} (--debug shows the traceback)", file=sys.stderr)
-        return 1
+        return USER_ERROR_STATUS
 
 
 # ---------------------------------------------------------------------------------------------

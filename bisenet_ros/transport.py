@@ -1,11 +1,11 @@
 """What happens to camera frames before the node sees them: ROS-free checks of the DDS transport.
 
 * :class:`FrameGapEstimator` estimates the camera's frame period from the header stamps of the
-  messages that do arrive and counts the frames that never did (gaps much larger than that
-  period). Large uncompressed images lost in the DDS layer (a socket receive buffer too small
-  for a 6 MB frame; see ``docs/node.md``, "Large images and DDS") look exactly like this: at
-  1080p with CycloneDDS's defaults four of five frames vanish before rclpy hands anything over,
-  so the node's own ``frames_received`` cannot reveal them, only the stamps can.
+  messages that do arrive (their common period grid) and bounds the frames that never did.
+  Large uncompressed images lost in the DDS layer (a socket receive buffer too small for a 6 MB
+  frame; see ``docs/node.md``, "Large images and DDS") look exactly like this: at 1080p with
+  CycloneDDS's defaults 35 of 40 frames vanish before rclpy hands anything over, so the node's
+  own ``frames_received`` cannot reveal them, only the stamps can.
 * :func:`dds_config_problems` finds DDS configuration files named in the environment
   (``CYCLONEDDS_URI``, the Fast DDS profile variables) that do not exist, so the node can say so
   in one line at start instead of running with the defaults or failing inside the middleware.
@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Deque, Mapping
 
-__all__ = ["FrameGapEstimator", "GapReport", "DDS_DOCS", "dds_config_problems",
+__all__ = ["FrameGapEstimator", "GapReport", "LOSS_WARNING_FRACTION", "DDS_DOCS", "dds_config_problems",
            "cyclonedds_uri_files"]
 
 #: Where the fixes are explained (log lines point here).
@@ -28,11 +28,12 @@ DDS_DOCS = "docs/node.md#large-images-and-dds"
 
 @dataclass(frozen=True)
 class GapReport:
-    """One gap between two received frames that hides frames lost upstream.
+    """Frames found missing when one frame arrived.
 
     Attributes:
-        missing: estimated number of frames that never arrived between the two.
-        gap_s: time between the two header stamps, in seconds.
+        missing: estimated number of frames that never arrived (just before this one; with sparse
+            arrivals, also in the earlier gaps the period was just inferred from).
+        gap_s: time between this frame's header stamp and the previous one's, in seconds.
         period_s: the camera's estimated frame period, in seconds.
     """
 
@@ -41,67 +42,208 @@ class GapReport:
     period_s: float
 
 
+#: Warn when at least this fraction of the camera's recent frames never arrived.
+LOSS_WARNING_FRACTION = 0.2
+
+
 class FrameGapEstimator:
     """Camera rate and frames lost before the node, from the header stamps of received frames.
 
-    The camera period is estimated robustly even when most frames are lost: the intervals
-    between received stamps are whole multiples of the period plus jitter, so a low quantile of
-    the recent intervals gives a first guess, and each interval divided by its nearest whole
-    multiple of that guess gives one period sample; the median of those is the estimate. With
-    four of five frames lost at random, some consecutive frames still arrive and the estimate
-    holds. An interval longer than ``gap_factor`` periods counts ``round(interval / period) - 1``
-    missing frames.
+    The rule (a lower bound: frames are only counted where the stamps prove them missing):
 
-    Not counted: unstamped frames (stamp 0), a stamp that goes backwards or repeats (bag looped,
-    clock reset: the history restarts), and pauses longer than ``max_gap_s`` (a camera or bag
-    that stopped is not a transport loss).
+    * **Period.** The stamps of a camera lie on a grid of its frame period T, so every interval
+      between received stamps is a whole multiple of T plus jitter. T is the largest period that
+      puts the recent intervals on one grid: first the robust estimate for dense arrivals (a low
+      quantile of the intervals as a guess, then the median of each interval divided by its
+      nearest multiple of the guess), else the approximate greatest common divisor of the
+      intervals (the shortest interval divided by 1, 2, ... ``max_multiple``, refined, down to
+      four times ``jitter_s``), accepted when all but a tenth of the intervals (all of them,
+      below ten) sit within ``tolerance`` x T (at least ``jitter_s``) of a multiple. The largest
+      such period is never shorter than the camera's, so the count below never exceeds the
+      frames really lost.
+    * **Lost frames.** An interval of k periods (k >= 2, above ``gap_factor`` periods) hides
+      k - 1 frames. Dense arrivals (``min_intervals`` intervals before ``sparse_after_s`` of
+      stamps): the first ``min_intervals`` intervals are a warm-up and not counted. Sparse arrivals
+      (fewer intervals than that over ``sparse_after_s``, e.g. 5 of 40 frames of a 2.5 Hz camera):
+      from 3 intervals that use at least two different multiples, the period is their approximate
+      GCD and every interval seen so far is counted (re-counted whenever a new interval refines
+      the period): nothing else would ever reveal those frames.
+    * **Not loss.** Unstamped frames (stamp 0); a stamp that goes backwards or repeats (bag looped,
+      clock reset); a pause longer than ``max_gap_s`` and ``pause_periods`` periods (a camera or
+      bag that stopped; ``sparse_max_gap_s`` while the period is unknown); an interval off the
+      period grid (more than ``phase_tolerance`` periods from a multiple: the camera's timing
+      restarted, as when a driver changes its rate); in each case the history restarts. A camera
+      that switches to a whole divisor of its rate on the same clock (10 Hz -> 5 Hz) looks like
+      regular loss at first: ``rate_change_run`` equal multiples in a row right after
+      consecutive frames are a new rate, and what they counted is taken back (the warning,
+      :attr:`loss_warning`, needs 20% of the recent frames and ``rate_change_run`` frames lost,
+      which the first gaps of a halved rate never reach). Replay speed does not matter: only
+      header stamps are used, never arrival times.
 
     Args:
         window: number of recent intervals the period is estimated from.
-        min_intervals: intervals needed before any gap is counted (a warm-up).
+        min_intervals: intervals of the warm-up with dense arrivals.
         gap_factor: an interval counts as a gap above this many periods (jitter tolerance).
-        max_gap_s: longer intervals are pauses, not losses; the history restarts after one.
+        max_gap_s: intervals longer than this and than ``pause_periods`` periods are pauses.
+        pause_periods: see ``max_gap_s``.
+        sparse_after_s: stamp span after which few intervals are treated as sparse arrivals.
+        sparse_max_gap_s: intervals longer than this are pauses while the period is unknown.
+        tolerance: how far (in periods) an interval may sit from a multiple of the period.
+        jitter_s: the least distance from a multiple still on the grid (stamp jitter of fast
+            cameras), seconds.
+        phase_tolerance: farther than this (in periods) from the grid is a timing restart.
+        max_multiple: the largest divisor of the shortest interval tried for the period.
+        rate_change_run: equal multiples in a row (after consecutive frames) that mean a new rate.
     """
 
     def __init__(self, window: int = 60, min_intervals: int = 8, gap_factor: float = 1.6,
-                 max_gap_s: float = 2.0) -> None:
+                 max_gap_s: float = 2.0, *, pause_periods: int = 64, sparse_after_s: float = 2.0,
+                 sparse_max_gap_s: float = 30.0, tolerance: float = 0.1, jitter_s: float = 0.005,
+                 phase_tolerance: float = 0.35, max_multiple: int = 16,
+                 rate_change_run: int = 3) -> None:
         if min_intervals < 2 or window < min_intervals:
             raise ValueError("FrameGapEstimator needs 2 <= min_intervals <= window")
-        self._intervals: Deque[int] = deque(maxlen=window)
+        self._window = window
         self._min_intervals = min_intervals
         self._gap_factor = gap_factor
         self._max_gap_ns = int(max_gap_s * 1e9)
-        self._last_ns: int | None = None
-        self._period_ns: float | None = None
+        self._pause_periods = pause_periods
+        self._sparse_after_ns = int(sparse_after_s * 1e9)
+        self._sparse_max_gap_ns = int(sparse_max_gap_s * 1e9)
+        self._tolerance = tolerance
+        self._jitter_ns = jitter_s * 1e9
+        self._phase_tolerance = phase_tolerance
+        self._max_multiple = max_multiple
+        self._rate_change_run = rate_change_run
         self._lock = threading.Lock()
+        self._last_ns: int | None = None
         self.frames_missing = 0
         self.gaps = 0
         self._recent_missing = 0
         self._recent_seen = 0
+        self._restart()
+
+    def _restart(self) -> None:
+        # A new stretch of the stream: what was counted stays counted.
+        self._intervals: Deque[int] = deque(maxlen=self._window)
+        self._missing: Deque[int] = deque(maxlen=self._window)  # counted per interval
+        self._period_ns: float | None = None
+        self._counting = False
+        self._sparse = False
 
     @property
     def period_s(self) -> float | None:
-        """The estimated camera period in seconds (None during the warm-up)."""
+        """The estimated camera period in seconds (None while unknown)."""
         return None if self._period_ns is None else self._period_ns / 1e9
 
     @property
     def rate_hz(self) -> float | None:
-        """The estimated camera rate in Hz (None during the warm-up)."""
+        """The estimated camera rate in Hz (None while unknown)."""
         return None if self._period_ns is None else 1e9 / self._period_ns
 
+    @property
+    def recent_loss_fraction(self) -> float:
+        """Frames lost / frames the camera sent, over the recent ``window`` intervals."""
+        with self._lock:
+            return self._loss_fraction()
+
+    @property
+    def loss_warning(self) -> bool:
+        """Whether to warn: at least :data:`LOSS_WARNING_FRACTION` of the recent frames lost,
+        and more frames than the first gaps of a camera halving its rate on the same clock
+        count before they are recognised as its new rate (``rate_change_run`` - 1)."""
+        with self._lock:
+            return (self._loss_fraction() >= LOSS_WARNING_FRACTION
+                    and sum(self._missing) >= self._rate_change_run)
+
+    def _loss_fraction(self) -> float:
+        lost = sum(self._missing)
+        return lost / (lost + len(self._missing)) if self._missing else 0.0
+
+    # -- period ---------------------------------------------------------------------------
+
+    def _fits(self, period: float, needed: float) -> bool:
+        if period <= 0:
+            return False
+        tolerance = max(self._tolerance * period, self._jitter_ns)
+        on_grid = sum(1 for i in self._intervals
+                      if abs(i - round(i / period) * period) <= tolerance)
+        return on_grid >= needed
+
     def _estimate_period(self) -> float | None:
-        if len(self._intervals) < self._min_intervals:
+        intervals = self._intervals
+        n = len(intervals)
+        if n < 3:
             return None
-        ordered = sorted(self._intervals)
-        guess = ordered[len(ordered) // 10]  # 10th percentile: consecutive frames, some jitter
-        samples = sorted(i / max(1, round(i / guess)) for i in ordered)
-        return samples[len(samples) // 2]
+        needed = n if n < 10 else 0.9 * n
+        candidates = []
+        if n >= self._min_intervals:
+            ordered = sorted(intervals)
+            guess = ordered[len(ordered) // 10]  # 10th percentile: consecutive frames, jitter
+            samples = sorted(i / max(1, round(i / guess)) for i in ordered)
+            candidates.append(samples[len(samples) // 2])
+        shortest = min(intervals)
+        for divisor in range(1, self._max_multiple + 1):
+            first = shortest / divisor
+            if first < 4 * self._jitter_ns:
+                break  # the jitter allowance would put any interval on so fine a grid
+            # refine on all intervals: each one divided by its nearest multiple of the guess
+            samples = sorted(i / max(1, round(i / first)) for i in intervals)
+            candidates.append(samples[len(samples) // 2])
+        for period in candidates:
+            if self._fits(period, needed):
+                return period
+        return None
+
+    def _multiple(self, interval: int) -> int:
+        assert self._period_ns is not None
+        return max(1, round(interval / self._period_ns))
+
+    def _off_grid(self, interval: int) -> bool:
+        assert self._period_ns is not None
+        ratio = interval / self._period_ns
+        return ratio > self._gap_factor and abs(ratio - round(ratio)) > self._phase_tolerance
+
+    # -- counting -------------------------------------------------------------------------
+
+    def _count(self, missing: int, gaps: int) -> None:
+        self.frames_missing += missing
+        self._recent_missing += missing
+        self.gaps += gaps
+
+    def _recount(self) -> int:
+        """Sparse arrivals: count every interval of this stretch with the current period;
+        returns the change."""
+        before = sum(self._missing)
+        gaps_before = sum(1 for m in self._missing if m)
+        counted = [self._multiple(i) - 1 if i > self._gap_factor * self._period_ns else 0
+                   for i in self._intervals]
+        self._missing = deque(counted, maxlen=self._window)
+        self._count(sum(counted) - before, sum(1 for m in counted if m) - gaps_before)
+        return sum(counted) - before
+
+    def _take_back_rate_change(self) -> bool:
+        """Equal multiples in a row right after consecutive frames are the camera's new rate:
+        take back what they counted and start afresh from them; returns whether they were."""
+        run = self._rate_change_run
+        if self._period_ns is None or len(self._intervals) <= run:
+            return False
+        tail = [self._multiple(i) for i in list(self._intervals)[-run - 1:]]
+        if tail[0] != 1 or tail[1] < 2 or any(k != tail[1] for k in tail[1:]):
+            return False
+        taken = list(self._missing)[-run:]
+        self._count(-sum(taken), -sum(1 for m in taken if m))
+        kept = list(self._intervals)[-run:]
+        self._restart()
+        self._intervals.extend(kept)
+        self._missing.extend([0] * len(kept))
+        return True
 
     def observe(self, stamp_ns: int) -> GapReport | None:
         """Account for one received frame's header stamp (nanoseconds).
 
         Returns:
-            A :class:`GapReport` when frames are missing just before this one, else None.
+            A :class:`GapReport` when frames were found missing, else None.
         """
         with self._lock:
             self._recent_seen += 1
@@ -111,31 +253,51 @@ class FrameGapEstimator:
             if last is None:
                 return None
             interval = stamp_ns - last
-            if interval <= 0 or interval > self._max_gap_ns:
-                self._intervals.clear()  # the stream restarted: estimate afresh
-                self._period_ns = None
-                return None
             period = self._period_ns
-            report = None
-            if period is not None and interval > self._gap_factor * period:
-                missing = max(1, round(interval / period) - 1)
-                self.frames_missing += missing
-                self._recent_missing += missing
-                self.gaps += 1
-                report = GapReport(missing, interval / 1e9, period / 1e9)
+            pause = (interval > max(self._max_gap_ns, self._pause_periods * period)
+                     if period is not None else interval > self._sparse_max_gap_ns)
+            restarted = (self._counting and not self._sparse and period is not None
+                         and self._off_grid(interval))
+            if interval <= 0 or pause or restarted:
+                self._restart()  # the stream restarted (or changed its timing): start afresh
+                return None
+            missing = 0
+            if (self._counting and not self._sparse and period is not None
+                    and interval > self._gap_factor * period):
+                missing = self._multiple(interval) - 1
+                self._count(missing, 1)
             self._intervals.append(interval)
+            self._missing.append(missing)
             self._period_ns = self._estimate_period()
-            return report
+            if not self._counting and self._period_ns is not None:
+                if len(self._intervals) >= self._min_intervals:
+                    self._counting = True  # dense arrivals: the warm-up is over
+                elif sum(self._intervals) >= self._sparse_after_ns:
+                    self._counting = self._sparse = True
+            if self._sparse and self._period_ns is not None:
+                if len(self._intervals) >= self._min_intervals:
+                    self._sparse = False  # enough intervals: count one by one from here
+                multiples = {self._multiple(i) for i in self._intervals}
+                if len(multiples) >= 2:
+                    # at least two different multiples pin the grid (equal ones: a slower camera)
+                    missing = self._recount()
+            if self._missing[-1] > 0 and self._take_back_rate_change():
+                self._period_ns = self._estimate_period()  # a new rate, not loss
+                return None
+            if missing > 0:
+                return GapReport(missing, interval / 1e9, self._period_ns / 1e9)
+            return None
 
     def snapshot(self) -> dict[str, float | int | None]:
         """Values for ``/diagnostics``; ``recent_*`` count since the previous snapshot.
 
-        Keys: ``camera_rate_hz`` (None during the warm-up), ``frames_lost_upstream`` (estimated
-        frames that never reached the node), ``frame_gaps``, ``recent_lost_upstream`` and
-        ``recent_arrival_ratio`` (received / (received + lost) since the last snapshot).
+        Keys: ``camera_rate_hz`` (None while unknown), ``frames_lost_upstream`` (frames that never
+        reached the node, a lower bound from the stamps), ``frame_gaps``, ``recent_lost_upstream``
+        and ``recent_arrival_ratio`` (received / (received + lost) since the last snapshot).
         """
         with self._lock:
-            seen, missing = self._recent_seen, self._recent_missing
+            # (a rate change taken back can make the recent count negative: nothing was lost)
+            seen, missing = self._recent_seen, max(0, self._recent_missing)
             self._recent_seen = self._recent_missing = 0
             return {
                 "camera_rate_hz": self.rate_hz,

@@ -6,6 +6,8 @@
 Parameters come from ``params_file`` (default: ``config/<variant>.yaml`` of this package, the
 variant's recommended settings); launch arguments that are set (non-empty) override it.
 ``image_topic`` is applied as a remapping of the node's ``image`` (and ``image/compressed``) input.
+With ``cameras:=front,rear`` the node serves several cameras on one batched engine instead
+(``/front/<image_suffix>`` in, ``/front/segmentation/...`` out; see ``multi_camera.launch.py``).
 """
 import os
 
@@ -29,6 +31,9 @@ ARGUMENTS = (
     ("device", "", "cpu, cuda, cuda:N or tensorrt (onnxruntime); empty: the params file's."),
     ("image_topic", "image", "Camera topic (sensor_msgs/Image) the node's 'image' input is "
                              "remapped to."),
+    ("cameras", "", "Comma-separated camera names served by this one node on one batched "
+                    "engine (image_topic is then unused); empty: one camera on image_topic."),
+    ("image_suffix", "image_raw", "With cameras: the image topic inside each camera namespace."),
     ("namespace", "", "Namespace of the node (one per camera)."),
     ("node_name", "segmentation", "Name of the node; outputs are ~/mask, ~/overlay, ..."),
     ("params_file", "", "ROS parameter file; empty: config/<variant>.yaml of bisenet_ros."),
@@ -54,6 +59,10 @@ def _launch_node(context, *args, **kwargs):
                  "use_sim_time": value["use_sim_time"].lower() in ("true", "1", "yes")}
     overrides.update({name: ParameterValue(value[name], value_type=str)
                       for name in OVERRIDES if value[name]})
+    cameras = [c.strip() for c in value["cameras"].split(",")] if value["cameras"].strip() else []
+    if cameras:  # the node refuses an empty or repeated name with one line (exit status 1)
+        overrides.update({"cameras": cameras,
+                          "image_suffix": ParameterValue(value["image_suffix"], value_type=str)})
     topic = value["image_topic"].rstrip("/") or "image"
     return [Node(
         package="bisenet_ros",

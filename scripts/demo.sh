@@ -13,13 +13,15 @@
 #
 # Environment (for the test that runs a shortened demo): DEMO_DIR (default demo_output),
 # DEMO_TRAIN_ITERS (default: the synthetic recipe's), DEMO_SCENES / DEMO_VAL_SCENES (default 240 / 40 scenes),
-# DEMO_FRAMES (default 80 drive frames), DEMO_QUANT_METHOD (default auto: try each calibration method).
+# DEMO_FRAMES (default 80 drive frames), DEMO_QUANT_METHOD (default auto: try each calibration method);
+# PYTHON and VENV as in scripts/setup_env.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh
 
 OUT=${DEMO_DIR:-demo_output}
-PY=.venv/bin/python
+BIN=${VENV:-.venv}/bin   # the environment scripts/setup_env.sh made
+PY=$BIN/python
 # PyTorch's OpenMP threads spin-wait by default, which is slow when other processes share the
 # cores; passive waiting costs nothing on an idle machine.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
@@ -54,17 +56,17 @@ echo "== 4/6 synthetic drive bag"
 $PY -m training drive --out "$OUT/drive_bag" --frames "${DEMO_FRAMES:-80}" --overwrite
 
 echo "== 5/6 int8 model: calibrated on the drive bag, checked on the synthetic validation scenes"
-.venv/bin/bisenet-ros quantize "$OUT/stdc1_synthetic.onnx" --calibration "$OUT/drive_bag" --image-topic /camera/image_raw \
+"$BIN/bisenet-ros" quantize "$OUT/stdc1_synthetic.onnx" --calibration "$OUT/drive_bag" --image-topic /camera/image_raw \
     --check "$OUT/synth" --split val --method "${DEMO_QUANT_METHOD:-auto}" \
     -o "$OUT/stdc1_synthetic_int8.onnx" --overwrite
 
 echo "== 6/6 replay through the engine and message codec, with the evaluation report;"
 echo "       then fp32 against int8 on the same frames (time per frame, mIoU, label agreement)"
-.venv/bin/bisenet-ros replay "$OUT/drive_bag" --output "$OUT/segmented_bag" --overwrite \
+"$BIN/bisenet-ros" replay "$OUT/drive_bag" --output "$OUT/segmented_bag" --overwrite \
     --weights "$OUT/stdc1_synthetic.onnx" --backend onnxruntime \
     --labels-topic /camera/labels --report "$OUT/report"
 rm -rf "$OUT/report_int8"   # a fresh comparison each run (evaluate would reuse its cached results)
-.venv/bin/bisenet-ros evaluate "$OUT/drive_bag" --weights "$OUT/stdc1_synthetic.onnx" \
+"$BIN/bisenet-ros" evaluate "$OUT/drive_bag" --weights "$OUT/stdc1_synthetic.onnx" \
     --compare "$OUT/stdc1_synthetic_int8.onnx" --image-topic /camera/image_raw \
     --labels-topic /camera/labels --no-progress --report "$OUT/report_int8"
 

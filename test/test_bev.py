@@ -60,23 +60,25 @@ def pixel_rays(camera: bev.CameraModel, shape: tuple[int, int]) -> np.ndarray:
 
 
 def render_labels(camera: bev.CameraModel, pose: bev.Pose, shape: tuple[int, int],
-                  *, sky: int = DRIVABLE) -> tuple[np.ndarray, np.ndarray]:
-    """Labels by ray casting: DRIVABLE inside the polygon, OTHER elsewhere on the ground, ``sky``
-    above the horizon. Returns (labels, above_horizon)."""
+                  *, sky: int = DRIVABLE,
+                  polygon: np.ndarray = POLYGON) -> tuple[np.ndarray, np.ndarray]:
+    """Labels by ray casting: DRIVABLE inside ``polygon`` (grid frame, metres), OTHER elsewhere
+    on the ground, ``sky`` above the horizon. Returns (labels, above_horizon)."""
     rays = pixel_rays(camera, shape) @ pose.rotation.T  # in the grid frame
     down = rays[:, 2] < -1e-9
     t = np.where(down, -pose.translation[2] / np.where(down, rays[:, 2], -1), np.inf)
     ground = pose.translation[None, :2] + rays[:, :2] * t[:, None]
-    inside = PolygonPath(POLYGON).contains_points(np.where(down[:, None], ground, 0))
+    inside = PolygonPath(polygon).contains_points(np.where(down[:, None], ground, 0))
     labels = np.where(down, np.where(inside, DRIVABLE, OTHER), sky).astype(np.uint8)
     return labels.reshape(shape), ~down.reshape(shape)
 
 
-def polygon_cells(grid: bev.GridSpec) -> np.ndarray:
+def polygon_cells(grid: bev.GridSpec, polygon: np.ndarray = POLYGON) -> np.ndarray:
+    """(height, width) bool: cells whose centre lies inside ``polygon``."""
     ys, xs = np.mgrid[0:grid.height, 0:grid.width]
     centres = np.column_stack([(grid.x_min + (xs.ravel() + 0.5) * grid.resolution),
                                (grid.y_min + (ys.ravel() + 0.5) * grid.resolution)])
-    return PolygonPath(POLYGON).contains_points(centres).reshape(grid.height, grid.width)
+    return PolygonPath(polygon).contains_points(centres).reshape(grid.height, grid.width)
 
 
 def iou_within(grid_values: np.ndarray, pose: bev.Pose, spec: bev.GridSpec,

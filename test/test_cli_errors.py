@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bisenet_ros.cli import main as bisenet_ros_main
-from bisenet_ros.runtime import run_command
+from bisenet_ros.runtime import USER_ERROR_STATUS, run_command
 from training.__main__ import main as training_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,9 +27,17 @@ def _one_error_line(capsys: pytest.CaptureFixture[str], prog: str) -> str:
 
 def test_training_missing_dataset_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code = training_main(["train", "--config", "bisenetv2_cityscapes", "--data-root", "/nonexistent"])
-    assert code == 1
+    assert code == USER_ERROR_STATUS == 2
     line = _one_error_line(capsys, "python -m training train")
     assert "/nonexistent/leftImg8bit/train does not exist" in line and "--debug" in line
+
+
+def test_training_shadowed_override_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    # The STDC recipes draw from data.scale_choices, so data.scale could never take effect.
+    code = training_main(["train", "--config", "stdc1_cityscapes", "--set", "data.scale=[0.75,1.5]"])
+    assert code == USER_ERROR_STATUS == 2
+    line = _one_error_line(capsys, "python -m training train")
+    assert "data.scale has no effect while data.scale_choices is set" in line
 
 
 def test_training_debug_shows_the_traceback() -> None:
@@ -42,7 +50,7 @@ def test_training_debug_shows_the_traceback() -> None:
 def test_training_export_of_a_corrupt_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     corrupt = tmp_path / "best.pth"
     corrupt.write_bytes(b"PK\x03\x04 not really a zip")
-    assert training_main(["export", str(corrupt), "--out", str(tmp_path / "m.onnx")]) == 1
+    assert training_main(["export", str(corrupt), "--out", str(tmp_path / "m.onnx")]) == 2
     line = _one_error_line(capsys, "python -m training export")
     assert "not a readable PyTorch checkpoint" in line and "weights_only" not in line
     assert not (tmp_path / "m.onnx").exists()
@@ -73,7 +81,7 @@ def test_user_error_classes(capsys: pytest.CaptureFixture[str]) -> None:
         def run(_: object, error: Exception = error) -> int:
             raise error
 
-        assert run_command("bisenet-ros x", run, None) == 1
+        assert run_command("bisenet-ros x", run, None) == 2
         assert str(error) in _one_error_line(capsys, "bisenet-ros x")
 
 

@@ -9,11 +9,14 @@ executables start with ``#!/usr/bin/env python3`` whichever colcon built them (t
 a ``--system-site-packages`` virtual environment's ``python -m colcon``), run with the
 environment that is first on ``PATH`` and import ``bisenet_ros`` from the install space and the
 requirements from that environment; under an interpreter without the requirements they say so
-in one line.
+in one line. ``colcon test`` runs the package's pytest suite and ``colcon test-result`` reports it
+(docs/DEVELOPING.md). The workspace holds the clone's files as a user has them, pyproject.toml
+included: its build-system table (for pip, issue 20) must not change how colcon builds.
 """
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +26,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEM_PYTHON = Path("/usr/bin/python3")
-SOURCES = ("setup.py", "setup.cfg", "package.xml", "resource", "launch", "config", "bisenet_ros")
+SOURCES = ("setup.py", "setup.cfg", "pyproject.toml", "package.xml", "resource", "launch", "config",
+           "bisenet_ros", "training", "test", "pytest.ini")
 SCRIPTS = ("segmentation_node", "bisenet-ros")
 
 pytestmark = pytest.mark.skipif(
@@ -81,8 +85,22 @@ def _environment(path_dirs: list, install: Path) -> dict:
             "PYTHONPATH": str(_site_packages(install)), "HOME": os.environ.get("HOME", "/tmp")}
 
 
+def _system_install(ws: Path) -> Path:
+    """The install space of the distribution's colcon (built by the first test that needs it)."""
+    install = ws / "install_system" / "bisenet_ros"
+    return install if install.is_dir() else _build(ws, ["/usr/bin/colcon"], "system")
+
+
+def _venv(path: Path, *options: str) -> Path:
+    """A virtual environment of the system python3, without pip (made once per workspace)."""
+    if not (path / "bin" / "python3").is_file():
+        done = _run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", *options, path], path.parent)
+        assert done.returncode == 0, done.stderr
+    return path
+
+
 def test_system_colcon_installs_scripts_that_use_the_active_environment(workspace: Path) -> None:
-    install = _build(workspace, ["/usr/bin/colcon"], "system")
+    install = _system_install(workspace)
     _check_scripts(install)
 
     # The environment with the requirements (this test run's own) is first on PATH.
@@ -100,7 +118,18 @@ def test_system_colcon_installs_scripts_that_use_the_active_environment(workspac
     assert Path(package).resolve().is_relative_to(_site_packages(install).resolve())
     assert Path(cv2_file).resolve().is_relative_to(Path(sys.prefix).resolve())
 
-    # No rclpy here (no ROS 2): the node says so in one line, naming the interpreter.
+
+def test_node_without_ros_is_one_clear_line(workspace: Path) -> None:
+    # The environment with the requirements first on PATH, ROS 2 not sourced (PYTHONPATH holds
+    # the install space only, so /opt/ros is out of sight): the node says so in one line, naming
+    # the interpreter.
+    install = _system_install(workspace)
+    env = _environment([Path(sys.executable).parent], install)
+    has_rclpy = _run(["/usr/bin/env", "python3", "-c", "import importlib.util, sys; "
+                      "sys.exit(importlib.util.find_spec('rclpy') is None)"], workspace, env)
+    if has_rclpy.returncode == 0:
+        pytest.skip("this environment has an rclpy of its own (not from a sourced ROS 2): the "
+                    "node would start instead of naming what is missing")
     done = _run([install / "lib" / "bisenet_ros" / "segmentation_node"], workspace, env)
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
@@ -108,32 +137,52 @@ def test_system_colcon_installs_scripts_that_use_the_active_environment(workspac
 
 
 def test_wrong_interpreter_is_one_clear_line(workspace: Path) -> None:
-    # The system python3 without the requirements first on PATH (no environment activated).
-    install = workspace / "install_system" / "bisenet_ros"
-    if not install.is_dir():
-        install = _build(workspace, ["/usr/bin/colcon"], "system")
-    missing = _run([SYSTEM_PYTHON, "-c", "import numpy"], workspace).returncode != 0
-    if not missing:
-        pytest.fail("/usr/bin/python3 has numpy: this check needs an interpreter without the "
-                    "requirements")
-    env = _environment([], install)
+    # A python3 without the requirements first on PATH (no environment with them activated). A
+    # bare environment of the system python3 (no pip, no system site packages), because the
+    # system python3 itself may well have numpy: rosdep installs it on every ROS 2 machine.
+    install = _system_install(workspace)
+    bare = _venv(workspace / "bare")
+    env = _environment([bare / "bin"], install)
     for name in SCRIPTS:
         done = _run([install / "lib" / "bisenet_ros" / name], workspace, env)
         assert done.returncode == 1, name
         (line,) = done.stderr.strip().splitlines()
-        assert line.startswith(f"{name}: /usr/bin/python3") and "numpy" in line, line
+        assert line.startswith(f"{name}: {bare / 'bin' / 'python3'}") and "numpy" in line, line
         assert "activate" in line and "python -m colcon build" in line, line
 
 
 def test_documented_venv_colcon_build(workspace: Path) -> None:
     # README: python3 -m venv --system-site-packages, COLCON_IGNORE in it, python -m colcon build.
-    venv = workspace / "venv"
-    done = _run([SYSTEM_PYTHON, "-m", "venv", "--system-site-packages", "--without-pip", venv],
-                workspace)
-    assert done.returncode == 0, done.stderr
+    venv = _venv(workspace / "venv", "--system-site-packages")
     (venv / "COLCON_IGNORE").touch()
     install = _build(workspace, [venv / "bin" / "python", "-m", "colcon"], "venv")
     _check_scripts(install)
     done = _run(["/usr/bin/env", "python3", "-c", "import sys, colcon_core; print(sys.prefix)"],
                 workspace, _environment([venv / "bin"], install))
     assert done.returncode == 0 and Path(done.stdout.strip()) == venv
+
+
+def test_colcon_test_runs_the_pytest_suite(workspace: Path) -> None:
+    # docs/DEVELOPING.md: `python -m colcon test --packages-select bisenet_ros`, then
+    # `colcon test-result --verbose`. colcon picks pytest from setup.py's "test" extra (without it
+    # colcon falls back to `setup.py test`, which setuptools no longer has) and runs it in the
+    # package folder with pytest.ini. One ROS-free module that needs no requirements stands in for
+    # the suite: this environment is the system python3's, with its pytest.
+    venv = _venv(workspace / "venv", "--system-site-packages")
+    (venv / "COLCON_IGNORE").touch()
+    colcon = [venv / "bin" / "python", "-m", "colcon"]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    results = workspace / "test_results_venv"
+    if not (workspace / "install_venv").is_dir():
+        _build(workspace, colcon, "venv")
+    done = _run(colcon + ["test", "--build-base", "build_venv", "--install-base", "install_venv",
+                          "--test-result-base", results, "--base-paths", "src",
+                          "--packages-select", "bisenet_ros",
+                          "--pytest-args", "test/test_architecture.py"], workspace, env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (results / "bisenet_ros" / "pytest.xml").is_file()
+    done = _run(colcon + ["test-result", "--test-result-base", results, "--verbose"], workspace, env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = re.search(r"Summary: (\d+) tests, (\d+) errors, (\d+) failures", done.stdout)
+    assert summary, done.stdout
+    assert int(summary[1]) > 100 and summary[2] == summary[3] == "0", summary[0]

@@ -78,3 +78,30 @@ def test_cli_arguments_mirror_the_fields(tmp_path: Path) -> None:
 def test_to_dict_round_trip() -> None:
     config = SegmenterConfig.from_dict({"variant": "stdc1", "resolution": "1024x512"})
     assert SegmenterConfig.from_dict(config.to_dict()) == config
+
+
+def test_explicit_options_are_told_from_defaults(tmp_path: Path) -> None:
+    from bisenet_ros.pipeline import all_parameters, config_from_parameters
+
+    root = Path(__file__).resolve().parents[1]
+    # keywords and mappings: what is given is explicit, even when it equals the default
+    assert SegmenterConfig.from_dict({"variant": "bisenetv2", "weights": "x.pth"}).explicit == {"variant"}
+    assert SegmenterConfig(variant="stdc1", resolution=(1024, 512)).explicit == {"variant"}
+    # the shipped parameter files: their sizes are the variants' recommended ones (defaults)
+    assert SegmenterConfig.from_yaml(root / "config" / "bisenetv2.yaml").explicit == set()
+    assert SegmenterConfig.from_yaml(root / "config" / "bisenetv1.yaml").explicit == {"variant"}
+    assert SegmenterConfig.from_yaml(root / "config" / "stdc1.yaml", resolution="640x480").explicit == {
+        "variant", "resolution"}
+    # the node: every parameter has a value; the declared defaults are defaults
+    defaults = {spec.name: spec.default for spec in all_parameters()}
+    assert config_from_parameters(defaults).explicit == set()
+    assert config_from_parameters({**defaults, "num_classes": 11, "backend": "torch"}).explicit == {"num_classes"}
+    # the command line: given options only
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    assert config_from_args(parser.parse_args(["--weights", "x.pth", "--backend", "torch"])).explicit == {"backend"}
+    # replace() sets options; adopt() takes a file's values without making them the user's
+    config = SegmenterConfig(weights="x.pth")
+    assert config.replace(variant="stdc1").explicit == {"variant"}
+    adopted = config.adopt(variant="stdc1", resolution=(64, 32))
+    assert adopted.variant == "stdc1" and adopted.explicit == set()

@@ -274,6 +274,29 @@ def test_mismatched_class_sets_are_refused(fleet: dict[str, Path], tmp_path: Pat
     assert "cannot be compared" in err and err.count("\n") == 1
 
 
+def test_class_names_and_self_describing_weights_as_in_replay(fleet: dict[str, Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from trained import write_training_checkpoint
+
+    bag = good(fleet)[:1]
+    # 'Road' is the engine's 'road' (replay accepts it too); an unknown name is a user error:
+    # exit status 2 as in replay, and no report folder is left behind
+    assert run_eval(bag + ["--weights", str(fleet["root"] / "a.pth"), "--labels-topic", "/camera/labels",
+                           "--drivable-classes", "Road", "--report", str(tmp_path / "ok")]) == 0
+    assert metrics(tmp_path / "ok")["models"][0]["evaluation"]["drivable_iou"] is not None
+    assert run_eval(bag + ["--weights", str(fleet["root"] / "a.pth"), "--labels-topic", "/camera/labels",
+                           "--drivable-classes", "sidewalks", "--report", str(tmp_path / "bad")]) == 2
+    assert "did you mean 'sidewalk'?" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+    # a training checkpoint evaluates with --weights alone; a contradicting option names both values
+    weights = str(write_training_checkpoint(tmp_path / "best.pth"))
+    args = bag + ["--weights", weights, "--image-topic", "/camera/image_raw", "--no-progress"]
+    assert cli.main(args + ["--report", str(tmp_path / "ckpt")]) == 0
+    engine = metrics(tmp_path / "ckpt")["models"][0]["provenance"]
+    assert (engine["variant"], engine["resolution"], engine["num_classes"]) == ("stdc1", [64, 32], 5)
+    assert cli.main(args + ["--resolution", "64x32", "--num-classes", "3", "--report", str(tmp_path / "r")]) == 2
+    assert "num_classes=3 contradicts" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
 def test_bag_lists_and_patterns(fleet: dict[str, Path], tmp_path: Path) -> None:
     listing = tmp_path / "drives.txt"
     listing.write_text(f"# the drives\n{fleet['drive_b']}\n{fleet['root']}/bags/drive_*\n")

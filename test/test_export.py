@@ -142,6 +142,25 @@ def test_export_command(tmp_path, capsys) -> None:
     assert "no such file" in capsys.readouterr().err  # errors go to stderr
 
 
+def test_export_command_takes_a_training_checkpoint_as_it_is(tmp_path, capsys, monkeypatch) -> None:
+    from trained import NAMES, SIZE, write_training_checkpoint
+
+    weights = str(write_training_checkpoint(tmp_path / "best.pth"))
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["export", "--weights", weights, "--no-verify"]) == 0   # named after the file's variant and size
+    info = read_onnx_info(tmp_path / "stdc1_64x32.onnx")
+    assert (info.variant, info.num_classes, info.class_names, info.input_size) == ("stdc1", 5, NAMES, SIZE)
+    capsys.readouterr()
+    # A file that does not reproduce PyTorch is reported and never written.
+    monkeypatch.setattr("bisenet_ros.commands.export.verify_export", lambda *args: 0.5)
+    assert cli_main(["export", "--weights", weights, "-o", "sub/bad.onnx"]) == 1
+    assert "sub/bad.onnx was not written" in capsys.readouterr().err
+    assert not (tmp_path / "sub").exists()
+    # An explicit contradiction names both values (exit status 2, nothing written).
+    assert cli_main(["export", "--weights", weights, "--num-classes", "19", "-o", "x.onnx"]) == 2
+    assert "num_classes=19 contradicts" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+
+
 def _street_frames(count: int) -> list[np.ndarray]:
     import cv2
 

@@ -182,6 +182,28 @@ def test_segmenter_outputs_are_consistent_with_its_labels() -> None:
     assert result.timings["total"] >= result.timings["inference"]
 
 
+def test_colour_outputs_are_built_on_their_first_read_in_the_reading_thread() -> None:
+    # The node reads colour and overlay on its visualization worker: the engine call must not
+    # build them (the planners' outputs would wait), the first read builds both, once.
+    import threading
+
+    frame, _ = make_scene(96, 160, [(10, 10, 50, 70, RED)])
+    seg = segmenter(overlay_alpha=0.5)
+    result = seg(frame, outputs={"color", "overlay"})
+    assert vars(result)["_color"] is None and vars(result)["_overlay"] is None  # not built yet
+    seen: list = []
+    readers = [threading.Thread(target=lambda: seen.append((result.overlay, result.color)))
+               for _ in range(4)]
+    for reader in readers:
+        reader.start()
+    for reader in readers:
+        reader.join()
+    assert all(o is seen[0][0] and c is seen[0][1] for o, c in seen)  # built once
+    np.testing.assert_array_equal(result.color, CITYSCAPES_PALETTE[result.labels][:, :, ::-1])
+    # a result without colour outputs has nothing pending
+    assert seg(frame, outputs={"drivable"}).overlay is None
+
+
 def test_outputs_subset_and_confidence() -> None:
     frame, _ = make_scene(64, 64, [(0, 0, 32, 64, RED)])
     seg = segmenter()
@@ -315,3 +337,106 @@ def test_segment_command_writes_label_and_overlay_pngs(tmp_path, capsys) -> None
     assert (out / "generated_street_labels.png").is_file()
     assert "randomly initialised" in capsys.readouterr().out
     assert cli_main(["segment", str(tmp_path / "missing.png"), "-o", str(out)]) == 2
+
+
+def test_segment_command_runs_a_checkpoint_alone_and_a_failure_leaves_nothing(tmp_path, capsys,
+                                                                              monkeypatch) -> None:
+    from bisenet_ros.cli import main as cli_main
+    from trained import write_training_checkpoint
+
+    weights = str(write_training_checkpoint(tmp_path / "best.pth"))
+    images = []
+    for i in range(2):
+        images.append(str(tmp_path / f"frame{i}.png"))
+        cv2.imwrite(images[-1], np.full((24, 40, 3), 60 * i, np.uint8))
+    out = tmp_path / "out"
+    assert cli_main(["segment", *images, "--weights", weights, "-o", str(out)]) == 0
+    assert "model: stdc1 64x32" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "frame0_labels.png", "frame0_overlay.png", "frame1_labels.png", "frame1_overlay.png"]
+    # A contradicting option: one line naming both values, nothing written.
+    fresh = tmp_path / "fresh" / "out"
+    assert cli_main(["segment", *images, "--weights", weights, "--variant", "bisenetv2", "-o", str(fresh)]) == 2
+    assert "variant=bisenetv2 contradicts" in capsys.readouterr().err
+    assert not (tmp_path / "fresh").exists()
+    # The second image cannot be written: the first image's files go too, and the folders made.
+    calls = []
+    imwrite = cv2.imwrite
+
+    def failing_imwrite(path: str, array: np.ndarray) -> bool:
+        calls.append(path)
+        return len(calls) < 3 and imwrite(path, array)
+
+    monkeypatch.setattr(cv2, "imwrite", failing_imwrite)
+    assert cli_main(["segment", *images, "--weights", weights, "-o", str(fresh)]) == 2
+    assert "frame1_labels.png: cannot be written" in capsys.readouterr().err
+    assert not (tmp_path / "fresh").exists()
+    # In a folder the user already had, only this run's files are removed.
+    calls.clear()
+    (out / "notes.txt").write_text("mine")
+    for name in ("frame0_labels.png", "frame0_overlay.png", "frame1_labels.png", "frame1_overlay.png"):
+        (out / name).unlink()
+    assert cli_main(["segment", *images, "--weights", weights, "-o", str(out)]) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+# ------------------------------------------------------------------ self-describing weights files
+
+def test_training_checkpoint_runs_with_weights_alone(tmp_path) -> None:
+    from trained import NAMES, SIZE, write_training_checkpoint
+
+    path = str(write_training_checkpoint(tmp_path / "best.pth"))
+    seg = Segmenter(weights=path)   # no variant, num_classes, class_set or resolution
+    assert (seg.config.variant, seg.config.num_classes, seg.network_size) == ("stdc1", 5, SIZE)
+    assert seg.class_names == NAMES and seg.config.backend == "torch"
+    # the default drivable class 'road' is the file's 'Road' (one case-insensitive rule)
+    frame = np.zeros((24, 40, 3), np.uint8)
+    result = seg(frame)
+    np.testing.assert_array_equal(result.drivable > 0, result.labels == 0)
+    assert seg.provenance()["resolution"] == list(SIZE)
+    # A default never contradicts: the same options given as defaults still take the file's.
+    assert Segmenter(SegmenterConfig(weights=path)).network_size == SIZE
+    # An explicit option that contradicts the file names both values.
+    with pytest.raises(ValueError, match=r"variant=bisenetv2 contradicts .*best.pth, which was trained "
+                                         r"with variant stdc1: leave variant out"):
+        Segmenter(weights=path, variant="bisenetv2")
+    with pytest.raises(ValueError, match="num_classes=19 contradicts .* num_classes 5"):
+        Segmenter(weights=path, num_classes=19)
+    with pytest.raises(ValueError, match="num_classes=5 but class_set='cityscapes' has 19 classes"):
+        Segmenter(weights=path, class_set="cityscapes")
+    # A checkpoint runs at any size: an explicit resolution wins over the stored one.
+    assert Segmenter(weights=path, resolution=(96, 48)).network_size == (96, 48)
+    with pytest.raises(ValueError, match=r"did you mean 'Sidewalk'"):
+        Segmenter(weights=path, drivable_classes=("sidewalks",))
+
+
+def test_published_checkpoint_keeps_the_given_options(tmp_path) -> None:
+    from bisenet_ros.models import build_model
+
+    path = tmp_path / "model_maxmIOU50.pth"
+    torch.save(build_model("stdc1").state_dict(), path)   # a plain state_dict: carries nothing
+    seg = Segmenter(weights=str(path), variant="stdc1", resolution=(64, 32))
+    assert seg.config.variant == "stdc1" and seg.network_size == (64, 32) and len(seg.class_names) == 19
+    with pytest.raises(ValueError, match="holds a stdc1 model, but the model is bisenetv2"):
+        Segmenter(weights=str(path), resolution=(64, 32))   # today's message: the file says nothing
+
+
+def test_onnx_file_picks_its_backend_and_size(tmp_path, monkeypatch) -> None:
+    from bisenet_ros.inference import weights as weights_module
+    from bisenet_ros.inference.segmenter import export_checkpoint
+    from trained import NAMES, write_training_checkpoint
+
+    onnx = export_checkpoint(SegmenterConfig(weights=str(write_training_checkpoint(tmp_path / "best.pth"))),
+                             str(tmp_path / "best.onnx"))
+    seg = Segmenter(weights=onnx)   # no backend: onnxruntime
+    assert seg.config.backend == "onnxruntime" and seg.network_size == (64, 32)
+    assert seg.class_names == NAMES and seg.config.variant == "stdc1"
+    with pytest.raises(ValueError, match="resolution=128x64 contradicts .*best.onnx, which was exported "
+                                         "with resolution 64x32"):
+        Segmenter(weights=onnx, resolution=(128, 64))
+    # OpenVINO when onnxruntime is not installed
+    real = weights_module.importlib.util.find_spec
+    monkeypatch.setattr(weights_module.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    assert weights_module.onnx_backend() == "openvino"
+    assert weights_module.resolve_config(SegmenterConfig(weights=onnx)).backend == "openvino"

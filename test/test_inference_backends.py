@@ -214,3 +214,22 @@ def test_bench_agreements_compare_bf16_with_fp32_and_everything_with_the_baselin
     assert rows[1]["agreement_vs_fp32"] == 0.5 and rows[1]["speedup_vs_baseline"] == 4.0
     assert rows[1]["speedup_vs_fp32"] == 2.0
     assert "agreement_vs_fp32" not in rows[0]
+
+
+def test_bench_takes_variant_and_size_from_a_training_checkpoint(tmp_path) -> None:
+    import argparse
+
+    from bisenet_ros.commands import bench
+    from trained import SIZE, write_training_checkpoint
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    weights = str(write_training_checkpoint(tmp_path / "best.pth"))
+    assert bench._model(parser.parse_args(["--weights", weights])) == (["stdc1"], SIZE)
+    assert bench._model(parser.parse_args(["--weights", weights, "--resolution", "96x48"])) == (["stdc1"], (96, 48))
+    assert bench._model(parser.parse_args([])) == (["bisenetv2"], (1024, 512))
+    with pytest.raises(ValueError, match="variant=stdc2 contradicts"):
+        bench._model(parser.parse_args(["--weights", weights, "--variants", "stdc2"]))
+    (tmp_path / "m.onnx").write_bytes(b"")
+    with pytest.raises(ValueError, match="give the checkpoint the file was exported from"):
+        bench._model(parser.parse_args(["--weights", str(tmp_path / "m.onnx")]))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bisenet_ros.labels import (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LABEL_ID_TO_TRAIN_ID, cityscapes,
-                                default_palette, label_ids_to_train_ids, load_class_set,
+from bisenet_ros.labels import (CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, LABEL_ID_TO_TRAIN_ID, class_index,
+                                class_indices, cityscapes, default_palette, label_ids_to_train_ids, load_class_set,
                                 train_ids_to_label_ids)
 
 
@@ -78,3 +78,25 @@ def test_default_palette_is_distinct_and_starts_with_cityscapes() -> None:
     palette = default_palette(60)
     assert palette.shape == (60, 3) and len({tuple(c) for c in palette}) == 60
     np.testing.assert_array_equal(palette[:19], CITYSCAPES_PALETTE)
+
+
+def test_one_class_name_rule_case_insensitive_with_the_closest_name() -> None:
+    names = ["Road", "Sidewalk", "Traffic Light", "Sky"]
+    # any spelling of a name, spaces trimmed, or an id
+    assert class_indices(["road", " SIDEWALK ", "traffic light", "3", 0], names) == [0, 1, 2, 3, 0]
+    # names are shown as the file spells them, with the closest one
+    with pytest.raises(ValueError) as caught:
+        class_index("sidewlk", names, source="class set 'camvid.yaml'")
+    message = str(caught.value)
+    assert "unknown class 'sidewlk' in class set 'camvid.yaml'" in message
+    assert "did you mean 'Sidewalk'?" in message and "Road, Sidewalk, Traffic Light, Sky" in message
+    with pytest.raises(ValueError) as caught:
+        class_index("zebra", names)
+    assert "did you mean" not in str(caught.value)   # nothing close: the list only
+    with pytest.raises(ValueError, match=r"class id 4 is out of range for the model \(0..3\)"):
+        class_index(4, names)
+    # the engine's drivable table follows the same rule
+    classes = cityscapes()
+    assert classes.mask_lut(["ROAD", "Sidewalk"])[[0, 1]].tolist() == [255, 255]
+    with pytest.raises(ValueError, match="did you mean 'sidewalk'"):
+        classes.mask_lut(["sidewalks"])

@@ -20,6 +20,7 @@ import yaml
 from bisenet_ros.config import SegmenterConfig
 from bisenet_ros.pipeline import all_parameters, config_from_parameters, node_options_from_parameters
 from ros_double import launch_double
+from test_node import ros  # noqa: F401  (a fixture: the rclpy double and the node module)
 
 ROOT = Path(__file__).resolve().parents[1]
 SINGLE = ROOT / "launch" / "segmentation.launch.py"
@@ -123,6 +124,35 @@ def test_overrides_topic_namespace_and_params_file(launch: Any, tmp_path: Path) 
     assert node.arguments == ["--ros-args", "--log-level", "debug"]
 
 
+@pytest.mark.parametrize("arguments, image, info, mask", [
+    ({"image_topic": "/x/image_raw"}, "/x/image_raw", "/x/camera_info", "/segmentation/mask"),
+    ({"image_topic": "/x/image_raw", "namespace": "front", "node_name": "seg"}, "/x/image_raw",
+     "/x/camera_info", "/front/seg/mask"),
+    ({"namespace": "front"}, "/front/image", "/front/camera_info", "/front/segmentation/mask"),
+])
+def test_launched_node_resolves_its_topics_like_rcl(launch: Any, ros: Any, tmp_path: Path,
+                                                    arguments: dict, image: str, info: str,
+                                                    mask: str) -> None:
+    # Exactly as a user starts it: `ros2 launch bisenet_ros segmentation.launch.py
+    # image_topic:=/x/image_raw`; the process gets the command line launch_ros builds
+    # (--params-file, -r __node/__ns, the launch file's remappings as -r rules).
+    from ros_double.fake_engine import FakeSegmenter
+
+    (action,) = _run(launch, SINGLE, **arguments)
+    ros.rclpy.try_shutdown()
+    ros.rclpy.init(args=["segmentation_node", *action.command_line(tmp_path)])
+    node = ros.module.SegmentationNode(segmenter_factory=FakeSegmenter)
+    try:
+        assert node._subscription.topic_name == image
+        assert node._camera_info_subscription.topic_name == info
+        assert node._image_publishers["mask"].topic_name == mask
+        assert node.config.variant == "bisenetv2"  # the params file reached the node
+        start = next(m for m in ros.graph.messages("info") if m.startswith("segmenting"))
+        assert f"segmenting {image} " in start and f"CameraInfo {info} " in start
+    finally:
+        node.destroy_node()
+
+
 @pytest.mark.parametrize("arguments, match", [
     ({"variant": "bisenetv3"}, "variant:='bisenetv3': expected one of bisenetv1"),
     ({"params_file": "/nonexistent.yaml"}, "does not exist"),
@@ -134,7 +164,7 @@ def test_bad_launch_arguments_fail_at_launch(launch: Any, arguments: dict, match
 
 def test_multi_camera_launch_one_node_per_namespace(launch: Any) -> None:
     nodes = _run(launch, MULTI, cameras="front, left,right", devices="cuda:0,cuda:1",
-                 variant="bisenetv2")
+                 variant="bisenetv2", mode="separate")
     assert [n.namespace for n in nodes] == ["front", "left", "right"]
     assert [n.remappings[0] for n in nodes] == [
         ("image", "/front/image_raw"), ("image", "/left/image_raw"), ("image", "/right/image_raw")]
@@ -143,7 +173,7 @@ def test_multi_camera_launch_one_node_per_namespace(launch: Any) -> None:
     for node in nodes:
         assert node.parameters[0].endswith("config/bisenetv2.yaml")
         assert node.executable == "segmentation_node"
-    default = _run(launch, MULTI)
+    default = _run(launch, MULTI, mode="separate")
     assert [n.namespace for n in default] == ["front", "rear"]
     # devices not given: the params file's device is kept
     assert "device" not in default[0].parameters[1]
@@ -151,6 +181,48 @@ def test_multi_camera_launch_one_node_per_namespace(launch: Any) -> None:
         _run(launch, MULTI, cameras="front,front")
     with pytest.raises(RuntimeError, match="is empty"):
         _run(launch, MULTI, cameras=" , ")
+
+
+def test_multi_camera_launch_batched_is_one_node_for_every_camera(launch: Any) -> None:
+    (node,) = _run(launch, MULTI, cameras="front, left,/right/", devices="cuda:1",
+                   image_suffix="image_rect", variant="bisenetv2")  # mode:=batched by default
+    assert (node.executable, node.name, node.namespace) == ("segmentation_node", "segmentation", "")
+    values = effective_parameters(node)
+    assert values["cameras"] == ["front", "left", "right"]
+    assert values["image_suffix"] == "image_rect" and values["device"] == "cuda:1"
+    assert node.parameters[0].endswith("config/bisenetv2.yaml")
+    options = node_options_from_parameters(values)
+    assert options.cameras == ("front", "left", "right")
+    with pytest.raises(RuntimeError, match="mode:=batched runs one engine"):
+        _run(launch, MULTI, devices="cuda:0,cuda:1")
+    with pytest.raises(RuntimeError, match="expected batched or separate"):
+        _run(launch, MULTI, mode="both")
+    with pytest.raises(RuntimeError, match="names a camera twice"):
+        _run(launch, MULTI, cameras="front,front")
+    # The single-camera launch file without cameras passes none (the one-camera node).
+    (single,) = _run(launch, SINGLE)
+    assert "cameras" not in single.parameters[1]
+
+
+def test_launched_batched_node_reads_and_writes_every_camera_namespace(
+        launch: Any, ros: Any, tmp_path: Path) -> None:
+    from ros_double.fake_engine import FakeSegmenter
+
+    (action,) = _run(launch, MULTI, cameras="front,rear")
+    ros.rclpy.try_shutdown()
+    ros.rclpy.init(args=["segmentation_node", *action.command_line(tmp_path)])
+    node = ros.module.SegmentationNode(segmenter_factory=FakeSegmenter)
+    try:
+        subscribed = {s.topic_name for s in node.subscriptions}
+        assert {"/front/image_raw", "/front/camera_info", "/rear/image_raw",
+                "/rear/camera_info"} <= subscribed
+        published = {p.topic_name for p in node.publishers}
+        # the names one node per camera (mode:=separate) gives them: subscribers do not change
+        assert {"/front/segmentation/mask", "/rear/segmentation/overlay/compressed",
+                "/rear/segmentation/label_info", "/segmentation/drivable_grid"} <= published
+        assert node.get_fully_qualified_name() == "/segmentation"
+    finally:
+        node.destroy_node()
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

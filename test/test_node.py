@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -222,8 +223,70 @@ def test_visualization_rate_limits_only_the_visualization(ros: Any) -> None:
     for i in range(4):
         camera.publish(ros.image(frame_id=f"f{i}"))
         wait_until(lambda: len(mask) == i + 1)
+    assert node._visualization.wait_idle(10)  # it publishes on its own thread
     assert len(drivable) == 4 and len(overlay) == 1 and len(compressed) == 1
     assert node.segmenter.calls[1]["outputs"] == {"drivable"}  # not even computed
+
+
+def test_visualization_never_delays_the_planner_and_keeps_only_the_newest(ros: Any) -> None:
+    # A slow visualization (here a subscriber that blocks the overlay's publish; on a robot the
+    # 1080p copies, serialization and encodes) runs on its own worker: the planner outputs of
+    # the following frames go out meanwhile, and only the newest result waits to be drawn.
+    node = ros.make(visualization_rate=1e6)
+    mask = ros.listen("/segmentation/mask")
+    release, blocked = threading.Event(), threading.Event()
+    overlays: list[Any] = []
+
+    def slow_viewer(msg: Any) -> None:
+        blocked.set()
+        release.wait(10)
+        overlays.append(msg)
+
+    qos = sys.modules["rclpy.qos"]
+    rclpy_double.Node("viewer").create_subscription(
+        ros.Image, "/segmentation/overlay", slow_viewer, qos.QoSProfile(depth=10))
+    camera = ros.camera()
+    camera.publish(ros.image(frame_id="f0"))
+    assert blocked.wait(10)  # the worker is stuck publishing f0's overlay
+    for i in (1, 2, 3):
+        camera.publish(ros.image(frame_id=f"f{i}"))
+        wait_until(lambda: len(mask) == i + 1)  # planner outputs keep flowing
+    assert overlays == []
+    release.set()
+    assert node._visualization.wait_idle(10)
+    assert [m.header.frame_id for m in overlays] == ["f0", "f3"]  # f1, f2 replaced
+    _, values = _diagnostics(ros, node)
+    assert values["visualization_published"] == "2" and values["visualization_skipped"] == "2"
+    assert float(values["latency_visualization_ms"]) > float(values["latency_publish_planner_ms"])
+    assert "latency_visualization_wait_ms" in values
+
+
+def test_one_overlay_per_frame_while_the_camera_is_slower_than_the_rate(ros: Any) -> None:
+    node = ros.make(visualization_rate=1e6)
+    overlay = ros.listen("/segmentation/overlay")
+    compressed = ros.listen("/segmentation/overlay/compressed", "sensor_msgs/msg/CompressedImage")
+    camera = ros.camera()
+    for i in range(5):
+        camera.publish(ros.image(frame_id=f"f{i}"))
+        wait_until(lambda: len(compressed) == i + 1)
+    assert [m.header.frame_id for m in overlay] == [f"f{i}" for i in range(5)]
+    assert node.stats.counters["visualization_skipped"] == 0
+
+
+def test_visualization_failure_is_reported_and_survived(ros: Any) -> None:
+    node = ros.make(visualization_rate=1e6)
+    overlay, mask = ros.listen("/segmentation/overlay"), ros.listen("/segmentation/mask")
+    publisher = node._image_publishers["overlay"]
+    original = publisher.publish
+    publisher.publish = lambda msg: (_ for _ in ()).throw(RuntimeError("overlay broke"))
+    camera = ros.camera()
+    camera.publish(ros.image())
+    wait_until(lambda: node.stats.counters["errors"] == 1)
+    assert any("publishing the visualization failed" in m for m in ros.graph.messages("error"))
+    publisher.publish = original
+    camera.publish(ros.image())
+    wait_until(lambda: overlay and len(mask) == 2)
+    assert node._visualization.alive
 
 
 def test_label_info_is_latched_for_late_subscribers(ros: Any) -> None:
@@ -398,6 +461,40 @@ def test_frames_lost_before_the_node_are_estimated_from_stamps(ros: Any) -> None
     assert "docs/node.md#large-images-and-dds" in warnings[0] and "5 camera frame(s)" in warnings[0]
 
 
+def test_heavy_loss_with_few_arrivals_is_bounded_and_warned(ros: Any) -> None:
+    # Issue 17: 40 frames at 2.5 Hz sent, 5 reached the node (CycloneDDS defaults at 1080p).
+    node = ros.make()
+    camera = ros.camera()
+    period, t0 = 400_000_000, 1_700_000_000 * 10**9
+    for i in (2, 9, 22, 36, 38):
+        camera.publish(ros.image(stamp_ns=t0 + i * period))
+    wait_until(lambda: node.stats.counters["frames_received"] == 5)
+    status, values = _diagnostics(ros, node)
+    assert int(values["frames_lost_upstream"]) >= 35 / 2  # 32: all between the first and last
+    assert values["camera_rate_hz"] == "2.50" and float(values["arrival_ratio"]) < 0.2
+    assert status.level == sys.modules["diagnostic_msgs.msg"].DiagnosticStatus.WARN
+    warnings = [m for m in ros.graph.messages("warning") if "never reached this node" in m]
+    assert len(warnings) == 1 and "cyclonedds.xml" in warnings[0] and "rmem_max" in warnings[0]
+
+
+@pytest.mark.parametrize("pause_s", [0.0, 0.02])
+def test_replay_speed_and_rate_changes_are_not_loss(ros: Any, pause_s: float) -> None:
+    # A bag replayed fast or slow (arrival times differ, header stamps do not), whose camera
+    # went from 10 Hz to 5 Hz on the same clock halfway.
+    node = ros.make()
+    camera = ros.camera()
+    t0 = 1_700_000_000 * 10**9
+    stamps = [t0 + i * 100_000_000 for i in range(20)] + [t0 + 1_900_000_000 + i * 200_000_000
+                                                         for i in range(1, 10)]
+    for stamp in stamps:
+        camera.publish(ros.image(stamp_ns=stamp))
+        time.sleep(pause_s)
+    wait_until(lambda: node.stats.counters["frames_received"] == len(stamps))
+    _, values = _diagnostics(ros, node)
+    assert values["frames_lost_upstream"] == "0" and values["camera_rate_hz"] == "5.00"
+    assert not [m for m in ros.graph.messages("warning") if "never reached" in m]
+
+
 def test_missing_cyclonedds_config_is_one_line_at_start(
         ros: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
         tmp_path: Path) -> None:
@@ -495,6 +592,39 @@ def test_double_provides_exactly_what_node_imports() -> None:
     assert used_top <= set(vars(modules["rclpy"]))
 
 
+@pytest.mark.parametrize("name, node, namespace, expected", [
+    # rcl's expansion rules (rcl/test/rcl/test_expand_topic_name.cpp)
+    ("ping", "my_node", "/my_ns", "/my_ns/ping"),
+    ("ping", "my_node", "/", "/ping"),
+    ("/ping", "my_node", "/my_ns", "/ping"),
+    ("~", "my_node", "/my_ns", "/my_ns/my_node"),
+    ("~/ping", "my_node", "/", "/my_node/ping"),
+    ("~/ping", "my_node", "/my_ns/sub", "/my_ns/sub/my_node/ping"),
+    ("{node}/ping", "my_node", "/my_ns", "/my_ns/my_node/ping"),
+    ("{ns}/ping", "my_node", "/my_ns", "/my_ns/ping"),
+])
+def test_double_expands_names_like_rcl(name: str, node: str, namespace: str, expected: str) -> None:
+    assert rclpy_double.expand_topic_name(name, node, namespace) == expected
+
+
+def test_double_remaps_like_rcl() -> None:
+    rules = [rclpy_double.RemapRule(r) for r in (
+        "other:image:=/wrong", "image:=/cam/image_raw", "/ns/image:=/later", "~/out:=/o")]
+    resolve = rclpy_double.resolve_topic_name
+    # first matching rule for this node; the match side is expanded before comparing
+    assert resolve("image", "seg", "/ns", [], rules) == "/cam/image_raw"
+    assert resolve("/ns/image", "seg", "/ns", [], rules) == "/cam/image_raw"
+    assert resolve("image", "other", "/ns", [], rules) == "/wrong"
+    assert resolve("out", "seg", "/", [], rules) == "/out"  # the rule is for ~/out: /seg/out
+    assert resolve("~/out", "seg", "/", [], rules) == "/o"
+    assert resolve("image", "seg", "/ns", [], rules, only_expand=True) == "/ns/image"
+    # the node's own arguments before the process's
+    local = [rclpy_double.RemapRule("image:=mine")]
+    assert resolve("image", "seg", "/ns", local, rules) == "/ns/mine"
+    with pytest.raises(ValueError, match="remap rule"):
+        rclpy_double.RemapRule("image")
+
+
 # ---------------------------------------------------------------------------- real engine
 
 
@@ -522,6 +652,29 @@ def test_real_segmenter_end_to_end(ros: Any) -> None:
     assert info[0].class_map[0].class_name == "road"
     _, values = _diagnostics(ros, node)
     assert float(values["latency_inference_ms"]) > 0
+
+
+def test_random_weights_warned_once_and_no_tensorrt_talk_on_the_cpu(ros: Any) -> None:
+    import warnings
+
+    from bisenet_ros.inference import Segmenter
+
+    with warnings.catch_warnings(record=True) as python_warnings:
+        warnings.simplefilter("always")
+        ros.make(engine=Segmenter, variant="bisenetv2", resolution="64x32")
+    said = [m for m in ros.graph.messages() if "randomly initialised" in m]
+    assert len(said) == 1 and "weights:=" in said[0]
+    assert not [w for w in python_warnings if "randomly initialised" in str(w.message)]
+    warmup = [m for m in ros.graph.messages("info") if m.startswith("warming up")]
+    assert warmup == ["warming up the engine"]  # onnxruntime/torch on the CPU: no TensorRT
+
+    class WarmingEngine(FakeSegmenter):
+        def warmup(self, frame_size: tuple[int, int]) -> None:
+            self.calls.append({"warmup": frame_size})
+
+    ros.make(engine=WarmingEngine, backend="onnxruntime", device="tensorrt")
+    warmup = [m for m in ros.graph.messages("info") if m.startswith("warming up")]
+    assert len(warmup) == 2 and "TensorRT" in warmup[1]
 
 
 def test_publishing_failure_in_the_worker_is_survived(ros: Any) -> None:
@@ -563,9 +716,28 @@ def test_diagnostics_name_the_model_that_runs(ros: Any, tmp_path: Path) -> None:
         model = load_torch_model(config)
     onnx = tmp_path / "stdc1_64x32.onnx"
     export_onnx(model, str(onnx), resolution=(64, 32), class_set=resolve_class_set(config, model))
-    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="128x64", weights=str(onnx),
+    # variant and resolution as the shipped bisenetv2.yaml gives them: defaults, which the file's
+    # own values replace (an explicit other size is refused: test_weights_file_describes_itself)
+    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="1024x512", weights=str(onnx),
                     backend="onnxruntime")
     status, values = _diagnostics(ros, node)
     assert values["variant"] == "stdc1" and values["resolution"] == "64x32"
     assert values["backend"] == "onnxruntime" and values["precision"] == "fp32"
     assert len(values["weights_sha256"]) == 12 and status.hardware_id == "cpu"
+
+
+def test_weights_file_describes_itself(ros: Any, tmp_path: Path) -> None:
+    """weights:= a training checkpoint, everything else as the launch file's defaults give it: the
+    file's variant, classes and size run; an explicit other variant is refused naming both."""
+    from bisenet_ros.inference import Segmenter
+    from trained import NAMES, write_training_checkpoint
+
+    weights = str(write_training_checkpoint(tmp_path / "best.pth"))
+    node = ros.make(engine=Segmenter, variant="bisenetv2", resolution="1024x512", weights=weights)
+    config = node.segmenter.config
+    assert (config.variant, config.resolution, config.num_classes) == ("stdc1", (64, 32), 5)
+    assert node.segmenter.class_names == NAMES
+    status, values = _diagnostics(ros, node)
+    assert values["variant"] == "stdc1" and values["resolution"] == "64x32"
+    with pytest.raises(ros.module.StartupError, match="variant=stdc2 contradicts .*best.pth"):
+        ros.make(engine=Segmenter, variant="stdc2", weights=weights)

@@ -186,3 +186,55 @@ def test_camera_info_topic_beside_the_image_topic_and_grid_parameters(ros: Any) 
     with pytest.raises(ros.module.ParameterError):
         ros.make(grid_resolution=0.01, grid_x_max=400.0, grid_y_min=-200.0, grid_y_max=200.0)
     assert any("cap of" in m for m in ros.graph.messages("fatal"))
+
+
+def _restart_with(ros: Any, args: list[str]) -> None:
+    """Start the process's ROS context again, with the command line ``args``."""
+    ros.rclpy.try_shutdown()
+    ros.rclpy.init(args=args)
+
+
+@pytest.mark.parametrize("args, params, image, info", [
+    # remapping the input: CameraInfo beside the resolved image topic (image_transport's rule)
+    (["-r", "image:=/cam/image_raw"], {}, "/cam/image_raw", "/cam/camera_info"),
+    (["-r", "segmentation:image:=/cam/image_raw"], {}, "/cam/image_raw", "/cam/camera_info"),
+    (["-r", "other_node:image:=/cam/image_raw"], {}, "/image", "/camera_info"),  # not ours
+    (["-r", "__ns:=/front"], {}, "/front/image", "/front/camera_info"),
+    (["-r", "__ns:=/front", "-r", "image:=left/image_raw"], {}, "/front/left/image_raw",
+     "/front/left/camera_info"),
+    (["-r", "__ns:=/front", "-r", "/front/image:=~/raw"], {}, "/front/segmentation/raw",
+     "/front/segmentation/camera_info"),
+    (["-r", "image:=/cam/image_raw", "-r", "image/compressed:=/cam/image_raw/compressed"],
+     {"use_compressed": True}, "/cam/image_raw/compressed", "/cam/camera_info"),
+    ([], {"image_topic": "/cam/image_rect"}, "/cam/image_rect", "/cam/camera_info"),
+    # an explicit remap of camera_info, then the parameter, win over the derived name
+    (["-r", "image:=/cam/image_raw", "-r", "camera_info:=/calib/info"], {}, "/cam/image_raw",
+     "/calib/info"),
+    (["-r", "image:=/cam/image_raw", "-r", "camera_info:=/calib/info"],
+     {"camera_info_topic": "/param/info"}, "/cam/image_raw", "/param/info"),
+])
+def test_camera_info_topic_follows_the_resolved_image_topic(
+        ros: Any, args: list[str], params: dict, image: str, info: str) -> None:
+    _restart_with(ros, ["segmentation_node", "--ros-args", *args])
+    node = ros.make(**params)
+    assert node._subscription.topic_name == image
+    assert node._camera_info_subscription.topic_name == info
+    start = [m for m in ros.graph.messages("info") if m.startswith("segmenting ")]
+    assert f"segmenting {image} " in start[0] and f"CameraInfo {info} " in start[0]
+    assert node.resolve_topic_name("~/mask") in start[0]
+
+
+def test_grid_for_a_remapped_camera(ros: Any) -> None:
+    # The case of issue 17: only the image is remapped; the grid still appears.
+    _restart_with(ros, ["segmentation_node", "--ros-args", "-r", "image:=/cam/image_raw"])
+    publish_static_tf(ros)
+    node = ros.make(**GRID)
+    grids = ros.listen("/segmentation/drivable_grid", "nav_msgs/msg/OccupancyGrid")
+    qos = ros.rclpy.qos
+    driver = ros.rclpy.node.Node("camera_driver")
+    driver.create_publisher(rclpy_style_class("sensor_msgs/msg/CameraInfo"), "/cam/camera_info",
+                            qos.QoSProfile(depth=1)).publish(camera_info())
+    ros.camera("/cam/image_raw").publish(ros.image(frame(), frame_id="cam_front"))
+    wait_until(lambda: len(grids) == 1)
+    np.testing.assert_array_equal(np.frombuffer(grids[0].data, dtype=np.int8).reshape(40, 50),
+                                  expected_grid(node.grid_options.grid))

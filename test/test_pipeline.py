@@ -12,8 +12,10 @@ import pytest
 from bisenet_ros import outputs
 from bisenet_ros.codec import image_to_array
 from bisenet_ros.pipeline import (
-    LatestFrameSlot, PipelineStats, RateLimiter, RateMeter, config_from_parameters, frame_age_s, is_stale,
+    LatestFrameSlot, PipelineStats, RateLimiter, RateMeter, camera_info_topic,
+    choose_camera_info_topic, config_from_parameters, frame_age_s, is_stale,
     node_options_from_parameters, stamp_to_ns)
+from bisenet_ros.visualization import VisualizationWorker
 
 
 def test_slot_keeps_only_the_newest_item() -> None:
@@ -206,3 +208,53 @@ def test_compressed_visualization_fields(order: str, encoding: str) -> None:
     assert set(only) == {"overlay/compressed"}
     with pytest.raises(ValueError, match="codec 'webp'"):
         outputs.compress_image(result.color, order, "webp")
+
+
+@pytest.mark.parametrize("image, compressed, expected", [
+    ("/cam/image_raw", False, "/cam/camera_info"),
+    ("/cam/image_raw/compressed", True, "/cam/camera_info"),
+    ("/cam/compressed", False, "/cam/camera_info"),  # a raw topic named so: only the last token
+    ("/image", False, "/camera_info"),
+    ("image", False, "camera_info"),
+    ("/a/b/c/image_rect/", False, "/a/b/c/camera_info"),
+])
+def test_camera_info_topic_by_image_transports_rule(image: str, compressed: bool,
+                                                    expected: str) -> None:
+    assert camera_info_topic(image, compressed=compressed) == expected
+
+
+def test_camera_info_topic_precedence() -> None:
+    assert choose_camera_info_topic("/cam/image_raw") == ("/cam/camera_info",
+                                                          "beside /cam/image_raw")
+    assert choose_camera_info_topic("/cam/image_raw", remapped="/calib/info")[0] == "/calib/info"
+    assert choose_camera_info_topic("/cam/image_raw", remapped="/calib/info",
+                                    parameter=" /p/info ")[0] == "/p/info"
+
+
+def test_visualization_worker_keeps_the_newest_and_survives_errors() -> None:
+    stats = PipelineStats()
+    gate, started, done, errors = threading.Event(), threading.Event(), [], []
+
+    def publish(job: int) -> None:
+        started.set()
+        gate.wait(5)
+        if job == 3:
+            raise RuntimeError("encoder broke")
+        done.append(job)
+
+    worker = VisualizationWorker(publish, stats, on_error=errors.append)
+    worker.submit(1)
+    assert started.wait(5)
+    for job in (2, 3):  # 2 is replaced by 3 while 1 is being drawn
+        worker.submit(job)
+    assert not worker.wait_idle(0.05)  # busy
+    gate.set()
+    assert worker.wait_idle(5)
+    worker.submit(4)
+    assert worker.wait_idle(5)
+    assert done == [1, 4] and [str(e) for e in errors] == ["encoder broke"]
+    assert stats.counters["visualization_published"] == 2
+    assert stats.counters["visualization_skipped"] == 1
+    assert set(stats.snapshot()["latency_ms"]) == {"visualization", "visualization_wait"}
+    worker.close()
+    assert not worker.alive

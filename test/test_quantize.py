@@ -217,6 +217,42 @@ def test_bad_inputs_one_clear_error_and_nothing_written(fp32_model, bag_int8, fr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "few", "foreign.onnx", "out.onnx"]
 
 
+def test_training_checkpoint_quantizes_as_it_is_and_a_failure_leaves_nothing(frames, tmp_path, capsys,
+                                                                             monkeypatch) -> None:
+    import cv2
+
+    from bisenet_ros.inference.export import read_onnx_info
+    from trained import NAMES, SIZE, write_training_checkpoint
+
+    weights = str(write_training_checkpoint(tmp_path / "best.pth"))
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, frame in enumerate(frames[:5]):
+        cv2.imwrite(str(images / f"{i}.png"), frame)
+    out = tmp_path / "int8" / "best_int8.onnx"
+    argv = ["quantize", weights, "--calibration", str(images), "-o", str(out), "--frames", "5",
+            "--method", "minmax"]
+    assert main(argv) == 0   # no --variant, no --resolution: the checkpoint's own
+    info = read_onnx_info(out)
+    assert (info.variant, info.input_size, info.class_names) == ("stdc1", SIZE, NAMES)
+    # The quality check cannot be written: the int8 model goes too, and the folder this run made.
+    import bisenet_ros.calibration as calibration
+
+    write = calibration.write_atomic
+
+    def failing(path: str, data: object) -> None:
+        if str(path).endswith(".quality.json"):
+            raise OSError(f"{path}: No space left on device")
+        write(path, data)
+
+    monkeypatch.setattr(calibration, "write_atomic", failing)
+    capsys.readouterr()
+    fresh = tmp_path / "new" / "best_int8.onnx"
+    assert main(argv[:-6] + ["-o", str(fresh), "--frames", "5", "--method", "minmax"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 # ----------------------------------------------------------------------------- precision: auto
 
 AVX2 = frozenset({"sse4_2", "avx2", "fma"})

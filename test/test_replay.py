@@ -486,6 +486,59 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path: Path,
     assert not (tmp_path / "o3").exists()
 
 
+def test_class_names_match_as_in_the_engine_and_a_refused_run_leaves_nothing(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bag = write_image_bag(tmp_path / "in", [split_frame(0)], labels=[split_truth()])
+    report = tmp_path / "report"
+    # 'Road' is the engine's 'road': one case-insensitive rule everywhere
+    assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--labels-topic", "/camera/labels",
+                    "--report", str(report), "--no-progress", "--drivable-classes", "Road"]) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["evaluation"]["drivable_iou"] is not None
+    # an unknown name: one line with the closest name, exit 2, no output bag, no report folder
+    assert run_cli([str(bag), "-o", str(tmp_path / "out2"), "--report", str(tmp_path / "new" / "report"),
+                    "--image-topic", "/camera/image_raw", "--no-progress", "--drivable-classes",
+                    "sidewalks"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown class 'sidewalks'" in err and "did you mean 'sidewalk'?" in err
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "new").exists()
+
+
+def test_a_report_that_cannot_be_written_leaves_no_half_report(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from bisenet_ros.replay import report as report_module
+
+    def full_disk(*_: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_module, "_write_csv", full_disk)   # after metrics.json was written
+    bag = write_image_bag(tmp_path / "in", [split_frame(0)])
+    with pytest.raises(OSError, match="No space left"):
+        run_cli([str(bag), "-o", str(tmp_path / "out"), "--report", str(tmp_path / "r" / "report"),
+                 "--no-progress"])
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_training_checkpoint_replays_with_weights_alone(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from trained import NAMES, write_training_checkpoint
+
+    weights = str(write_training_checkpoint(tmp_path / "best.pth"))
+    bag = write_image_bag(tmp_path / "in", [split_frame(0)])
+    report = tmp_path / "report"
+    assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--weights", weights, "--report", str(report),
+                    "--no-progress"], engine_factory=None) == 0
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["engine"]["variant"] == metrics["config"]["variant"] == "stdc1"
+    assert metrics["engine"]["resolution"] == metrics["config"]["resolution"] == [64, 32]
+    assert metrics["config"]["num_classes"] == len(NAMES)
+    # an explicit option contradicting the file: exit 2 naming both values, nothing written
+    assert run_cli([str(bag), "-o", str(tmp_path / "out2"), "--weights", weights, "--variant", "stdc2",
+                    "--report", str(tmp_path / "r2"), "--no-progress"], engine_factory=None) == 2
+    assert "variant=stdc2 contradicts" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists() and not (tmp_path / "r2").exists()
+
+
 # -- options mirror the node's -----------------------------------------------------------------
 def test_options_come_from_the_node_parameter_file_and_the_command_line(tmp_path: Path) -> None:
     import argparse

@@ -133,6 +133,26 @@ def test_bad_grid_options_are_usage_errors(tmp_path: Path, capsys: pytest.Captur
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())["birds_eye"]
     assert metrics["topic_messages"] == 0
     assert any("looks above the horizon" in p for p in metrics["frames_without_grid"])
+    warnings = json.loads((tmp_path / "r" / "metrics.json").read_text())["status"]["warnings"]
+    assert any("3 frame(s) without a grid" in w and "looks above the horizon" in w
+               for w in warnings)
+
+
+def test_a_rear_camera_outside_the_default_extent_is_reported(tmp_path: Path) -> None:
+    """The default extent (x 0..40) lies in front of the vehicle: a rear-facing camera replayed
+    alone writes no grid, and the report says why and what to change."""
+    bag = make_bag(tmp_path, pred_half_width=2.0)
+    rear = ["--image-topic", "/camera/image_raw", "--camera-pose", "-1", "0", "1.5", "0", "0.15",
+            str(math.pi), "--grid-resolution", "0.25", "--grid-max-range", "18", "--no-progress",
+            "--drivable-classes", "road"]
+    assert run_cli([str(bag), "-o", str(tmp_path / "o"), *rear, "--report",
+                    str(tmp_path / "r")]) == 0
+    assert "/segmentation/drivable_grid" not in read_bag(tmp_path / "o")
+    warnings = json.loads((tmp_path / "r" / "metrics.json").read_text())["status"]["warnings"]
+    assert any("outside the grid extent (x 0..40" in w and "--grid-extent" in w for w in warnings)
+    assert run_cli([str(bag), "-o", str(tmp_path / "o2"), *rear, "--grid-extent", "-20", "0", "-10",
+                    "10"]) == 0
+    assert len(read_bag(tmp_path / "o2")["/segmentation/drivable_grid"]) == 3
 
 
 def test_transform_tree_chains_and_reports_missing_frames() -> None:

@@ -175,3 +175,139 @@ def test_config_errors_name_the_key() -> None:
         load_config({"data": {"crop": [0, 4]}})
     with pytest.raises(ConfigError, match="not found"):
         load_config("no_such_config")
+
+
+def _mean_lr_factor(optim_cfg: dict, iters: int) -> float:
+    import torch
+
+    from training.optim import build_scheduler
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [param], "lr": 1.0, "lr_mult": 1.0}], lr=1.0)
+    scheduler = build_scheduler(optimizer, optim_cfg, iters)
+    factors = []
+    for _ in range(iters):
+        factors.append(optimizer.param_groups[0]["lr"])
+        scheduler.step()
+    return float(np.mean(factors))
+
+
+@pytest.mark.parametrize("name", ["stdc1_cityscapes", "bisenetv2_cityscapes", "bisenetv2_camvid"])
+def test_warmup_fits_a_short_run(name: str) -> None:
+    from training.optim import warmup_steps
+
+    optim = load_config(name)["optim"]
+    # Before: 1000 exponential warm-up steps capped at iters-1 gave a 20-step run 0.16x the base rate.
+    assert _mean_lr_factor(optim, 20) >= 0.30
+    steps, note = warmup_steps(optim["warmup_iters"], 400)
+    assert steps == 40 and "a tenth of the 400-step run" in note
+    assert warmup_steps(optim["warmup_iters"], 150000) == (1000, None)   # the published length
+
+
+def test_an_explicit_warmup_is_kept_with_a_warning_above_half_the_run() -> None:
+    from training.optim import warmup_steps
+
+    assert warmup_steps(30, 100) == (30, None)
+    steps, note = warmup_steps(60, 100)
+    assert steps == 60 and note.startswith("warning: optim.warmup_iters=60 is more than half")
+    optim = load_config("stdc1_cityscapes", ["optim.warmup_iters=15"])["optim"]
+    assert optim["warmup_iters"] == 15
+    # What the user asked for is what runs: 15 of 20 steps warming up from 0.001x, below the default.
+    assert _mean_lr_factor(optim, 20) < 0.25 < _mean_lr_factor(load_config("stdc1_cityscapes")["optim"], 20)
+
+
+def test_a_shadowed_key_is_an_error_naming_both(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data.scale has no effect while data.scale_choices is set"):
+        load_config("stdc1_cityscapes", ["data.scale=[0.75,1.5]"])
+    # The same in a config file.
+    recipe = yaml.safe_load((CONFIG_DIR / "stdc1_cityscapes.yaml").read_text())
+    recipe["data"]["scale"] = [0.75, 1.5]
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.raises(ConfigError, match="data.scale has no effect.*--set data.scale_choices=null"):
+        load_config(tmp_path / "both.yaml")
+    with pytest.raises(ConfigError, match="model.backbone_weights has no effect while model.init_weights"):
+        load_config("stdc1_cityscapes", ["model.init_weights=city.pth", "model.backbone_weights=in.tar"])
+    # Unsetting the shadowing key makes the override take effect.
+    config = load_config("stdc1_cityscapes", ["data.scale_choices=null", "data.scale=[0.75,1.5]"])
+    assert (config["data"]["scale"], config["data"]["scale_choices"]) == ([0.75, 1.5], None)
+    # A resolved config records the shadowed key as None, so it loads again unchanged.
+    resolved = load_config("stdc1_cityscapes")
+    assert resolved["data"]["scale"] is None and load_config(resolved) == resolved
+    # A config recorded by an earlier version (both keys set) still resumes / evaluates.
+    old = load_config(None)
+    old["data"]["scale_choices"] = [0.5, 1.0]
+    assert load_config(old, recorded=True)["data"]["scale"] is None
+    with pytest.raises(ConfigError, match="data.scale has no effect"):
+        load_config(old)
+
+
+def test_a_folder_dataset_is_scored_at_native_resolution_unless_eval_scale_is_given() -> None:
+    assert load_config("stdc1_cityscapes")["eval"]["scale"] == 0.5            # Seg50 on Cityscapes frames
+    assert load_config("stdc1_cityscapes", ["data.format=folder"])["eval"]["scale"] == 1.0
+    assert load_config("stdc1_cityscapes", ["data.format=folder", "eval.scale=0.5"])["eval"]["scale"] == 0.5
+    assert load_config("stdc1_camvid")["eval"]["scale"] == 2.0                # a folder recipe says it itself
+
+
+def _segnet_tree(root: Path) -> dict[str, np.ndarray]:
+    """A tiny CamVid tree in SegNet's layout: 2 train, 1 val, 1 test frame (16x12) and the lists."""
+    rng = np.random.default_rng(0)
+    annotations = {}
+    for split, names in (("train", ["0001TP_000010", "0001TP_000020"]), ("val", ["0016E5_000030"]),
+                         ("test", ["Seq05VD_000040"])):
+        (root / split).mkdir(parents=True)
+        (root / f"{split}annot").mkdir()
+        for name in names:
+            ann = rng.integers(0, 12, (12, 16)).astype(np.uint8)   # 0..10 classes, 11 void
+            cv2.imwrite(str(root / split / f"{name}.png"), rng.integers(0, 255, (12, 16, 3), dtype=np.uint8))
+            cv2.imwrite(str(root / f"{split}annot" / f"{name}.png"), ann)
+            annotations[f"{split}/{name}"] = ann
+        # SegNet's lists carry the authors' absolute paths; only the file names count. Reversed
+        # order: the list, not the folder listing, decides.
+        (root / f"{split}.txt").write_text("".join(
+            f"/SegNet/CamVid/{split}/{n}.png /SegNet/CamVid/{split}annot/{n}.png\n" for n in reversed(names)))
+    return annotations
+
+
+def test_prepare_camvid_converts_the_segnet_layout(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from training.__main__ import main
+    from training.prepare import CAMVID_CLASSES
+
+    annotations = _segnet_tree(tmp_path / "CamVid")
+    out = tmp_path / "camvid"
+    assert main(["prepare", "camvid", str(tmp_path / "CamVid"), "--out", str(out)]) == 0
+    assert "2 train, 1 val, 1 test frames" in capsys.readouterr().err
+    for key, ann in annotations.items():
+        split, name = key.split("/")
+        mask = cv2.imread(str(out / "masks" / split / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        expected = np.where(ann == 11, 255, ann)
+        assert np.array_equal(mask, expected), key
+        assert (out / "images" / split / f"{name}.png").read_bytes() == \
+            (tmp_path / "CamVid" / split / f"{name}.png").read_bytes()
+    assert sorted(p.name for p in (out / "masks" / "trainval").iterdir()) == \
+        ["0001TP_000010.png", "0001TP_000020.png", "0016E5_000030.png"]
+    classes = yaml.safe_load((out / "classes.yaml").read_text())
+    assert classes["names"] == ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence",
+                                "Car", "Pedestrian", "Bicyclist"]
+    assert classes["palette"][3] == [128, 64, 128] and len(classes["palette"]) == len(CAMVID_CLASSES)
+    # The result is the documented folder format: the loader reads it with its class list.
+    cfg = {"format": "folder", "root": str(out), "class_set": "cityscapes"}
+    class_set = dataset_class_set(cfg)
+    ds = build_dataset(cfg, "test", num_classes=class_set.num_classes, mean=MEAN, std=STD, train=False)
+    assert set(ds[0][1].unique().tolist()) <= set(range(11)) | {255}
+
+
+def test_prepare_camvid_refuses_bad_input_and_leaves_nothing(tmp_path: Path) -> None:
+    from training.prepare import PrepareError, prepare_camvid
+
+    _segnet_tree(tmp_path / "CamVid")
+    cv2.imwrite(str(tmp_path / "CamVid" / "valannot" / "0016E5_000030.png"), np.full((12, 16), 12, np.uint8))
+    with pytest.raises(PrepareError, match=r"0016E5_000030.png holds values \[12\]; CamVid .SegNet. uses 0..10"):
+        prepare_camvid(tmp_path / "CamVid", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["CamVid"]   # no output, no partial folder
+    (tmp_path / "CamVid" / "valannot" / "0016E5_000030.png").unlink()
+    with pytest.raises(PrepareError, match="1 listed file.s. missing, e.g. .*valannot/0016E5_000030.png"):
+        prepare_camvid(tmp_path / "CamVid", tmp_path / "out")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("")
+    with pytest.raises(PrepareError, match="already exists and is not empty"):
+        prepare_camvid(tmp_path / "CamVid", tmp_path / "taken")

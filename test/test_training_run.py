@@ -94,6 +94,10 @@ def test_a_short_cpu_run_learns_the_synthetic_scenes(trained_run, synth_root: Pa
     # The run directory holds what the docs promise.
     for name in ("config.yaml", "train.csv", "eval.csv", "log.jsonl", "last.pth", "best.pth"):
         assert (run_dir / name).is_file(), name
+    # The network input the run was scored at (256x128 scenes at eval.scale 0.5), for the engine.
+    from bisenet_ros.models import read_checkpoint
+
+    assert read_checkpoint(run_dir / "best.pth")["input_size"] == [128, 64]
     rows = list(csv.DictReader(open(run_dir / "train.csv")))
     assert [int(r["step"]) for r in rows] == list(range(10, 101, 10))
     assert {"loss_out", "loss_aux0", "loss_aux1", "loss_detail_bce", "loss_detail_dice"} <= set(rows[0])
@@ -235,3 +239,82 @@ def test_imagenet_backbone_weights_load_strictly(tmp_path: Path) -> None:
         load_backbone_weights(build_model("stdc2", aux=True), tmp_path / "stdc.tar")
     with pytest.raises(CheckpointError, match="no separate ImageNet backbone"):
         load_backbone_weights(build_model("bisenetv2", aux=True), tmp_path / "r18.pth")
+
+
+def test_init_weights_with_another_class_count_reinitialises_only_the_class_heads(tmp_path: Path) -> None:
+    from bisenet_ros.models import CheckpointError, build_model
+    from training.train import load_init_weights
+
+    # A 19-class Cityscapes file in the published CoinCheung/BiSeNet V2 layout (a train-mode state_dict).
+    torch.manual_seed(1)
+    city = build_model("bisenetv2", 19, aux=True)
+    torch.save(city.state_dict(), tmp_path / "model_final_v2_city.pth")
+    torch.manual_seed(2)
+    model = build_model("bisenetv2", 11, aux=True)
+    fresh_before = {k: v.clone() for k, v in model.state_dict().items()}
+    file_classes, fresh = load_init_weights(model, tmp_path / "model_final_v2_city.pth")
+    assert file_classes == 19
+    # Exactly the classifiers of the main head and the four booster heads (weight + bias each).
+    assert sorted(fresh) == sorted(f"{h}.conv_out.1.{p}" for h in ("head", "aux2", "aux3", "aux4", "aux5_4")
+                                   for p in ("weight", "bias"))
+    for key, tensor in model.state_dict().items():
+        expected = fresh_before[key] if key in fresh else city.state_dict()[key]
+        assert torch.equal(tensor, expected), key
+    assert model.eval()(torch.randn(1, 3, 64, 96)).shape == (1, 11, 64, 96)
+    # Same class count: a plain strict load. Another variant: still an error naming both.
+    same = build_model("bisenetv2", 19, aux=True)
+    assert load_init_weights(same, tmp_path / "model_final_v2_city.pth") == (19, [])
+    assert torch.equal(same.head.conv_out[1].weight, city.head.conv_out[1].weight)
+    with pytest.raises(CheckpointError, match="holds a bisenetv2 model, but the model is stdc1"):
+        load_init_weights(build_model("stdc1", 11, aux=True), tmp_path / "model_final_v2_city.pth")
+
+
+def test_camvid_fine_tune_records_the_effective_config_and_resumes_from_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """prepare camvid -> fine-tune the CamVid recipe from a 19-class file -> config.yaml tells the truth."""
+    from bisenet_ros.models import build_model, read_checkpoint
+    from training.__main__ import main
+
+    synth.write_segnet_camvid(tmp_path / "segnet", train=4, val=2, test=0, height=72, width=96, seed=3)
+    assert main(["prepare", "camvid", str(tmp_path / "segnet"), "--out", str(tmp_path / "camvid")]) == 0
+    torch.save(build_model("bisenetv2", 19, aux=True).state_dict(), tmp_path / "city.pth")
+    run_dir = tmp_path / "run"
+    # The recipe's 10k steps, 720x960 crops and eval.scale 2.0, shrunk to test size.
+    args = ["train", "--config", "bisenetv2_camvid", "--data-root", str(tmp_path / "camvid"), "--run-dir",
+            str(run_dir), "--iters", "3", "--batch-size", "2", "--device", "cpu", "--threads", "1",
+            "--workers", "0", "--init-weights", str(tmp_path / "city.pth"), "--quiet",
+            "--set", "data.crop=[64,96]", "--set", "data.scale=[0.75,1.25]", "--set", "train.eval_every=3",
+            "--set", "train.tensorboard=false"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(args) == 0
+        err = capsys.readouterr().err
+        assert "city.pth has 19 classes, this run 11: the 10 class-head tensors" in err
+        assert "warm-up: 0 steps, a tenth of the 3-step run" in err
+        recorded = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert recorded["model"]["num_classes"] == 11
+        assert recorded["data"]["class_set"]["names"][:4] == ["Sky", "Building", "Pole", "Road"]
+        assert (recorded["data"]["workers"], recorded["train"]["cpu_threads"], recorded["train"]["device"]) == \
+            (0, 1, "cpu")
+        assert recorded["optim"]["warmup_iters"] == 0
+        ckpt = read_checkpoint(run_dir / "last.pth")
+        assert ckpt["config"] == recorded                        # one truth in both places
+        assert ckpt["input_size"] == [192, 144]                  # 96x72 frames at the recipe's eval.scale 2.0
+        assert ckpt["class_names"] == recorded["data"]["class_set"]["names"]
+        # Resuming reads that config: the dataset may even have moved (the classes are recorded).
+        (tmp_path / "camvid").rename(tmp_path / "moved")
+        (tmp_path / "moved" / "classes.yaml").unlink()
+        assert main(["train", "--resume", "--run-dir", str(run_dir), "--data-root", str(tmp_path / "moved"),
+                     "--iters", "5", "--quiet"]) == 0
+        err = capsys.readouterr().err
+        assert "ignoring train.iters=5" in err and f"resumed {run_dir / 'last.pth'} at step 3" in err
+        again = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert again == {**recorded, "data": {**recorded["data"], "root": str(tmp_path / "moved")}}
+        # Export without --size: the size the run was scored at.
+        from bisenet_ros.inference.export import read_onnx_info
+
+        assert main(["export", str(run_dir), "--out", str(tmp_path / "camvid.onnx"), "--no-verify"]) == 0
+        info = read_onnx_info(str(tmp_path / "camvid.onnx"))
+        assert (info.input_size, info.num_classes, info.class_names[3]) == ((192, 144), 11, "Road")
+    finally:
+        torch.set_num_threads(threads)

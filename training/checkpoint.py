@@ -3,7 +3,11 @@
 The dict is :func:`bisenet_ros.models.make_checkpoint`'s (so ``build_model(variant,
 weights="runs/x/last.pth")`` loads it, dropping the training heads) plus::
 
-    optimizer, scheduler, scaler (AMP), step (the next step to run), config, rng, best_miou
+    optimizer, scheduler, scaler (AMP), step (the next step to run), config, rng, best_miou,
+    input_size ([width, height]: the network input the run evaluates at)
+
+``config`` is the run's effective config (the same as the run folder's ``config.yaml``);
+``input_size`` lets the engine run a checkpoint at the size it was scored at.
 
 Everything is a tensor, number, string, list or dict: the NumPy / Python RNG states are
 converted to lists because ``torch.load(weights_only=True)`` refuses any other object.
@@ -12,13 +16,13 @@ from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from bisenet_ros.fileio import atomic_writer
 from bisenet_ros.models import make_checkpoint
 
 
@@ -50,32 +54,22 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
-
-    A crash (even SIGKILL) at any point leaves either the old or the new complete file, never a
-    truncated one: ``os.replace`` is atomic within a file system.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as stream:
+    """``torch.save`` through :func:`bisenet_ros.fileio.atomic_writer` with ``fsync``: a crash
+    (even SIGKILL or a power loss) at any point leaves either the old or the new complete file,
+    never a truncated one; the file gets the user's umask like any other."""
+    with atomic_writer(path, fsync=True) as stream:
         torch.save(obj, stream)
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-    try:  # persist the rename itself
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
 
 
 def build_training_checkpoint(model: nn.Module, *, class_names: list[str], palette: list[list[int]],
                               optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, step: int,
-                              config: Mapping[str, Any], best_miou: float) -> dict[str, Any]:
-    """The complete training state as one dict (see module docstring)."""
+                              config: Mapping[str, Any], best_miou: float,
+                              input_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """The complete training state as one dict (see module docstring).
+
+    Args:
+        input_size: ``[width, height]`` of the network input the run evaluates at (pixels).
+    """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
     extra = {
         "optimizer": optimizer.state_dict(),
@@ -87,6 +81,8 @@ def build_training_checkpoint(model: nn.Module, *, class_names: list[str], palet
     }
     if scaler is not None:
         extra["scaler"] = scaler.state_dict()
+    if input_size is not None:
+        extra["input_size"] = [int(v) for v in input_size]
     return make_checkpoint(model, class_names=list(class_names), palette=palette, **extra)
 
 

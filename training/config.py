@@ -3,7 +3,8 @@
 A config is a plain nested dict (it is stored verbatim in every checkpoint, which only holds
 strings, numbers, lists and dicts). :func:`load_config` reads a YAML file, merges it over
 :data:`DEFAULTS`, applies ``--set section.key=value`` overrides and validates the result, so a
-typo is reported with the closest valid key instead of being silently ignored.
+typo is reported with the closest valid key instead of being silently ignored, and a key that
+another key makes ineffective (:data:`SHADOWED_BY`) is an error instead of being silently unused.
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "root": "datasets/cityscapes",
         "train_split": "train",
         "val_split": "val",
-        "class_set": "cityscapes",     # 'cityscapes' or a YAML file with names/palette (folder format)
+        "class_set": "cityscapes",     # 'cityscapes', a YAML file, or {names: [...], palette: [...]}
+                                       # (folder format: ROOT/classes.yaml; a run records the mapping)
         "crop": [512, 1024],           # training crop, [height, width]
-        "scale": [0.25, 2.0],          # random scale range (continuous), or a list of discrete scales
-        "scale_choices": None,         # discrete scales (STDC-Seg recipe); overrides 'scale' when set
+        "scale": [0.25, 2.0],          # random scale range [min, max] (continuous)
+        "scale_choices": None,         # discrete scales (STDC-Seg recipe); replaces 'scale' when set
         "hflip": 0.5,                  # probability of a horizontal flip
         "brightness": 0.4,             # colour jitter amplitudes (0 disables)
         "contrast": 0.4,
@@ -51,6 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "ckpt_every": 1000,            # last.pth is rewritten atomically every this many steps
         "tensorboard": True,
         "cpu_threads": None,           # torch CPU threads when training on CPU (None: torch's default)
+        "device": None,                # cpu | cuda | cuda:N (None: cuda if available); a run records its own
     },
     "loss": {
         "ohem_thresh": 0.7,            # keep pixels whose true-class probability is below this
@@ -64,13 +67,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 5e-4,          # never applied to norm weights and biases
         "head_lr_mult": 1.0,           # 10 in the BiSeNetV1 / STDC-Seg recipes
         "head_modules": ["ffm", "conv_out", "conv_out16", "conv_out32", "conv_out_sp8"],
-        "warmup_iters": 1000,
+        "warmup_iters": None,          # None: 1000 steps, at most a tenth of the run (optim.warmup_steps)
         "warmup": "exp",               # exp | linear
         "warmup_ratio": 0.1,           # lr factor at step 0
         "poly_power": 0.9,
     },
     "eval": {
-        "scale": 1.0,                  # single-scale: image resize factor (0.5 = STDC 'Seg50')
+        "scale": 1.0,                  # single-scale: image resize factor (0.5 = STDC 'Seg50'); a folder
+                                       # dataset is scored at 1.0 unless set with it (see load_config)
         "ms_scales": [0.5, 0.75, 1.0, 1.25, 1.5, 1.75],
         "ms_flip": True,
         "batch_size": 1,
@@ -78,8 +82,54 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: ``(shadowed, shadowing)``: the first key has no effect while the second is set (not None).
+#: Checked once, when a config is resolved (:func:`load_config`): setting both is an error naming
+#: both keys, in a config file and in ``--set`` alike. The resolved config records the shadowed key
+#: as None, so what it shows is what the run uses.
+SHADOWED_BY: tuple[tuple[str, str], ...] = (
+    ("data.scale", "data.scale_choices"),               # TrainAugment draws from the choices
+    ("model.backbone_weights", "model.init_weights"),   # the full checkpoint replaces the backbone
+)
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and the fix."""
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    section, key = dotted.split(".")
+    return config.get(section, {}).get(key)
+
+
+def _has(config: Mapping[str, Any], dotted: str) -> bool:
+    section, key = dotted.split(".")
+    return isinstance(config.get(section), Mapping) and key in config[section]
+
+
+def resolve_shadowing(config: dict[str, Any], given: Mapping[str, Any], *, recorded: bool = False) -> None:
+    """Apply :data:`SHADOWED_BY` to ``config`` in place.
+
+    Args:
+        config: the merged config (defaults included).
+        given: what the user set (the config file or mapping, with the overrides merged in);
+            a shadowed key set there to something other than None is an error while its
+            shadowing key is set.
+        recorded: ``config`` was recorded by an earlier run (a checkpoint's config): a shadowed
+            key never took effect there, so it is dropped instead of refused.
+
+    Raises:
+        ConfigError: naming both keys and how to choose.
+    """
+    for shadowed, shadowing in SHADOWED_BY:
+        if _get(config, shadowing) is None:
+            continue
+        if not recorded and _get(given, shadowed) is not None:
+            raise ConfigError(
+                f"{shadowed} has no effect while {shadowing} is set ({shadowing}="
+                f"{_get(config, shadowing)!r}); set only one of them: --set {shadowed}=null to keep "
+                f"{shadowing}, or --set {shadowing}=null to use {shadowed}")
+        section, key = shadowed.split(".")
+        config[section][key] = None
 
 
 def _check_keys(config: Mapping[str, Any], reference: Mapping[str, Any], where: str) -> None:
@@ -133,19 +183,28 @@ def resolve_config_path(name: str | os.PathLike[str]) -> Path:
 
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None,
-                overrides: Iterable[str] = ()) -> dict[str, Any]:
+                overrides: Iterable[str] = (), *, recorded: bool = False) -> dict[str, Any]:
     """Load, merge and validate a training config.
+
+    Two rules apply to what the user set (``source`` plus ``overrides``), not to defaults:
+
+    * a key shadowed by another (:data:`SHADOWED_BY`) is an error while that key is set;
+    * a folder dataset (``data.format: folder``) is scored at its native resolution
+      (``eval.scale: 1.0``) unless ``eval.scale`` is given with it: in an override, or in a
+      config whose own ``data.format`` is ``folder``. A Cityscapes recipe's ``eval.scale`` (0.5
+      for STDC 'Seg50') is about 2048x1024 frames, not about a custom camera.
 
     Args:
         source: a YAML file, a config name from ``training/configs``, an already-parsed dict, or
             None for the defaults.
         overrides: ``section.key=value`` strings applied last (value parsed as YAML).
+        recorded: ``source`` is a config recorded by an earlier run (see :func:`resolve_shadowing`).
 
     Returns:
         The complete config dict (every section and key present).
 
     Raises:
-        ConfigError: unknown key (with the closest valid one), bad value.
+        ConfigError: unknown key (with the closest valid one), shadowed key, bad value.
     """
     if source is None:
         data: Mapping[str, Any] = {}
@@ -159,10 +218,18 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None
             raise ConfigError(f"{path}: expected a YAML mapping of sections (model, data, train, ...)")
     _check_keys(data, DEFAULTS, "")
     config = merge(DEFAULTS, data)
+    given: dict[str, Any] = merge({}, data)
+    overridden: dict[str, Any] = {}
     for text in overrides:
         keys, value = parse_override(text)
         _check_keys(_nested(keys, value), DEFAULTS, "")
         config = merge(config, _nested(keys, value))
+        given = merge(given, _nested(keys, value))
+        overridden = merge(overridden, _nested(keys, value))
+    resolve_shadowing(config, given, recorded=recorded)
+    if (config["data"]["format"] == "folder" and _get(data, "data.format") != "folder"
+            and not _has(overridden, "eval.scale")):
+        config["eval"]["scale"] = 1.0
     validate(config)
     return config
 
@@ -190,11 +257,24 @@ def validate(config: dict[str, Any]) -> None:
         raise ConfigError(f"data.format must be 'cityscapes' or 'folder', got {data['format']!r}")
     data["crop"] = _pair(data["crop"], "data.crop")
     scale = data["scale"]
-    if not (isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
-        raise ConfigError(f"data.scale must be [min, max] with 0 < min <= max, got {scale!r}")
-    if data["scale_choices"] is not None and (not data["scale_choices"]
-                                              or min(data["scale_choices"]) <= 0):
+    if data["scale_choices"] is not None and (not isinstance(data["scale_choices"], (list, tuple))
+                                              or not data["scale_choices"] or min(data["scale_choices"]) <= 0):
         raise ConfigError("data.scale_choices must be a non-empty list of positive scales")
+    if data["scale_choices"] is None and not (
+            isinstance(scale, (list, tuple)) and len(scale) == 2 and 0 < scale[0] <= scale[1]):
+        raise ConfigError(f"data.scale must be [min, max] with 0 < min <= max, got {scale!r}")
+    class_set = data["class_set"]
+    if not (isinstance(class_set, str) or (isinstance(class_set, Mapping) and isinstance(class_set.get("names"), list)
+                                           and class_set["names"])):
+        raise ConfigError(f"data.class_set must be 'cityscapes', a YAML file or a mapping with 'names' "
+                          f"(and optionally 'palette'), got {class_set!r}")
+    warmup = optim["warmup_iters"]
+    if warmup is not None and (not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0):
+        raise ConfigError(f"optim.warmup_iters must be an integer >= 0, or null for the recipes' 1000 "
+                          f"steps scaled to the run, got {warmup!r}")
+    eval_scale = config["eval"]["scale"]
+    if not isinstance(eval_scale, (int, float)) or isinstance(eval_scale, bool) or eval_scale <= 0:
+        raise ConfigError(f"eval.scale must be a positive number, got {eval_scale!r}")
     for key in ("iters", "batch_size"):
         if not isinstance(train[key], int) or train[key] < 1:
             raise ConfigError(f"train.{key} must be a positive integer, got {train[key]!r}")

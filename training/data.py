@@ -20,14 +20,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bisenet_ros.labels import IGNORE_ID, ClassSet, cityscapes, label_ids_to_train_ids, load_class_set
+from bisenet_ros.labels import (IGNORE_ID, ClassSet, cityscapes, label_ids_to_train_ids, load_class_set,
+                                make_class_set)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -111,8 +112,15 @@ def folder_pairs(root: str | os.PathLike[str], split: str) -> list[tuple[Path, P
 
 
 def dataset_class_set(data_cfg: dict[str, Any]) -> ClassSet:
-    """The class set of the configured dataset (Cityscapes, or the folder dataset's classes.yaml)."""
+    """The class set of the configured dataset.
+
+    ``data.class_set`` is ``"cityscapes"`` (for a folder dataset: its ``ROOT/classes.yaml``), a
+    YAML file, or the mapping ``{names, palette}`` a run records in its config (so a resumed run
+    keeps its classes even when the dataset moved).
+    """
     spec = data_cfg.get("class_set") or "cityscapes"
+    if isinstance(spec, Mapping):
+        return make_class_set(spec["names"], spec.get("palette"), name="config")
     if data_cfg["format"] == "folder" and spec == "cityscapes":
         spec = str(Path(data_cfg["root"]) / "classes.yaml")
         if not Path(spec).is_file():
@@ -289,8 +297,10 @@ def build_dataset(data_cfg: dict[str, Any], split: str, *, num_classes: int, mea
         pairs, label_ids = folder_pairs(data_cfg["root"], split), False
     augment = None
     if train:
+        # data.scale is None in a resolved config when data.scale_choices replaces it.
+        scale = tuple(data_cfg["scale"]) if data_cfg["scale"] is not None else TrainAugment.scale
         augment = TrainAugment(
-            crop=tuple(data_cfg["crop"]), scale=tuple(data_cfg["scale"]),
+            crop=tuple(data_cfg["crop"]), scale=scale,
             scale_choices=data_cfg.get("scale_choices"), hflip=data_cfg["hflip"],
             brightness=data_cfg["brightness"], contrast=data_cfg["contrast"],
             saturation=data_cfg["saturation"])

@@ -199,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
     ckpt_path = resolve_checkpoint(args.target)
     ckpt = read_checkpoint(ckpt_path)
     stored = ckpt.get("config") if isinstance(ckpt, dict) else None
-    config = load_config(args.config or stored, args.overrides)
+    # A checkpoint's config is the run's effective one (classes, eval.scale as trained).
+    config = load_config(args.config or stored, args.overrides, recorded=not args.config and stored is not None)
     if args.data_root:
         config["data"]["root"] = args.data_root
     variant = args.variant or (ckpt.get("variant") if isinstance(ckpt, dict) else None) or config["model"]["variant"]

@@ -22,7 +22,8 @@ def export_run(target: str | Path, output: str | Path, *, size: tuple[int, int] 
     Args:
         target: run directory or checkpoint file.
         output: the .onnx file to write.
-        size: network input (width, height); default: the training crop of the run.
+        size: network input (width, height); default: the checkpoint's ``input_size`` (the size the
+            run is evaluated at), else the training crop.
         argmax, confidence, dynamic: as in :func:`bisenet_ros.inference.export.export_onnx_bytes`.
         verify: compare ONNX Runtime with torch on a random input (raises if labels disagree).
 
@@ -42,7 +43,9 @@ def export_run(target: str | Path, output: str | Path, *, size: tuple[int, int] 
         class_set = make_class_set(ckpt["class_names"], ckpt.get("palette"), name=Path(ckpt_path).parent.name)
     else:
         class_set = cityscapes()
-    if size is None:
+    if size is None and ckpt.get("input_size"):
+        size = (int(ckpt["input_size"][0]), int(ckpt["input_size"][1]))  # the size the run was scored at
+    if size is None:  # checkpoints written before input_size: the training crop
         crop = (ckpt.get("config") or {}).get("data", {}).get("crop") or [512, 1024]
         size = (int(crop[1]), int(crop[0]))
     data, info = export_onnx_bytes(model, resolution=size, class_set=class_set, argmax=argmax,
@@ -63,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m training export``."""
     parser.add_argument("target", help="run directory (uses best.pth, else last.pth) or checkpoint file")
     parser.add_argument("-o", "--out", required=True, help="output .onnx file")
-    parser.add_argument("--size", help="network input WIDTHxHEIGHT (default: the run's training crop)")
+    parser.add_argument("--size", help="network input WIDTHxHEIGHT (default: the size the run is evaluated at, "
+                        "stored in the checkpoint as input_size)")
     parser.add_argument("--no-argmax", dest="argmax", action="store_false",
                         help="output logits instead of uint8 labels")
     parser.add_argument("--confidence", action="store_true", help="also output the max softmax probability")

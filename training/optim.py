@@ -100,8 +100,37 @@ class WarmupPoly:
         self._apply()
 
 
+#: The published recipes' warm-up (CoinCheung/BiSeNet, STDC-Seg), used when optim.warmup_iters is None.
+RECIPE_WARMUP_ITERS = 1000
+
+
+def warmup_steps(warmup_iters: int | None, total_iters: int) -> tuple[int, str | None]:
+    """The warm-up length of a run of ``total_iters`` steps, and the line that says why, if any.
+
+    The recipes' 1000 steps (``warmup_iters`` None) were written for 60k-150k-step runs; on a
+    short run they would be most of it (a 20-step run would average 0.16x the base rate), so
+    they are scaled down to a tenth of the run. An explicit ``optim.warmup_iters`` is kept as
+    given, with a warning when it is more than half of the run.
+
+    Returns:
+        ``(steps, message)``: ``message`` is None when there is nothing to say.
+    """
+    if warmup_iters is None:
+        steps = min(RECIPE_WARMUP_ITERS, total_iters // 10)
+        if steps < RECIPE_WARMUP_ITERS:
+            return steps, (f"warm-up: {steps} steps, a tenth of the {total_iters}-step run (the recipes' "
+                           f"{RECIPE_WARMUP_ITERS} would be most of it); set optim.warmup_iters to choose")
+        return steps, None
+    if warmup_iters > total_iters / 2:
+        return warmup_iters, (f"warning: optim.warmup_iters={warmup_iters} is more than half of the "
+                              f"{total_iters}-step run: most steps run below the base learning rate; "
+                              "unset it (null) for a tenth of the run")
+    return warmup_iters, None
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, optim_cfg: Mapping[str, Any], total_iters: int) -> WarmupPoly:
-    """The :class:`WarmupPoly` schedule of the ``optim`` config section."""
-    return WarmupPoly(optimizer, total_iters=total_iters, warmup_iters=optim_cfg["warmup_iters"],
+    """The :class:`WarmupPoly` schedule of the ``optim`` config section (warm-up: :func:`warmup_steps`)."""
+    steps, _ = warmup_steps(optim_cfg["warmup_iters"], total_iters)
+    return WarmupPoly(optimizer, total_iters=total_iters, warmup_iters=steps,
                       warmup=optim_cfg["warmup"], warmup_ratio=optim_cfg["warmup_ratio"],
                       power=optim_cfg["poly_power"])

@@ -14,6 +14,9 @@ Output layout (the official one, so the Cityscapes loader reads it unchanged)::
     OUT/leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
     OUT/gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
     OUT/gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_color.png   (optional)
+
+or, with ``--layout camvid-segnet`` (:func:`write_segnet_camvid`), CamVid's SegNet layout with the
+classes mapped to CamVid's 11, the input of ``python -m training prepare camvid``.
 """
 from __future__ import annotations
 
@@ -520,11 +523,55 @@ def write_dataset(out: str | Path, *, train: int = 200, val: int = 40, height: i
     return out
 
 
+#: Cityscapes train id (0..18) -> CamVid (SegNet) class id: road, sidewalk -> Pavement,
+#: building, wall -> Building, fence, pole, light and sign -> SignSymbol, vegetation and terrain ->
+#: Tree, sky, person -> Pedestrian, rider -> Bicyclist, car/truck/bus/train -> Car,
+#: motorcycle/bicycle -> Bicyclist. Everything else is SegNet's void (11).
+_TRAIN_ID_TO_CAMVID = (3, 4, 1, 1, 7, 2, 6, 6, 5, 5, 0, 9, 10, 8, 8, 8, 8, 10, 10)
+
+
+def write_segnet_camvid(out: str | Path, *, train: int = 40, val: int = 10, test: int = 10, height: int = 360,
+                        width: int = 480, seed: int = 0) -> Path:
+    """Write synthetic scenes in CamVid's SegNet layout (what ``python -m training prepare camvid`` reads).
+
+    ``OUT/{train,val,test}/NAME.png``, ``OUT/{split}annot/NAME.png`` (CamVid class ids 0..10,
+    11 = void) and ``OUT/{split}.txt`` with SegNet's ``/SegNet/CamVid/...`` paths. The scenes are
+    :func:`render_scene`'s with their classes mapped to CamVid's 11.
+
+    Returns:
+        The output directory.
+    """
+    from bisenet_ros.labels import label_ids_to_train_ids
+
+    lut = np.full(256, 11, np.uint8)
+    lut[:len(_TRAIN_ID_TO_CAMVID)] = _TRAIN_ID_TO_CAMVID
+    out = Path(out)
+    for split, count in (("train", train), ("val", val), ("test", test)):
+        if split == "test" and not count:
+            continue  # no test split at all (prepare camvid then converts train and val)
+        (out / split).mkdir(parents=True, exist_ok=True)
+        (out / f"{split}annot").mkdir(parents=True, exist_ok=True)
+        lines = []
+        for i in range(count):
+            image, lab = render_scene((seed, SPLITS[split], i), height, width)
+            name = f"{split}_{scene_path_stem(i)}.png"  # unique across splits, like CamVid's
+            cv2.imwrite(str(out / split / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            cv2.imwrite(str(out / f"{split}annot" / name), lut[label_ids_to_train_ids(lab)])
+            lines.append(f"/SegNet/CamVid/{split}/{name} /SegNet/CamVid/{split}annot/{name}\n")
+        (out / f"{split}.txt").write_text("".join(lines))
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``python -m training synth``."""
-    parser.add_argument("--out", required=True, help="output directory (Cityscapes layout)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--layout", choices=["cityscapes", "camvid-segnet"], default="cityscapes",
+                        help="cityscapes (default): 19 classes, the official layout; camvid-segnet: CamVid's 11 "
+                             "classes in the SegNet layout (train/ trainannot/ ... train.txt), for "
+                             "`python -m training prepare camvid`")
     parser.add_argument("--train", type=int, default=200, help="number of training scenes (default 200)")
     parser.add_argument("--val", type=int, default=40, help="number of validation scenes (default 40)")
+    parser.add_argument("--test", type=int, default=0, help="number of test scenes (camvid-segnet layout only)")
     parser.add_argument("--size", default="512x256",
                         help="image size as WIDTHxHEIGHT (default 512x256)")
     parser.add_argument("--seed", type=int, default=0, help="master seed (default 0)")
@@ -545,6 +592,14 @@ def parse_size(text: str) -> tuple[int, int]:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``python -m training synth``."""
     w, h = parse_size(args.size)
+    if args.layout == "camvid-segnet":
+        out = write_segnet_camvid(args.out, train=args.train, val=args.val, test=args.test, height=h, width=w,
+                                  seed=args.seed)
+        print(f"wrote {args.train} train + {args.val} val + {args.test} test scenes ({w}x{h}, CamVid SegNet "
+              f"layout) to {out}")
+        return 0
+    if args.test:
+        raise SystemExit("synth: --test is for --layout camvid-segnet (the Cityscapes layout has train and val)")
     out = write_dataset(args.out, train=args.train, val=args.val, height=h, width=w, seed=args.seed,
                         color=args.color)
     print(f"wrote {args.train} train + {args.val} val scenes ({w}x{h}) to {out}")

@@ -32,7 +32,7 @@ from training.data import StepBatchSampler, build_dataset, dataset_class_set
 from training.evaluate import evaluate, iou_from_confusion, mean_iou, pixel_accuracy
 from training.logs import RunLogger
 from training.losses import segmentation_loss
-from training.optim import build_optimizer, build_scheduler
+from training.optim import build_optimizer, build_scheduler, warmup_steps
 
 # ----------------------------------------------------------------------------- distributed
 
@@ -107,19 +107,82 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> int
     return len(used)
 
 
-def build_train_model(config: Mapping[str, Any], num_classes: int) -> nn.Module:
-    """The training model (aux heads built), with ImageNet backbone / fine-tune weights if configured."""
-    from bisenet_ros.models import build_model, load_weights
+def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> tuple[int, list[str]]:
+    """Fine-tune start: load a full checkpoint (any format ``load_weights`` reads) into ``model``.
+
+    A checkpoint trained for another class count (a published Cityscapes file, 19 classes, for an
+    11-class CamVid run) loads everything except the tensors whose shape depends on the class
+    count: the classifiers of the main and auxiliary heads, which keep their fresh
+    initialisation. Every other tensor must fit exactly (``load_weights`` is strict), and the
+    normalization comes from the file.
+
+    Args:
+        model: a training model from ``build_model(..., aux=True)``.
+        path: the checkpoint.
+
+    Returns:
+        ``(file_classes, reinitialised)``: the file's class count and the names of the tensors
+        that start from scratch (empty when the class counts agree).
+
+    Raises:
+        CheckpointError: unreadable file, other variant, or any other mismatch.
+    """
+    from bisenet_ros.models import build_model, detect_format, load_weights, read_checkpoint
+    from bisenet_ros.models.checkpoint import convert_state_dict
+
+    path = os.fspath(path)
+    # The class-dependent tensors are the ones whose shape changes with the class count.
+    twin = build_model(model.variant, model.num_classes + 1, aux=True).state_dict()
+    class_keys = [k for k, v in model.state_dict().items() if twin[k].shape != v.shape]
+    fmt, variant, state, _ = detect_format(read_checkpoint(path), path)
+    state = convert_state_dict(fmt, variant, state, path)
+    file_classes = next((int(state[k].shape[0]) for k in class_keys if k in state), model.num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # deployment checkpoints lack the aux heads: expected
+        if file_classes == model.num_classes:
+            load_weights(model, path)
+            return file_classes, []
+        source = build_model(model.variant, file_classes, aux=True)
+        load_weights(source, path)
+    kept = {k: v for k, v in source.state_dict().items() if k not in class_keys}
+    missing, unexpected = model.load_state_dict(kept, strict=False)
+    assert sorted(missing) == sorted(class_keys) and not unexpected, (missing, unexpected)
+    model.normalization = source.normalization
+    model.checkpoint_info = source.checkpoint_info
+    return file_classes, class_keys
+
+
+def build_train_model(config: Mapping[str, Any], num_classes: int) -> tuple[nn.Module, str | None]:
+    """The training model (aux heads built), with ImageNet backbone / fine-tune weights if configured.
+
+    Returns:
+        ``(model, note)``: ``note`` is the line that says which class heads start from scratch
+        when ``model.init_weights`` has another class count, else None.
+    """
+    from bisenet_ros.models import build_model
 
     mcfg = config["model"]
     model = build_model(mcfg["variant"], num_classes, aux=True)
+    note = None
     if mcfg.get("init_weights"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # deployment checkpoints lack the aux heads: expected
-            load_weights(model, mcfg["init_weights"])
+        file_classes, fresh = load_init_weights(model, mcfg["init_weights"])
+        if fresh:
+            note = (f"init weights: {mcfg['init_weights']} has {file_classes} classes, this run {num_classes}: "
+                    f"the {len(fresh)} class-head tensors ({', '.join(fresh[:2])}, ...) start from scratch, "
+                    "every other tensor is loaded")
     elif mcfg.get("backbone_weights"):
         load_backbone_weights(model, mcfg["backbone_weights"])
-    return model
+    return model, note
+
+
+def eval_input_size(dataset: Any, scale: float) -> list[int]:
+    """The network input ``[width, height]`` the run evaluates at: its first image times ``eval.scale``.
+
+    Stored in the checkpoints as ``input_size`` so that the deployed model runs at the size it
+    was scored at (the same rounding as :func:`training.evaluate.predict_logits`).
+    """
+    height, width = dataset.read(0)[1].shape
+    return [max(1, int(round(width * scale))), max(1, int(round(height * scale)))]
 
 
 # ----------------------------------------------------------------------------- one step
@@ -155,15 +218,26 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, opt
 # ----------------------------------------------------------------------------- the run
 
 
+#: What may differ when a run is resumed: where the data lives and how this machine runs it.
+#: Everything else comes from the checkpoint's config, because it decides the steps.
+RESUME_SETTINGS = ("data.root", "data.workers", "train.cpu_threads", "train.device")
+
+
 def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume: bool = False,
           device: str | None = None, workers: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Train according to ``config``, writing checkpoints and logs under ``run_dir``.
 
+    The run folder's ``config.yaml`` and every checkpoint's ``config`` are the run's effective
+    config: the class list actually trained (``data.class_set`` as ``{names, palette}`` for a
+    folder dataset, ``model.num_classes``), the warm-up length, the DataLoader workers, the CPU
+    threads and the device. ``--resume`` reads that config back.
+
     Args:
         config: a complete config (:func:`training.config.load_config`).
         run_dir: the run directory (created); holds config.yaml, logs, last.pth, best.pth.
-        resume: continue from ``run_dir/last.pth`` (its stored config is used).
-        device: "cpu", "cuda", "cuda:N" (default: CUDA if available).
+        resume: continue from ``run_dir/last.pth`` (its stored config is used, except
+            :data:`RESUME_SETTINGS`, which come from ``config``).
+        device: "cpu", "cuda", "cuda:N" (overrides ``train.device``; default: CUDA if available).
         workers: override ``data.workers``.
         quiet: no progress line.
 
@@ -171,38 +245,44 @@ def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume:
         ``{"step", "best_miou", "last_miou", "seconds"}``.
     """
     run_dir = Path(run_dir)
-    rank, world, dev = init_distributed(device)
+    config = load_config(dict(config))
+    if device is not None:
+        config["train"]["device"] = device
+    if workers is not None:
+        config["data"]["workers"] = workers
+    rank, world, dev = init_distributed(config["train"]["device"])
     main = _is_main(rank)
     ckpt = None
     if resume:
         last = run_dir / "last.pth"
         if last.is_file():
             ckpt = load_training_checkpoint(last)
-            # The stored config decides everything that affects the steps; only where the data
-            # lives, how many loader processes read it and the CPU threads may change.
-            stored = load_config(ckpt["config"])
-            stored["data"]["root"], stored["data"]["workers"] = config["data"]["root"], config["data"]["workers"]
-            stored["train"]["cpu_threads"] = config["train"]["cpu_threads"]
+            stored = load_config(ckpt["config"], recorded=True)
+            for dotted in RESUME_SETTINGS:
+                section, key = dotted.split(".")
+                stored[section][key] = config[section][key]
             config = stored
         elif main:
             print(f"--resume: {last} does not exist yet; starting from step 0", file=sys.stderr)
-    config = load_config(dict(config))
     tcfg, dcfg = config["train"], config["data"]
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config, run_dir / "config.yaml")
-    _barrier(world)
 
-    if dev.type == "cpu" and tcfg["cpu_threads"]:
-        torch.set_num_threads(int(tcfg["cpu_threads"]))
+    if dev.type == "cpu":
+        if tcfg["cpu_threads"]:
+            torch.set_num_threads(int(tcfg["cpu_threads"]))
+        tcfg["cpu_threads"] = torch.get_num_threads()
+    # Under torchrun every process picks cuda:LOCAL_RANK: record the type, not rank 0's index.
+    tcfg["device"] = str(dev) if world == 1 else dev.type
     seed = int(tcfg["seed"])
     torch.manual_seed(seed)  # model init; replaced by the checkpoint's RNG state on resume
     np.random.seed(seed)
     class_set = dataset_class_set(dcfg)
     num_classes = class_set.num_classes
-    if config["model"]["num_classes"] != num_classes:
-        config["model"]["num_classes"] = num_classes  # the dataset's class list decides
-    model = build_train_model(config, num_classes)
+    config["model"]["num_classes"] = num_classes  # the dataset's class list decides
+    if dcfg["format"] == "folder" or dcfg["class_set"] != "cityscapes":
+        dcfg["class_set"] = {"names": list(class_set.names), "palette": class_set.palette.tolist()}
+    warmup, warmup_note = warmup_steps(config["optim"]["warmup_iters"], tcfg["iters"])
+    config["optim"]["warmup_iters"] = warmup
+    model, init_note = build_train_model(config, num_classes)
     norm = model.normalization
     train_ds = build_dataset(dcfg, dcfg["train_split"], num_classes=num_classes, mean=norm.mean, std=norm.std,
                              train=True)
@@ -210,6 +290,14 @@ def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume:
     if tcfg["eval_every"]:
         val_ds = build_dataset(dcfg, dcfg["val_split"], num_classes=num_classes, mean=norm.mean, std=norm.std,
                                train=False)
+    input_size = eval_input_size(val_ds if val_ds is not None else train_ds, config["eval"]["scale"])
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / "config.yaml")
+        for note in (warmup_note, init_note):
+            if note:
+                print(note, file=sys.stderr)
+    _barrier(world)
 
     model.to(dev).train()
     if world > 1 and dev.type == "cuda" and config["model"]["sync_bn"]:
@@ -233,7 +321,7 @@ def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume:
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    n_workers = dcfg["workers"] if workers is None else workers
+    n_workers = dcfg["workers"]
     sampler = StepBatchSampler(len(train_ds), tcfg["batch_size"], rank=rank, world_size=world,
                                start_step=start_step, total_steps=tcfg["iters"], seed=seed)
     # A private generator: the DataLoader must not draw from the global torch RNG, whose state
@@ -253,7 +341,7 @@ def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume:
             state = build_training_checkpoint(model, class_names=list(class_set.names), palette=palette,
                                               optimizer=optimizer, scheduler=scheduler,
                                               scaler=scaler if amp else None, step=step, config=config,
-                                              best_miou=best_miou)
+                                              best_miou=best_miou, input_size=input_size)
             atomic_save(state, run_dir / name)
         _barrier(world)
 
@@ -273,8 +361,10 @@ def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume:
     step = last_logged = start_step
     tick = time.time()
     if main and not quiet:
-        logger.message(f"training {config['model']['variant']} on {dcfg['root']} ({len(train_ds)} images) "
-                       f"for {tcfg['iters']} steps, global batch {tcfg['batch_size']} on {world} x {dev}")
+        logger.message(f"training {config['model']['variant']} on {dcfg['root']} ({len(train_ds)} images, "
+                       f"{num_classes} classes) for {tcfg['iters']} steps, global batch {tcfg['batch_size']} "
+                       f"on {world} x {dev}; evaluated at {input_size[0]}x{input_size[1]} "
+                       f"(eval.scale {config['eval']['scale']})")
     for images, labels in loader:
         images = images.to(dev, non_blocking=True)
         labels = labels.to(dev, non_blocking=True)
@@ -337,10 +427,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.threads:
         torch.set_num_threads(args.threads)
-        overrides.append(f"train.cpu_threads={args.threads}")
-    for flag, key in (("data_root", "data.root"), ("iters", "train.iters"), ("batch_size", "train.batch_size"),
-                      ("lr", "optim.lr"), ("backbone_weights", "model.backbone_weights"),
-                      ("init_weights", "model.init_weights")):
+    flags = (("data_root", "data.root"), ("workers", "data.workers"), ("threads", "train.cpu_threads"),
+             ("device", "train.device"), ("iters", "train.iters"), ("batch_size", "train.batch_size"),
+             ("lr", "optim.lr"), ("backbone_weights", "model.backbone_weights"),
+             ("init_weights", "model.init_weights"))
+    for flag, key in flags:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -352,15 +443,14 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit("train: --resume needs --run-dir")
         run_dir = str(Path("runs") / Path(args.config).stem)
     if args.resume and (Path(run_dir) / "last.pth").is_file():
-        config = load_config(load_training_checkpoint(Path(run_dir) / "last.pth")["config"])
-        if args.data_root:
-            config["data"]["root"] = args.data_root
-        if args.threads:
-            config["train"]["cpu_threads"] = args.threads
-        ignored = [o for o in overrides if not o.startswith(("data.root=", "train.cpu_threads="))]
+        # The run's recorded config, with only what RESUME_SETTINGS allows taken from this command.
+        config = load_config(load_training_checkpoint(Path(run_dir) / "last.pth")["config"], recorded=True)
+        allowed = tuple(f"{key}=" for key in RESUME_SETTINGS)
+        config = load_config(config, [o for o in overrides if o.startswith(allowed)])
+        ignored = [o for o in overrides if not o.startswith(allowed)]
         if ignored:
             print("--resume: the stored config is used; ignoring " + " ".join(ignored), file=sys.stderr)
     else:
         config = load_config(args.config, overrides)
-    train(config, run_dir, resume=args.resume, device=args.device, workers=args.workers, quiet=args.quiet)
+    train(config, run_dir, resume=args.resume, quiet=args.quiet)
     return 0

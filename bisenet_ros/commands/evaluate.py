@@ -20,7 +20,8 @@ Per-bag results are kept in ``DIR/bags/`` keyed by the bag's content and the mod
 the same command again (after an interruption, or with more bags) evaluates only what is new.
 
 Exit status: 0 done; 1 some bags could not be evaluated (reported; the others count);
-2 bad usage; 3 ``--fail-on-regression``: model B is worse than A beyond the threshold;
+2 a user error (options, bags, weights, class names: the same status as every
+command; nothing is left behind); 3 ``--fail-on-regression``: model B is worse than A beyond the threshold;
 130 interrupted by Ctrl-C or SIGTERM (finished bags are kept for the next run).
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ from bisenet_ros.commands.replay import (
     check_run_arguments, metrics_text, output_bag_fields,
 )
 from bisenet_ros.config import BACKENDS, PRECISIONS, SegmenterConfig, config_from_args
+from bisenet_ros.runtime import USER_ERROR_STATUS
 
 LOCAL_RAY = "local"
 
@@ -88,7 +90,7 @@ def _interrupt(signum: int, _frame: Any) -> None:
 
 def _error(message: str) -> int:
     print(f"bisenet-ros evaluate: error: {message}", file=sys.stderr)
-    return 2
+    return USER_ERROR_STATUS
 
 
 def _ray_address(value: str | None) -> str | None:
@@ -109,6 +111,7 @@ def build_models(args: argparse.Namespace, config: SegmenterConfig,
         OSError: A weights file cannot be read.
     """
     from bisenet_ros.evaluation.job import ModelSpec, model_key
+    from bisenet_ros.inference.weights import resolve_config
 
     if factory is None and not config.weights:
         raise ValueError("evaluate needs --weights (or weights in --config): random weights differ "
@@ -116,26 +119,20 @@ def build_models(args: argparse.Namespace, config: SegmenterConfig,
     for weights in (config.weights, args.compare):
         if weights and not Path(weights).is_file():
             raise ValueError(f"weights file {weights} does not exist")
-    config = _onnx_backend(config, explicit=args.backend is not None)
-    models = [ModelSpec(f"A ({Path(config.weights).name if config.weights else 'engine'})", config,
-                        model_key(config, factory), factory)]
+    # Each file supplies what it describes (an .onnx also its backend unless one is given), so
+    # `--weights fp32.onnx --compare int8.onnx` works as written; B takes A's options, not the
+    # values A's file supplied. An injected factory builds its engines from the options as given.
+    resolve = resolve_config if factory is None else (lambda given: given)
+    config_a = resolve(config)
+    models = [ModelSpec(f"A ({Path(config.weights).name if config.weights else 'engine'})", config_a,
+                        model_key(config_a, factory), factory)]
     if args.compare:
         changes = {"weights": args.compare, "backend": args.compare_backend,
                    "precision": args.compare_precision, "variant": args.compare_variant}
-        config_b = config.replace(**{k: v for k, v in changes.items() if v is not None})
-        config_b = _onnx_backend(config_b, explicit=args.compare_backend is not None)
+        config_b = resolve(config.replace(**{k: v for k, v in changes.items() if v is not None}))
         models.append(ModelSpec(f"B ({Path(args.compare).name})", config_b,
                                 model_key(config_b, factory), factory))
     return models
-
-
-def _onnx_backend(config: SegmenterConfig, *, explicit: bool) -> SegmenterConfig:
-    """An .onnx model runs on onnxruntime unless a backend was chosen: the torch backend needs a
-    .pth checkpoint, so ``--weights fp32.onnx --compare int8.onnx`` works as written."""
-    if (not explicit and config.backend == "torch" and config.weights
-            and str(config.weights).endswith(".onnx")):
-        return config.replace(backend="onnxruntime")
-    return config
 
 
 def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig], Any] | None = None) -> int:
@@ -148,7 +145,7 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
     """
     from bisenet_ros.evaluation.bags import NoBagsError
     from bisenet_ros.evaluation.fleet import (
-        DEFAULT_REGRESSION_POINTS, ClassSetMismatch, EngineError, FleetOptions, evaluate_fleet,
+        DEFAULT_REGRESSION_POINTS, EngineError, FleetOptions, evaluate_fleet,
     )
     from bisenet_ros.evaluation.job import EvalSettings
     from bisenet_ros.evaluation.runners import RayError
@@ -180,7 +177,9 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         result = evaluate_fleet(options, models)
-    except (NoBagsError, FileNotFoundError, ClassSetMismatch, EngineError, RayError) as err:
+    except (NoBagsError, FileNotFoundError, ValueError, EngineError, RayError) as err:
+        # ClassSetMismatch and unknown drivable class names are ValueErrors: user errors found
+        # before any bag ran, so nothing was written.
         return _error(str(err))
     finally:
         signal.signal(signal.SIGTERM, previous)

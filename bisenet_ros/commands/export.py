@@ -1,6 +1,7 @@
 """``bisenet-ros export``: export a model to ONNX with its metadata embedded.
 
     bisenet-ros export --variant stdc1 --weights model_maxmIOU50.pth --resolution 1024x512 -o stdc1.onnx
+    bisenet-ros export --weights runs/camvid/best.pth -o camvid.onnx   # the run's variant, classes, size
     bisenet-ros export --variant stdc1 --weights model_maxmIOU50.pth --batch dynamic --max-batch 4
 
 The file format (metadata, graph outputs) is described in :mod:`bisenet_ros.inference.export`.
@@ -12,6 +13,7 @@ import sys
 
 from bisenet_ros.fileio import write_atomic
 from bisenet_ros.inference.export import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_onnx_bytes, verify_export
+from bisenet_ros.runtime import USER_ERROR_STATUS
 
 
 def parse_batch(text: str) -> int | None:
@@ -39,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-classes", dest="num_classes", help=helps["num_classes"])
     parser.add_argument("--class-set", dest="class_set", help=helps["class_set"])
     parser.add_argument("--resolution", help=helps["resolution"] + " Fixed in the exported file "
-                        "unless --dynamic (default: 1024x512)")
+                        "unless --dynamic (default: a training checkpoint's own size, else 1024x512)")
     parser.add_argument("-o", "--output", help="output .onnx file (default: <variant>_<W>x<H>.onnx)")
     parser.add_argument("--no-argmax", dest="argmax", action="store_false",
                         help="output the logits instead of uint8 labels (slower: argmax on the host)")
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``bisenet-ros export``."""
     from bisenet_ros.config import SegmenterConfig
     from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
+    from bisenet_ros.inference.weights import is_onnx, resolve_config
 
     overrides = {k: getattr(args, k) for k in ("variant", "weights", "num_classes", "class_set", "resolution")
                  if getattr(args, k, None) is not None}
@@ -70,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
             config = SegmenterConfig.from_yaml(args.config, **overrides)
         else:
             config = SegmenterConfig.from_dict(overrides)
-        if config.weights and config.weights.endswith(".onnx"):
+        if is_onnx(config.weights):
             raise ValueError(f"--weights {config.weights}: already an ONNX file; give a .pth checkpoint")
+        # A training checkpoint supplies its variant, classes and size (unless given).
+        config = resolve_config(config)
         model = load_torch_model(config)
         class_set = resolve_class_set(config, model)
         data, info = export_onnx_bytes(model, resolution=config.resolution, class_set=class_set,
@@ -80,15 +85,11 @@ def run(args: argparse.Namespace) -> int:
                                        opset=args.opset)
     except ValueError as exc:  # CheckpointError included
         print(f"bisenet-ros export: error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_STATUS
     width, height = config.resolution
     output = args.output or f"{config.variant}_{width}x{height}.onnx"
-    write_atomic(output, data)  # an interrupted export never leaves a truncated .onnx behind
-    batch = f"dynamic batch (up to {info.max_batch})" if info.batch is None else f"batch {info.batch}"
-    print(f"wrote {output} ({len(data) / 1e6:.1f} MB): {info.variant}, {info.num_classes} classes, "
-          f"input {'dynamic' if info.input_size is None else f'{width}x{height}'}, {batch}, "
-          f"outputs {', '.join(info.outputs)}")
     if args.verify:
+        # Checked before anything is written: a file that does not reproduce PyTorch is never left.
         score = verify_export(model, data, info)
         if info.argmax_in_graph:
             print(f"verified with onnxruntime: labels agree with PyTorch on {score * 100:.3f}% of pixels")
@@ -97,6 +98,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"verified with onnxruntime: max |logits difference| vs PyTorch = {score:.2e}")
             ok = score <= 1e-3
         if not ok:
-            print("bisenet-ros export: error: ONNX Runtime does not reproduce PyTorch", file=sys.stderr)
+            print(f"bisenet-ros export: error: ONNX Runtime does not reproduce PyTorch; {output} was "
+                  "not written", file=sys.stderr)
             return 1
+    write_atomic(output, data)  # an interrupted export never leaves a truncated .onnx behind
+    batch = f"dynamic batch (up to {info.max_batch})" if info.batch is None else f"batch {info.batch}"
+    print(f"wrote {output} ({len(data) / 1e6:.1f} MB): {info.variant}, {info.num_classes} classes, "
+          f"input {'dynamic' if info.input_size is None else f'{width}x{height}'}, {batch}, "
+          f"outputs {', '.join(info.outputs)}")
     return 0

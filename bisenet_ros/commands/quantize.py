@@ -2,6 +2,7 @@
 
     bisenet-ros quantize stdc1_1024x512.onnx --calibration drive_bag -o stdc1_int8.onnx
     bisenet-ros quantize model.pth --variant stdc1 --resolution 1024x512 --calibration images/ -o stdc1_int8.onnx
+    bisenet-ros quantize runs/camvid/best.pth --calibration images/ -o camvid_int8.onnx   # a training checkpoint
 
 The workflow (sources, held-out quality check, method choice) is :mod:`bisenet_ros.calibration`;
 the quantization itself :mod:`bisenet_ros.inference.quantize`.
@@ -14,12 +15,14 @@ import sys
 import tempfile
 
 from bisenet_ros.inference.quantize import ACTIVATION_TYPES, CALIBRATION_METHODS
+from bisenet_ros.runtime import USER_ERROR_STATUS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``bisenet-ros quantize``."""
     parser.add_argument("model", help="fp32 .onnx exported by bisenet-ros export, or a .pth checkpoint "
-                        "(then --variant and --resolution; it is exported first)")
+                        "(exported first; a training checkpoint supplies its variant and size, a "
+                        "published one needs --variant and --resolution)")
     parser.add_argument("--calibration", required=True, metavar="SOURCE",
                         help="rosbag2 bag, folder of images, or Cityscapes-layout root (ROOT/leftImg8bit/...)")
     parser.add_argument("-o", "--output", required=True, help="int8 .onnx to write (and <stem>.quality.json)")
@@ -42,8 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="uint8 (asymmetric, fastest on x86 CPUs) or int8 (symmetric: needed for TensorRT)")
     parser.add_argument("--resize", default="stretch", choices=("stretch", "letterbox"),
                         help="the engine's resize policy the model will run with (default stretch)")
-    parser.add_argument("--variant", help="architecture of a .pth checkpoint")
-    parser.add_argument("--resolution", help="network input WIDTHxHEIGHT for a .pth checkpoint (default 1024x512)")
+    parser.add_argument("--variant", help="architecture of a .pth checkpoint (default: the checkpoint's own, "
+                        "else bisenetv2)")
+    parser.add_argument("--resolution", help="network input WIDTHxHEIGHT for a .pth checkpoint (default: the "
+                        "checkpoint's own size, else 1024x512)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
@@ -65,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
                                      overwrite=args.overwrite, check=check, check_frames=args.check_frames))
     except (ValueError, OSError) as exc:  # CalibrationError, CheckpointError included
         print(f"bisenet-ros quantize: error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_STATUS
     return 0
 
 

@@ -12,7 +12,8 @@ Examples::
 
 Exit status: 0 done; 1 the input bag is damaged (everything readable was processed and the
 output bag is valid), a fatal error stopped the run, or no camera message could be decoded;
-2 bad usage (options, paths, topics);
+2 a user error (options, paths, topics, weights, class names: the same status
+as every command; nothing is left behind);
 128 + N when stopped by signal N (130 for Ctrl-C, 143 for SIGTERM), with the output bag closed
 and holding every frame processed until then.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bisenet_ros.config import SegmenterConfig, add_config_arguments, config_from_args
+from bisenet_ros.runtime import USER_ERROR_STATUS
 
 COLOR_ENCODINGS = ("bgr8", "rgb8")
 CONFIDENCE_ENCODINGS = ("32FC1", "mono8")
@@ -147,7 +149,7 @@ def _grid_options(args: argparse.Namespace) -> Any:
         if value is not None:
             values[key] = value
     values["use_static_camera_pose"] = False  # the replay's pose fallback is --camera-pose
-    return grid_options_from_parameters(values, image_topic="image")
+    return grid_options_from_parameters(values)
 
 
 def _config_file_values(args: argparse.Namespace, keys: list[str]) -> dict[str, Any]:
@@ -253,7 +255,7 @@ def build_options(args: argparse.Namespace, config: SegmenterConfig) -> tuple[An
 
 def _error(message: str) -> int:
     print(f"bisenet-ros replay: error: {message}", file=sys.stderr)
-    return 2
+    return USER_ERROR_STATUS
 
 
 def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig], Any] | None = None) -> int:
@@ -264,11 +266,13 @@ def run(args: argparse.Namespace, *, engine_factory: Callable[[SegmenterConfig],
         engine_factory: Builds the engine from the config (default:
             :class:`bisenet_ros.inference.Segmenter`); tests inject a fake here.
     """
+    from bisenet_ros.inference.weights import resolve_config
     from bisenet_ros.replay.bag import BagError
     from bisenet_ros.replay.pipeline import open_input
 
     try:
-        config = config_from_args(args)
+        # The weights file's own variant, classes and size unless given (cheap: no model built).
+        config = resolve_config(config_from_args(args))
         options, config = build_options(args, config)
     except (ValueError, OSError) as err:
         return _error(str(err))

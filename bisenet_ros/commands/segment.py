@@ -1,6 +1,7 @@
 """``bisenet-ros segment``: segment image files, write a label PNG and an overlay PNG per image.
 
     bisenet-ros segment street.jpg more/*.png --weights model_final_v2_city.pth --output-dir out/
+    bisenet-ros segment street.jpg --weights runs/camvid/best.pth   # variant, classes, size from the file
     bisenet-ros segment                # no input: segments a generated street frame
 
 Each input ``NAME.EXT`` gives ``NAME_labels.png`` (8-bit class ids, 255 = none) and
@@ -16,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from bisenet_ros.config import add_config_arguments, config_from_args
+from bisenet_ros.fileio import NewOutputs
+from bisenet_ros.runtime import USER_ERROR_STATUS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,16 +41,16 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except ValueError as exc:
         print(f"bisenet-ros segment: error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_STATUS
     inputs: list[tuple[str, np.ndarray]] = []
     for name in args.images:
         if not os.path.isfile(name):
             print(f"bisenet-ros segment: error: {name}: no such file", file=sys.stderr)
-            return 2
+            return USER_ERROR_STATUS
         image = cv2.imread(name, cv2.IMREAD_COLOR)   # always 8-bit BGR, alpha and grey converted
         if image is None:
             print(f"bisenet-ros segment: error: {name}: not an image OpenCV can read", file=sys.stderr)
-            return 2
+            return USER_ERROR_STATUS
         inputs.append((Path(name).stem, image))
     if not inputs:
         inputs.append(("generated_street", street_frame(1280, 720)))
@@ -63,23 +66,28 @@ def run(args: argparse.Namespace) -> int:
             segmenter = Segmenter(config)
     except (ValueError, ImportError, BackendError) as exc:
         print(f"bisenet-ros segment: error: {exc}", file=sys.stderr)
-        return 2
+        return USER_ERROR_STATUS
     print(f"model: {segmenter.describe()}")
     out_dir = Path(args.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     names = segmenter.class_names
-    for stem, image in inputs:
-        result = segmenter(image, color_order="bgr")
-        written = [out_dir / f"{stem}_labels.png", out_dir / f"{stem}_overlay.png"]
-        cv2.imwrite(str(written[0]), result.labels)
-        cv2.imwrite(str(written[1]), result.overlay)
-        if args.color:
-            written.append(out_dir / f"{stem}_color.png")
-            cv2.imwrite(str(written[2]), result.color)
-        counts = np.bincount(result.labels.ravel(), minlength=256)
-        top = [f"{names[i] if i < len(names) else i} {counts[i] / result.labels.size:.0%}"
-               for i in np.argsort(counts)[::-1][:3] if counts[i]]
-        timings = ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings.items())
-        print(f"{stem}: {image.shape[1]}x{image.shape[0]} | {timings} | {', '.join(top)} "
-              f"| drivable {np.mean(result.drivable > 0):.0%} -> {', '.join(str(p) for p in written)}")
+    # A failure on any image (a frame the engine rejects, a full disk) removes what this run
+    # wrote: no folder of half the images is left behind.
+    with NewOutputs(out_dir) as created:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for stem, image in inputs:
+            result = segmenter(image, color_order="bgr")
+            written = [(out_dir / f"{stem}_labels.png", result.labels),
+                       (out_dir / f"{stem}_overlay.png", result.overlay)]
+            if args.color:
+                written.append((out_dir / f"{stem}_color.png", result.color))
+            for path, array in written:
+                created.add(path)
+                if not cv2.imwrite(str(path), array):
+                    raise OSError(f"{path}: cannot be written (permissions, disk space?)")
+            counts = np.bincount(result.labels.ravel(), minlength=256)
+            top = [f"{names[i] if i < len(names) else i} {counts[i] / result.labels.size:.0%}"
+                   for i in np.argsort(counts)[::-1][:3] if counts[i]]
+            timings = ", ".join(f"{k} {v:.0f} ms" for k, v in result.timings.items())
+            print(f"{stem}: {image.shape[1]}x{image.shape[0]} | {timings} | {', '.join(top)} "
+                  f"| drivable {np.mean(result.drivable > 0):.0%} -> {', '.join(str(p) for p, _ in written)}")
     return 0

@@ -188,7 +188,8 @@ def check_class_sets(a: Any, b: Any) -> None:
         ClassSetMismatch: With both class lists' differences.
     """
     names_a, names_b = list(a.class_names), list(b.class_names)
-    if names_a != names_b:
+    # Class names match case-insensitively everywhere (bisenet_ros.labels.class_index).
+    if [n.lower() for n in names_a] != [n.lower() for n in names_b]:
         raise ClassSetMismatch(
             f"--compare: model B predicts {len(names_b)} classes ({', '.join(names_b[:4])}...) "
             f"and model A {len(names_a)} ({', '.join(names_a[:4])}...); IoUs of different class "

@@ -79,8 +79,9 @@ def write_report(result: FleetResult, folder: str | Path) -> Path:
     """Write ``metrics.json`` and ``report.html`` into ``folder`` (atomically); returns the HTML path."""
     folder = Path(folder)
     data = build_metrics(result)
+    page = _html(result, data, _plots(result))  # built first: a failure here writes no half report
     write_atomic(folder / "metrics.json", json.dumps(data, indent=2) + "\n")
-    write_atomic(folder / "report.html", _html(result, data, _plots(result)))
+    write_atomic(folder / "report.html", page)
     return folder / "report.html"
 
 

@@ -18,13 +18,15 @@ The Segmenter is not thread-safe (it reuses its input buffer): use one per threa
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import logging
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -32,6 +34,7 @@ from bisenet_ros.config import SegmenterConfig
 from bisenet_ros.inference import postprocess as post
 from bisenet_ros.inference.backends.base import Backend, BackendError
 from bisenet_ros.inference.preprocess import FitGeometry, Normalizer, check_frame, fit_frame, fit_geometry
+from bisenet_ros.inference.weights import is_onnx, resolve_config
 from bisenet_ros.labels import IGNORE_ID, ClassSet, load_class_set, make_class_set
 
 if TYPE_CHECKING:
@@ -39,13 +42,51 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger(__name__)
 
+
+class RandomWeightsWarning(UserWarning):
+    """The engine runs a randomly initialised model (no ``weights``): its output is meaningless.
+
+    A category of its own so that a caller that says so in its own words (the node's log) can
+    silence this one and keep every other warning."""
+
 #: Outputs a caller may ask for besides the always-computed labels.
 OUTPUTS = frozenset({"color", "overlay", "drivable", "confidence"})
+
+
+class _Deferred:
+    """A field of :class:`SegmentationResult` computed on its first read (``color``,
+    ``overlay``): the result's pending ``render`` runs once, under a lock, then the value stays."""
+
+    _lock = threading.Lock()
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = "_" + name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return None  # the dataclass field's default
+        if obj.__dict__.get("_render") is not None:
+            with self._lock:
+                render = obj.__dict__.get("_render")
+                if render is not None:
+                    render(obj)
+                    # only now: a reader that saw it pending waits on the lock until set
+                    obj.__dict__["_render"] = None
+        return obj.__dict__.get(self._name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self._name] = value
 
 
 @dataclass
 class SegmentationResult:
     """Everything computed for one frame. Outputs not asked for are None.
+
+    ``color`` and ``overlay`` are for people, not planners: the engine prepares them but builds
+    them on their first read, in the reading thread. The node reads them on its visualization
+    worker, so their cost (a colour resize and a blend at camera resolution, ~3.5 ms at 1080p)
+    never delays ``labels``/``drivable`` consumers; ``timings`` covers what was computed
+    during the call.
 
     Attributes:
         labels: ``H x W`` uint8 class ids (camera resolution, or network resolution if configured;
@@ -59,12 +100,17 @@ class SegmentationResult:
     """
 
     labels: np.ndarray
-    color: np.ndarray | None = None
-    overlay: np.ndarray | None = None
+    color: np.ndarray | None = _Deferred()  # type: ignore[assignment]
+    overlay: np.ndarray | None = _Deferred()  # type: ignore[assignment]
     drivable: np.ndarray | None = None
     confidence: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     color_order: str = "bgr"
+
+    def defer(self, render: Callable[["SegmentationResult"], None]) -> None:
+        """Have ``render(self)`` set ``color``/``overlay`` when either is first read. It must
+        use only arrays no later call changes (the backends return fresh arrays)."""
+        self.__dict__["_render"] = render
 
 
 def _make_config(config: SegmenterConfig | Mapping[str, Any] | str | os.PathLike[str] | None,
@@ -91,7 +137,8 @@ def load_torch_model(config: SegmenterConfig) -> Any:
     if config.weights is None:
         warnings.warn(
             f"no weights given: {config.variant} is randomly initialised and its output is "
-            "meaningless (use this for tests and benchmarks only)", UserWarning, stacklevel=3)
+            "meaningless (use this for tests and benchmarks only)", RandomWeightsWarning,
+            stacklevel=3)
     elif not os.path.isfile(config.weights):
         raise ValueError(f"weights={config.weights!r}: no such file")
     return build_model(config.variant, config.num_classes, weights=config.weights)
@@ -104,7 +151,7 @@ def resolve_class_set(config: SegmenterConfig, model: Any = None) -> ClassSet:
         ValueError: The class count does not match the model's.
     """
     info = getattr(model, "checkpoint_info", None)
-    if config.class_set == "cityscapes" and info is not None and info.class_names:
+    if "class_set" not in config.explicit and info is not None and info.class_names:
         if len(info.class_names) != config.num_classes:
             raise ValueError(
                 f"{info.path} stores {len(info.class_names)} class names for num_classes={config.num_classes}")
@@ -118,9 +165,11 @@ def resolve_class_set(config: SegmenterConfig, model: Any = None) -> ClassSet:
 
 def export_checkpoint(config: SegmenterConfig, path: str, *, confidence: bool = False) -> str:
     """Export ``config``'s checkpoint (``weights``; random if None) to ONNX at ``config.resolution``
-    with the argmax in the graph and its metadata embedded; returns ``path``."""
+    (the checkpoint's own size unless one was given) with the argmax in the graph and its metadata
+    embedded; returns ``path``."""
     from bisenet_ros.inference.export import export_onnx
 
+    config = resolve_config(config)
     model = load_torch_model(config)
     export_onnx(model, path, resolution=config.resolution, class_set=resolve_class_set(config, model),
                 confidence=confidence)
@@ -200,9 +249,12 @@ class Segmenter:
     def __init__(self, config: SegmenterConfig | Mapping[str, Any] | str | os.PathLike[str] | None = None,
                  *, model: Any = None, **overrides: Any) -> None:
         config = _make_config(config, overrides)
-        onnx_file = bool(config.weights and config.weights.endswith(".onnx"))
+        onnx_file = is_onnx(config.weights)
         if onnx_file and model is not None:
             raise ValueError("give either model= or an .onnx weights file, not both")
+        if model is None:
+            # The file's variant, classes, size (and for an .onnx the backend) unless set.
+            config = resolve_config(config)
         file_precision, batch_profile = "fp32", None
         if onnx_file:
             config, class_set, normalization, source, info = self._from_onnx_file(config)
@@ -254,24 +306,14 @@ class Segmenter:
     def _from_onnx_file(config: SegmenterConfig) -> tuple[SegmenterConfig, ClassSet, Normalizer, str, "OnnxModelInfo"]:
         from bisenet_ros.inference.export import read_onnx_info
 
-        if config.backend == "torch":
-            raise ValueError(
-                f"weights={config.weights!r} is an ONNX file: use backend='onnxruntime' or 'openvino' "
-                "(backend='torch' needs a .pth checkpoint)")
         info = read_onnx_info(config.weights)  # type: ignore[arg-type]
         if (info.precision == "int8" and config.device == "tensorrt"
                 and not (info.calibration or {}).get("activations_symmetric")):
             raise BackendError(
                 f"{config.weights} has asymmetric uint8 activations, which TensorRT cannot run; "
                 "quantize it for TensorRT with `bisenet-ros quantize ... --activations int8`")
-        # The file is the authority on what it contains: variant and class count come from it.
-        changes: dict[str, Any] = {"num_classes": info.num_classes, "variant": info.variant}
-        if info.input_size is not None and tuple(info.input_size) != tuple(config.resolution):
-            LOGGER.info("%s has a fixed input size %dx%d: using it instead of resolution %dx%d",
-                        config.weights, *info.input_size, *config.resolution)
-            changes["resolution"] = info.input_size
-        config = config.replace(**changes)
-        if config.class_set != "cityscapes":
+        # Variant, class count and a fixed size came from the file (resolve_config).
+        if "class_set" in config.explicit:
             class_set = load_class_set(config.class_set, info.num_classes)
         else:
             class_set = info.class_set(os.path.basename(str(config.weights)))
@@ -522,39 +564,44 @@ class Segmenter:
     def _postprocess(self, frame: np.ndarray, fitted: np.ndarray, geometry: FitGeometry,
                      labels_net: np.ndarray, confidence_net: np.ndarray | None,
                      wanted: frozenset[str], color_order: str) -> SegmentationResult:
-        lut = self._color_luts[color_order]
         result = SegmentationResult(labels=labels_net, color_order=color_order)
         if self.config.output_resolution == "network":
-            labels = post.mark_padding(labels_net, geometry, IGNORE_ID)
-            result.labels = labels
-            if "color" in wanted or "overlay" in wanted:
-                color = post.colorize(labels, lut)
-                result.color = color if "color" in wanted else None
-                if "overlay" in wanted:
-                    result.overlay = post.blend(fitted, color, self.config.overlay_alpha)
+            result.labels = post.mark_padding(labels_net, geometry, IGNORE_ID)
             if "confidence" in wanted and confidence_net is not None:
                 result.confidence = post.mark_padding(confidence_net, geometry, 0.0)
         else:
             result.labels = post.to_camera(labels_net, geometry)
-            if "color" in wanted or "overlay" in wanted:
-                # Colour the small network-resolution map (content region, no letterbox padding).
-                color = post.colorize(post.crop_to_content(labels_net, geometry), lut)
-                if self.config.visualization_resolution == "network":
-                    # For people only: the network-sized picture costs a quarter of the
-                    # camera-sized one at 1080p to build and encode.
-                    base = post.crop_to_content(fitted, geometry)
-                else:
-                    # Then resize: identical pixels (nearest only copies), a sixth of the LUT
-                    # work at 1080p.
-                    color, base = post.to_camera(color, _content_geometry(geometry)), frame
-                result.color = color if "color" in wanted else None
-                if "overlay" in wanted:
-                    result.overlay = post.blend(base, color, self.config.overlay_alpha)
             if "confidence" in wanted and confidence_net is not None:
                 result.confidence = post.to_camera(confidence_net, geometry)
+        if "color" in wanted or "overlay" in wanted:
+            result.defer(functools.partial(self._visualize, frame=frame, fitted=fitted,
+                                           geometry=geometry, labels_net=labels_net,
+                                           wanted=wanted, lut=self._color_luts[color_order]))
         if "drivable" in wanted:
             result.drivable = post.binary_mask(result.labels, self._drivable_lut)
         return result
+
+    def _visualize(self, result: SegmentationResult, *, frame: np.ndarray, fitted: np.ndarray,
+                   geometry: FitGeometry, labels_net: np.ndarray, wanted: frozenset[str],
+                   lut: np.ndarray) -> None:
+        """Set ``result.color``/``overlay`` (run on their first read, see SegmentationResult)."""
+        if self.config.output_resolution == "network":
+            color = post.colorize(result.labels, lut)
+            base = fitted
+        else:
+            # Colour the small network-resolution map (content region, no letterbox padding).
+            color = post.colorize(post.crop_to_content(labels_net, geometry), lut)
+            if self.config.visualization_resolution == "network":
+                # For people only: the network-sized picture costs a quarter of the
+                # camera-sized one at 1080p to build and encode.
+                base = post.crop_to_content(fitted, geometry)
+            else:
+                # Then resize: identical pixels (nearest only copies), a sixth of the LUT
+                # work at 1080p.
+                color, base = post.to_camera(color, _content_geometry(geometry)), frame
+        result.color = color if "color" in wanted else None
+        if "overlay" in wanted:
+            result.overlay = post.blend(base, color, self.config.overlay_alpha)
 
     def warmup(self, frame_size: tuple[int, int] = (640, 480), runs: int = 1) -> None:
         """Run a few blank frames so the first real frame is not slowed by lazy initialisation."""

@@ -8,12 +8,12 @@ Output contract: in eval mode ``model(x)`` maps ``(N, 3, H, W)`` normalized RGB 
 ``{"out": logits, "aux": [logits, ...], "detail": ...}`` (``detail``: STDC only).
 """
 from bisenet_ros.models.blocks import CITYSCAPES_COINCHEUNG, IMAGENET, ConvNormAct, Normalization
-from bisenet_ros.models.checkpoint import (CheckpointError, CheckpointInfo, detect_format, load_weights,
-                                           make_checkpoint, read_checkpoint)
+from bisenet_ros.models.checkpoint import (CheckpointError, CheckpointInfo, describe_checkpoint, detect_format,
+                                           load_weights, make_checkpoint, read_checkpoint)
 from bisenet_ros.models.registry import MODELS, ModelSpec, build_model, get_spec, list_models
 
 __all__ = [
     "CITYSCAPES_COINCHEUNG", "IMAGENET", "MODELS", "CheckpointError", "CheckpointInfo", "ConvNormAct",
-    "ModelSpec", "Normalization", "build_model", "detect_format", "get_spec", "list_models",
+    "ModelSpec", "Normalization", "build_model", "describe_checkpoint", "detect_format", "get_spec", "list_models",
     "load_weights", "make_checkpoint", "read_checkpoint",
 ]

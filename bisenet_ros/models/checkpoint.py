@@ -24,6 +24,7 @@ import os
 import pickle
 import re
 import warnings
+import zipfile
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -103,12 +104,17 @@ def make_checkpoint(model: nn.Module, *, class_names: list[str] | None = None,
     }
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+def read_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> Any:
     """``torch.load`` with weights_only, turning every failure into a :class:`CheckpointError`.
 
     The message says what the file is not and how to get a good one. PyTorch's own text is not
     passed on: for a file holding arbitrary Python objects it advises turning the safety check
     off, which would let a downloaded file run code on the robot.
+
+    Args:
+        path: The checkpoint file.
+        mmap: Map the tensors instead of reading them (for a look at the metadata: the tensor
+            data is then never read). Files in the legacy (pre-zip) format are read whole.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -117,6 +123,8 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
         with warnings.catch_warnings():
             # e.g. "Detected pickle protocol 4": noise next to the error below.
             warnings.simplefilter("ignore", UserWarning)
+            if mmap and zipfile.is_zipfile(path):
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # zip/pickle/format errors: classified below
         text = str(error)
@@ -134,6 +142,37 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Any:
             f"{path}: not a readable PyTorch checkpoint ({size} bytes): the file is corrupt, "
             "truncated or not a .pth file. Download it again (compare its size and checksum with "
             "the publisher's) or re-export it.") from None
+
+
+def describe_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What a checkpoint says about itself, without building a model (the tensors are mapped,
+    not read).
+
+    Returns:
+        For this project's format: ``variant``, ``num_classes``, ``class_names`` and ``palette``
+        (None when not stored) and ``input_size`` (``(width, height)`` the run was trained and
+        evaluated at, None in files written before training stored it). None for the published
+        formats, which carry nothing.
+
+    Raises:
+        CheckpointError: The file cannot be read, or its metadata is malformed.
+    """
+    path = os.fspath(path)
+    checkpoint = read_checkpoint(path, mmap=True)
+    if not (isinstance(checkpoint, Mapping) and checkpoint.get("format") == "bisenet_ros"):
+        return None
+    fmt, variant, _, meta = detect_format(checkpoint, path)
+    size = meta.get("input_size")
+    try:
+        input_size = None if size is None else (int(size[0]), int(size[1]))
+        if size is not None and len(size) != 2:
+            raise ValueError
+    except (TypeError, ValueError, IndexError):
+        raise CheckpointError(f"{path}: input_size {size!r} is not [width, height]") from None
+    names = meta.get("class_names")
+    return {"variant": variant, "num_classes": int(meta["num_classes"]),
+            "class_names": [str(n) for n in names] if names else None,
+            "palette": meta.get("palette"), "input_size": input_size}
 
 
 def detect_format(checkpoint: Any, path: str = "<checkpoint>") -> tuple[str, str, dict[str, torch.Tensor], dict]:

@@ -26,7 +26,8 @@ import numpy as np
 
 from bisenet_ros import bev
 from bisenet_ros.pipeline import camera_info_topic
-from bisenet_ros.replay.messages import deserialize, make_occupancy_grid, stamp_to_ns
+from bisenet_ros.replay.messages import (
+    COMPRESSED_IMAGE, deserialize, make_occupancy_grid, stamp_to_ns)
 
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
 TF_MESSAGE = "tf2_msgs/msg/TFMessage"
@@ -150,7 +151,9 @@ def load_grid_source(bag: Any, image_topic: str, *, grid: bev.GridSpec,
     """
     static_pose = bev.Pose.from_mount(*camera_pose) if camera_pose is not None else None
     cameras: list[tuple[int, bev.CameraModel]] = []
-    info_topic = camera_info_topic(image_topic)
+    image = bag.topics.get(image_topic)
+    info_topic = camera_info_topic(
+        image_topic, compressed=image is not None and image.msgtype == COMPRESSED_IMAGE)
     wanted = []
     if camera_info_yaml is not None:
         cameras = [(0, bev.CameraModel.from_calibration_yaml(camera_info_yaml, rectified=rectified))]
@@ -267,6 +270,12 @@ class GridStage:
         self.evaluated += 1
         if self.evaluated == 1:  # the first evaluated frame: prediction beside truth
             self.picture = (pred, truth_grid)
+
+    def warnings(self) -> list[str]:
+        """One line per reason frames got no grid, for the report's warnings (never silent:
+        e.g. a camera whose view lies outside the grid extent writes no grid at all)."""
+        return [f"drivable grid: {count} frame(s) without a grid: {message}"
+                for message, count in self.problems.items()]
 
     def iou(self) -> float | None:
         return self.intersection / self.union if self.union else None

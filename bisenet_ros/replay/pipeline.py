@@ -32,6 +32,7 @@ import numpy as np
 from bisenet_ros import codec, outputs as node_outputs
 from bisenet_ros.inference.frames import sample_indices
 from bisenet_ros.inference.segmenter import engine_provenance
+from bisenet_ros.labels import class_indices
 from bisenet_ros.replay import metrics as M
 from bisenet_ros.replay.bag import BagError, InputBag, TopicInfo
 from bisenet_ros.replay.groundtruth import FolderLabels, StampMatcher
@@ -256,18 +257,9 @@ class _Stop:
 
 
 def resolve_drivable_ids(entries: Sequence[Any], class_names: Sequence[str]) -> list[int]:
-    """Class ids for ``drivable_classes`` entries (names or ids), as the engine reads them."""
-    ids = []
-    for entry in entries:
-        text = str(entry)
-        if text in class_names:
-            ids.append(list(class_names).index(text))
-        elif text.isdigit():
-            ids.append(int(text))
-        else:
-            raise ValueError(f"drivable class {text!r} is not a class name ({', '.join(class_names)}) "
-                             "or id")
-    return ids
+    """Class ids for ``drivable_classes`` entries (names or ids), by the engine's rule
+    (:func:`bisenet_ros.labels.class_index`: case-insensitive names, closest name on a typo)."""
+    return class_indices(entries, class_names)
 
 
 def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
@@ -344,6 +336,8 @@ def replay(options: ReplayOptions, engine: Engine, *, config: Any = None,
         if owned:
             bag.close()
     result.damage = list(bag.damage) + result.damage
+    if result.grid is not None:
+        result.warnings.extend(result.grid.warnings())
     if result.unnormalized_stamps:
         result.warnings.append(
             f"{result.unnormalized_stamps} image message(s) carry a header stamp with nanosec outside "

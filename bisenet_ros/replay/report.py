@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bisenet_ros.fileio import NewOutputs
 from bisenet_ros.inference.segmenter import model_summary
 from bisenet_ros.replay import metrics as M
 from bisenet_ros.replay.pipeline import ReplayResult
@@ -26,10 +27,13 @@ REPORT_FILES = ("report.html", "metrics.json", "frames.csv")
 
 
 def prepare_report_dir(path: str | Path, *, overwrite: bool) -> Path:
-    """Create the report folder; refuse to replace an earlier report unless ``overwrite``.
+    """Check the report folder before the run: refuse to replace an earlier report unless
+    ``overwrite``. Nothing is created (:func:`write_report` makes the folder), so a run that fails
+    leaves no empty folder behind.
 
     Raises:
-        OutputExistsError: A report is already there and ``overwrite`` is False.
+        OutputExistsError: A report is already there and ``overwrite`` is False, or ``path`` is a
+            file.
     """
     path = Path(path)
     existing = [name for name in REPORT_FILES if (path / name).exists()]
@@ -38,7 +42,6 @@ def prepare_report_dir(path: str | Path, *, overwrite: bool) -> Path:
                                 "--overwrite to replace it, or choose another --report folder")
     if path.exists() and not path.is_dir():
         raise OutputExistsError(f"--report {path} is a file; expected a folder")
-    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -131,13 +134,17 @@ def write_report(result: ReplayResult, folder: str | Path, *, palette: np.ndarra
         The path of ``report.html``.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     data = build_metrics(result)
-    (folder / "metrics.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    _write_csv(result, folder / "frames.csv")
-    plots = _plots(result, palette if palette is not None else result.palette)
-    page = _html(result, data, plots)
-    (folder / "report.html").write_text(page, encoding="utf-8")
+    # Everything is built before anything is written, and a failed write removes the folder it
+    # made: no half report is left behind.
+    page = _html(result, data, _plots(result, palette if palette is not None else result.palette))
+    with NewOutputs(folder) as written:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in REPORT_FILES:
+            written.add(folder / name)
+        (folder / "metrics.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        _write_csv(result, folder / "frames.csv")
+        (folder / "report.html").write_text(page, encoding="utf-8")
     return folder / "report.html"
 
 

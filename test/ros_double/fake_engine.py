@@ -20,6 +20,7 @@ class FakeSegmenter:
         rng = np.random.default_rng(1)
         self.palette = rng.integers(0, 256, (n, 3), dtype=np.uint8)  # RGB
         self.calls: list[dict[str, Any]] = []
+        self.batches: list[int] = []  # the size of every segment_batch call
         self.fail_with: BaseException | None = None
         self.started = threading.Event()  # set when a call begins
         self.gate = threading.Event()  # a call waits for this (tests clear it to hold the worker)
@@ -51,3 +52,11 @@ class FakeSegmenter:
             if "confidence" in wanted and self.config.confidence else None,
             timings={"preprocess": 0.1, "model": 1.0, "postprocess": 0.2},
         )
+
+    def segment_batch(self, frames: Any, color_orders: Any = "bgr", outputs: Any = None) -> list[Any]:
+        """The batched call of the engine contract: one result per frame, in order."""
+        orders = [color_orders] * len(frames) if isinstance(color_orders, str) else list(color_orders)
+        if len(orders) != len(frames):
+            raise ValueError(f"{len(orders)} colour orders for {len(frames)} frames")
+        self.batches.append(len(frames))
+        return [self(frame, color_order=order, outputs=outputs) for frame, order in zip(frames, orders)]

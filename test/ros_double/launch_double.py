@@ -91,7 +91,37 @@ class Node:
         self.parameters = parameters or []
         self.remappings = remappings or []
         self.arguments = arguments or []
+        self.ros_arguments = ros_arguments or []
         self.kwargs = kwargs
+
+    def command_line(self, params_dir: str | Path) -> list[str]:
+        """The arguments the node process gets (after the executable), built as launch_ros
+        builds them: ``arguments``, ``--ros-args`` with ``ros_arguments``, then ``-r
+        __node:=name``, ``-r __ns:=/namespace`` (a relative namespace made absolute),
+        ``--params-file`` per parameter entry (a dict is written to a ``/**`` YAML file in
+        ``params_dir``) and ``-r from:=to`` per remapping, in order."""
+        import yaml
+
+        cmd = list(self.arguments)
+        if self.ros_arguments:
+            cmd += ["--ros-args", *self.ros_arguments]
+        cmd.append("--ros-args")
+        if self.name:
+            cmd += ["-r", f"__node:={self.name}"]
+        if self.namespace:
+            cmd += ["-r", "__ns:=" + (self.namespace if self.namespace.startswith("/")
+                                      else "/" + self.namespace)]
+        for index, entry in enumerate(self.parameters):
+            if isinstance(entry, dict):
+                values = {k: v.value if isinstance(v, ParameterValue) else v
+                          for k, v in entry.items()}
+                path = Path(params_dir) / f"launch_params_{index}.yaml"
+                path.write_text(yaml.safe_dump({"/**": {"ros__parameters": values}}))
+                entry = str(path)
+            cmd += ["--params-file", str(entry)]
+        for source, target in self.remappings:
+            cmd += ["-r", f"{source}:={target}"]
+        return cmd
 
 
 class ParameterValue:

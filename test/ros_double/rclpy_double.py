@@ -7,10 +7,16 @@ rclpy's signatures, and nothing more:
 * ``rclpy.init``, ``rclpy.spin``, ``rclpy.try_shutdown``; ``rclpy.executors.ExternalShutdownException``;
   ``rclpy.exceptions.InvalidParameterTypeException`` / ``InvalidParameterValueException``;
 * ``rclpy.node.Node``: ``declare_parameter`` (static typing and descriptor ranges enforced as
-  rclpy does, overrides from ``parameter_overrides`` and ``--ros-args -p name:=value``),
+  rclpy does, overrides from ``parameter_overrides``, ``--ros-args -p name:=value`` and
+  ``--params-file``), ``resolve_topic_name``, ``get_name``, ``get_namespace``,
   ``get_logger`` (with ``throttle_duration_sec``), ``get_clock().now()``, ``create_publisher``,
   ``create_subscription``, ``create_timer``, ``get_fully_qualified_name``, ``destroy_node``;
   ``Publisher.publish`` / ``get_subscription_count``;
+* names resolved as rcl does (:func:`resolve_topic_name`): the node namespace, ``~`` (the
+  node's own name), ``{node}``/``{ns}``, relative and absolute names, then the first matching
+  ``-r [node:]from:=to`` rule (the node's ``cli_args`` first, then ``rclpy.init(args=...)``:
+  what a launch file's ``remappings``, ``name`` and ``namespace`` become); publishers and
+  subscriptions carry the resolved name as ``topic_name``;
 * ``rclpy.qos``: ``QoSProfile``, ``ReliabilityPolicy``, ``DurabilityPolicy``, ``HistoryPolicy``;
 * ``rclpy.parameter.Parameter`` (what ``declare_parameter`` returns; tests build overrides with it);
 * ``rclpy.time.Time`` and ``rclpy.duration.Duration`` (keyword construction, ``nanoseconds``);
@@ -171,6 +177,128 @@ class Parameter:
         return self._value
 
 
+# ------------------------------------------------------------------ names, command line
+def expand_topic_name(name: str, node_name: str, namespace: str) -> str:
+    """rcl_expand_topic_name: a fully qualified name from a topic name as a node gives it.
+
+    ``~`` is the node's fully qualified name (``/ns/node``), ``{node}`` / ``{ns}`` /
+    ``{namespace}`` are substituted, a relative name is put in the node's namespace and an
+    absolute one is kept.
+    """
+    if not name:
+        raise ValueError("topic name must not be empty")
+    ns = namespace.rstrip("/")
+    if name.startswith("~"):
+        if name not in ("~",) and not name.startswith("~/"):
+            raise ValueError(f"invalid topic name {name!r}: '~' must be followed by '/'")
+        name = f"{ns}/{node_name}{name[1:]}"
+    name = name.replace("{node}", node_name).replace("{ns}", namespace).replace(
+        "{namespace}", namespace)
+    expanded = name if name.startswith("/") else f"{ns}/{name}"
+    if expanded.endswith("/") or "//" in expanded:
+        raise ValueError(f"invalid topic name {name!r}")
+    return expanded
+
+
+class RemapRule:
+    """One ``-r [node:]match:=replacement`` rule (rcl_remap_t); ``__node``/``__ns`` rename the
+    node itself."""
+
+    def __init__(self, text: str) -> None:
+        match, sep, self.replacement = text.partition(":=")
+        if not sep or not match or not self.replacement:
+            raise ValueError(f"Couldn't parse remap rule: '{text}'")
+        # `node:match` (a node-specific rule); `~/x` or `/a/b` contain no ':' before ':='.
+        self.node_name, _, self.match = match.rpartition(":")
+        self.node_name = self.node_name or None
+        if self.match in ("__node", "__name"):
+            self.kind = "node"
+        elif self.match == "__ns":
+            self.kind = "namespace"
+        else:
+            self.kind = "topic"
+
+    def applies_to(self, node_name: str) -> bool:
+        return self.node_name is None or self.node_name == node_name
+
+
+def _first_rule(rules: list[RemapRule], kind: str, node_name: str, namespace: str | None = None,
+                name: str | None = None) -> RemapRule | None:
+    # rcl's _rcl_remap_first_match: the first rule of the kind for this node whose match side,
+    # expanded like a topic name, equals the expanded name.
+    for rule in rules:
+        if rule.kind != kind or not rule.applies_to(node_name):
+            continue
+        if kind != "topic":
+            return rule
+        try:
+            if expand_topic_name(rule.match, node_name, namespace or "/") == name:
+                return rule
+        except ValueError:
+            continue
+    return None
+
+
+def resolve_topic_name(name: str, node_name: str, namespace: str, local_rules: list[RemapRule],
+                       global_rules: list[RemapRule], *, only_expand: bool = False) -> str:
+    """rcl_resolve_name: expand ``name``, then apply the first matching remap rule (the node's
+    own arguments first, then the process's), whose replacement is expanded too."""
+    expanded = expand_topic_name(name, node_name, namespace)
+    if only_expand:
+        return expanded
+    rule = (_first_rule(local_rules, "topic", node_name, namespace, expanded)
+            or _first_rule(global_rules, "topic", node_name, namespace, expanded))
+    return expanded if rule is None else expand_topic_name(rule.replacement, node_name, namespace)
+
+
+class RosArguments:
+    """What rcl takes from the ``--ros-args`` sections of a command line: remap rules,
+    ``-p name:=value`` and ``--params-file`` (in order: a later value wins)."""
+
+    FLAGS_WITH_VALUE = ("--log-level", "--enclave", "-e", "--log-file-name")
+
+    def __init__(self, args: list[str] | None = None) -> None:
+        self.remap_rules: list[RemapRule] = []
+        self.parameters: list[tuple[str, Any]] = []  # ("-p", (name, value)) / ("file", path)
+        items = list(args or [])
+        inside = False
+        i = 0
+        while i < len(items):
+            item = items[i]
+            if item == "--ros-args":
+                inside = True
+            elif item == "--":
+                inside = False
+            elif inside and i + 1 < len(items) and item in ("-r", "--remap", "-p", "--param",
+                                                           "--params-file") + self.FLAGS_WITH_VALUE:
+                value = items[i + 1]
+                i += 1
+                if item in ("-r", "--remap"):
+                    self.remap_rules.append(RemapRule(value))
+                elif item in ("-p", "--param"):
+                    key, _, raw = value.partition(":=")
+                    self.parameters.append(("-p", (key, yaml.safe_load(raw))))
+                elif item == "--params-file":
+                    self.parameters.append(("file", value))
+            i += 1
+
+    def parameter_values(self, node_name: str, namespace: str) -> dict[str, Any]:
+        """The parameter values these arguments give the node ``namespace/node_name``."""
+        fqn = f"{namespace.rstrip('/')}/{node_name}"
+        values: dict[str, Any] = {}
+        for kind, entry in self.parameters:
+            if kind == "-p":
+                values[entry[0]] = entry[1]
+                continue
+            with open(entry, encoding="utf-8") as stream:
+                document = yaml.safe_load(stream) or {}
+            for key, section in document.items():
+                # rcl: "/**" and "**" match every node, else the node's name or its FQN.
+                if key in ("/**", "**", node_name, fqn, fqn.lstrip("/")):
+                    values.update((section or {}).get("ros__parameters", {}))
+        return values
+
+
 # ----------------------------------------------------------------------------- graph, clock
 class Graph:
     """The in-process ROS graph of one test: topics, timers, log, clock and init state."""
@@ -183,7 +311,7 @@ class Graph:
         self.log: list[tuple[str, str, str]] = []  # (logger, level, message) actually emitted
         self.clock_ns: int | None = None  # None: wall clock
         self.initialized = False
-        self.cli_overrides: dict[str, Any] = {}
+        self.arguments = RosArguments()  # what rclpy.init(args=...) was given
         self.spin_hook: Callable[[Node], None] | None = None
 
     def fire_timers(self) -> None:
@@ -314,15 +442,6 @@ class Timer:
 
 
 # ------------------------------------------------------------------------------- rclpy.node
-def _resolve(name: str, namespace: str, node_name: str) -> str:
-    ns = namespace.rstrip("/")
-    if name.startswith("~"):
-        return f"{ns}/{node_name}{name[1:]}"
-    if name.startswith("/"):
-        return name
-    return f"{ns}/{name}"
-
-
 class Node:
     """rclpy.node.Node (the parts the segmentation node uses)."""
 
@@ -334,12 +453,22 @@ class Node:
                  automatically_declare_parameters_from_overrides: bool = False) -> None:
         if not GRAPH.initialized:
             raise RuntimeError("rcl node's context is invalid (call rclpy.init() first)")
-        self._name = node_name
-        ns = namespace or "/"
+        self._arguments = RosArguments(cli_args)
+        self._global_rules = GRAPH.arguments.remap_rules if use_global_arguments else []
+        rules = self._arguments.remap_rules + self._global_rules
+        # `-r __node:=name` / `-r __ns:=/ns` (what launch's name= and namespace= become) win
+        # over the names given in code.
+        renamed = _first_rule(rules, "node", node_name)
+        self._name = renamed.replacement if renamed else node_name
+        moved = _first_rule(rules, "namespace", node_name)
+        ns = (moved.replacement if moved else namespace) or "/"
         self._namespace = ns if ns.startswith("/") else "/" + ns
         self._overrides: dict[str, Parameter] = {}
         if use_global_arguments:
-            self._overrides.update({k: Parameter(k, value=v) for k, v in GRAPH.cli_overrides.items()})
+            self._overrides.update({k: Parameter(k, value=v) for k, v in
+                                    GRAPH.arguments.parameter_values(self._name, self._namespace).items()})
+        self._overrides.update({k: Parameter(k, value=v) for k, v in
+                                self._arguments.parameter_values(self._name, self._namespace).items()})
         self._overrides.update({p.name: p for p in parameter_overrides or []})
         self._parameters: dict[str, Parameter] = {}
         self.descriptors: dict[str, Any] = {}
@@ -353,6 +482,17 @@ class Node:
     def get_fully_qualified_name(self) -> str:
         return f"{self._namespace.rstrip('/')}/{self._name}"
 
+    def get_name(self) -> str:
+        return self._name
+
+    def get_namespace(self) -> str:
+        return self._namespace
+
+    def resolve_topic_name(self, topic: str, *, only_expand: bool = False) -> str:
+        """The fully qualified name of ``topic``: expanded, then remapped (unless only_expand)."""
+        return resolve_topic_name(topic, self._name, self._namespace, self._arguments.remap_rules,
+                                  self._global_rules, only_expand=only_expand)
+
     def get_logger(self) -> RcutilsLogger:
         return self._logger
 
@@ -365,8 +505,11 @@ class Node:
             raise RuntimeError(f"Parameter(s) already declared: {name}")
         if descriptor is None:
             descriptor = rclpy_style_class("rcl_interfaces/msg/ParameterDescriptor")()
-        declared_type = Parameter.Type.from_parameter_value(value)
-        parameter = Parameter(name, value=value)
+        if isinstance(value, Parameter.Type):  # declared by type alone: unset (None) until overridden
+            declared_type, value = value, None
+        else:
+            declared_type = Parameter.Type.from_parameter_value(value)
+        parameter = Parameter(name, declared_type, value)
         if name in self._overrides and not ignore_override:
             parameter = self._overrides[name]
         if not descriptor.dynamic_typing and parameter.type_ != declared_type:
@@ -390,7 +533,7 @@ class Node:
     def create_publisher(self, msg_type: type, topic: str, qos_profile: QoSProfile | int, *,
                          callback_group: Any = None, event_callbacks: Any = None,
                          qos_overriding_options: Any = None, publisher_class: Any = None) -> Publisher:
-        pub = Publisher(msg_type, _resolve(topic, self._namespace, self._name), _as_qos(qos_profile))
+        pub = Publisher(msg_type, self.resolve_topic_name(topic), _as_qos(qos_profile))
         with GRAPH.lock:
             GRAPH.publishers.append(pub)
         self.publishers.append(pub)
@@ -400,7 +543,7 @@ class Node:
                             qos_profile: QoSProfile | int, *, callback_group: Any = None,
                             event_callbacks: Any = None, qos_overriding_options: Any = None,
                             raw: bool = False) -> Subscription:
-        sub = Subscription(msg_type, _resolve(topic, self._namespace, self._name), callback,
+        sub = Subscription(msg_type, self.resolve_topic_name(topic), callback,
                            _as_qos(qos_profile))
         with GRAPH.lock:
             GRAPH.subscriptions.append(sub)
@@ -434,14 +577,9 @@ def init(*, args: list[str] | None = None, context: Any = None, domain_id: int |
     if GRAPH.initialized:
         raise RuntimeError("Context.init() must only be called once")
     GRAPH.initialized = True
-    # `--ros-args -p name:=value` (values parsed as YAML, like rcl does).
-    args = list(args or [])
-    if "--ros-args" in args:
-        rest = args[args.index("--ros-args") + 1:]
-        for flag, item in zip(rest, rest[1:]):
-            if flag in ("-p", "--param"):
-                key, _, raw = item.partition(":=")
-                GRAPH.cli_overrides[key] = yaml.safe_load(raw)
+    # The process's (global) arguments: `--ros-args -p name:=value` (values parsed as YAML,
+    # like rcl does), `--params-file`, `-r [node:]from:=to`.
+    GRAPH.arguments = RosArguments(args)
 
 
 def spin(node: Node, executor: Any = None) -> None:
