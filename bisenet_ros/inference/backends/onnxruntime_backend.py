@@ -18,8 +18,13 @@ Batches (:meth:`OnnxRuntimeBackend.run_batch`, the frames of several cameras):
   pays is running several *single-thread* executions side by side, one frame each. The backend
   does that with a second session of the same model, built on the first batch, with one
   intra-op thread, which a small pool of Python threads runs concurrently (``Run`` is
-  thread-safe and releases the GIL): one set of weights, one runtime, no locks between the
-  frames. The single-frame path keeps its own multi-thread session, unchanged.
+  thread-safe and releases the GIL): one runtime, no locks between the frames. A single-camera
+  engine never builds it, so its path is unchanged. Once batches run, the frame-by-frame session
+  is rebuilt so that both sessions take their activation memory from one arena shared by the
+  process (``session.use_env_allocators``, registered once, growing by what is asked rather than
+  to the next power of two): measured for STDC1 1024x512 with two frames side by side, 564 MB
+  instead of 708 MB of RSS, and no slower. (Sharing the weights themselves between the two
+  sessions would not help: the optimizer re-lays out the convolution weights per session.)
 - On CUDA/TensorRT, batching is the lever: a batch-dynamic file runs the whole batch in one
   ``Run`` (TensorRT with an optimization profile of min 1, opt and max the file's ``max_batch``),
   a fixed-batch-N file in runs of N (the last one padded), a batch-1 file frame by frame.
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -98,6 +104,22 @@ def execution_providers(device: str, precision: str, trt_cache_dir: str | None,
     return [("TensorrtExecutionProvider", trt_options), cuda, "CPUExecutionProvider"]
 
 
+_SHARED_ARENA_LOCK = threading.Lock()
+_shared_arena_registered = False
+
+
+def _register_shared_cpu_arena(ort: Any) -> None:
+    """Register, once per process, the CPU arena the CPU sessions share (see the module docstring)."""
+    global _shared_arena_registered
+    with _SHARED_ARENA_LOCK:
+        if _shared_arena_registered:
+            return
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        # arena_extend_strategy 1 = kSameAsRequested (the default, 0, rounds up to a power of two).
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg({"arena_extend_strategy": 1}))
+        _shared_arena_registered = True
+
+
 class OnnxRuntimeBackend(Backend):
     """Runs an ONNX model (path or serialized bytes) with ONNX Runtime.
 
@@ -165,11 +187,12 @@ class OnnxRuntimeBackend(Backend):
         self.file_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
         self._model = model if device == "cpu" else None   # for the batch session, built on demand
         self._workers = batch_workers(num_threads) if device == "cpu" else 1
+        self._num_threads = num_threads
         #: The one-thread session that batches run on side by side (CPU; None until the first batch).
         self.batch_session: Any = None
         self._pool: ThreadPoolExecutor | None = None
 
-    def _options(self, num_threads: int) -> Any:
+    def _options(self, num_threads: int, shared_arena: bool = False) -> Any:
         ort = self._ort
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -180,6 +203,9 @@ class OnnxRuntimeBackend(Backend):
         # threads steal that CPU. Measured here (2 cores, BiSeNetV2 1024x512, 1080p outputs):
         # pre+post 21-25 ms with spinning, 12-15 ms without, and inference no slower.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if shared_arena:
+            _register_shared_cpu_arena(ort)
+            options.add_session_config_entry("session.use_env_allocators", "1")
         return options
 
     def run(self, blob: np.ndarray) -> NetworkOutput:
@@ -199,11 +225,15 @@ class OnnxRuntimeBackend(Backend):
         return [out for outputs in runs for out in outputs]
 
     def _parallel(self) -> ThreadPoolExecutor:
-        """The thread pool that runs single-thread executions side by side over one set of weights
-        (see the module docstring), with its one-thread session; both built on the first batch."""
+        """The thread pool that runs single-thread executions side by side (see the module
+        docstring) and its one-thread session, built on the first batch, when the frame-by-frame
+        session is rebuilt on the shared arena."""
         if self._pool is None:
+            cpu = ["CPUExecutionProvider"]
+            self.session = self._ort.InferenceSession(
+                self._model, sess_options=self._options(self._num_threads, shared_arena=True), providers=cpu)
             self.batch_session = self._ort.InferenceSession(
-                self._model, sess_options=self._options(1), providers=["CPUExecutionProvider"])
+                self._model, sess_options=self._options(1, shared_arena=True), providers=cpu)
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="onnxruntime-batch")
         return self._pool
 
