@@ -51,8 +51,12 @@ class MulticamOptions:
     Attributes:
         cameras: Camera counts N to compare at.
         variants: Model variants.
-        precisions: ``fp32`` and/or ``int8`` (a static QDQ file: ``int8`` or quantized on the fly).
+        precisions: ``fp32`` and/or ``int8`` (a static QDQ file: ``int8`` or quantized on the fly);
+            on a GPU ``fp32``, and on TensorRT ``fp16`` (built from the fp32 file).
         backend: ``onnxruntime`` or ``openvino`` (each process runs the exported file).
+        device: ``cpu``; or ``cuda``/``tensorrt`` (onnxruntime), where the batched side runs a
+            ``--batch dynamic`` export (max batch N) as one run per batch and the separate side
+            the batch-1 file, one engine per process (``benchmarks/gpu_check.sh``).
         weights: ``.pth`` checkpoint for a single variant (exported here); None = random weights.
         int8: An int8 ``.onnx`` for a single variant; None = quantize on generated frames.
         camera: Camera frame ``(width, height)``, pixels.
@@ -68,6 +72,7 @@ class MulticamOptions:
     variants: list[str] = field(default_factory=lambda: ["stdc1", "bisenetv2"])
     precisions: list[str] = field(default_factory=lambda: ["fp32", "int8"])
     backend: str = "onnxruntime"
+    device: str = "cpu"
     weights: str | None = None
     int8: str | None = None
     camera: tuple[int, int] = (1024, 512)
@@ -83,9 +88,15 @@ class MulticamOptions:
         if self.backend not in ("onnxruntime", "openvino"):
             raise ValueError(f"backend={self.backend!r}: the multi-camera bench runs onnxruntime or openvino "
                              "(torch cannot run single-thread executions side by side in one process)")
-        unknown = sorted(set(self.precisions) - {"fp32", "int8"})
+        # GPUs: fp32, and fp16 on TensorRT (int8 there needs symmetric activations: bisenet-ros quantize).
+        allowed = {"fp32", "int8"} if self.device == "cpu" else {"fp32"} | (
+            {"fp16"} if self.device == "tensorrt" else set())
+        unknown = sorted(set(self.precisions) - allowed)
         if unknown:
-            raise ValueError(f"precisions {unknown}: the multi-camera bench compares fp32 and int8")
+            raise ValueError(f"precisions {unknown}: the multi-camera bench compares {', '.join(sorted(allowed))} "
+                             f"on device {self.device}")
+        if self.device != "cpu" and self.backend != "onnxruntime":
+            raise ValueError(f"device={self.device!r}: the multi-camera bench runs GPUs through onnxruntime")
         if (self.weights or self.int8) and len(self.variants) > 1:
             raise ValueError("weights/int8: a file belongs to one variant; benchmark a single variant with it")
         if self.rate_hz <= 0 or self.duration_s <= 0 or self.settle_s < 0 or self.rounds < 1:
@@ -156,6 +167,7 @@ def _child(spec: dict[str, Any]) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = Segmenter(weights=spec["weights"], backend=spec["backend"], precision=spec["precision"],
+                           device=spec["device"], trt_cache_dir=spec["trt_cache_dir"],
                            resolution=tuple(spec["network"]), num_threads=spec["num_threads"])
     width, height = spec["camera"]
     frames = [street_frame(width, height, seed=i) for i in range(NUM_FRAMES)]
@@ -268,10 +280,15 @@ def _side_row(results: list[dict[str, Any]], duration_s: float) -> dict[str, Any
     }
 
 
-def _specs(mode: str, count: int, weights: str, precision: str, options: MulticamOptions) -> list[dict[str, Any]]:
+def _specs(mode: str, count: int, files: dict[str, str], precision: str, options: MulticamOptions,
+           directory: str) -> list[dict[str, Any]]:
     from bisenet_ros.runtime import available_cores
 
-    base = {"weights": weights, "backend": options.backend, "precision": precision,
+    source = "int8" if precision == "int8" else "fp32"   # fp16: TensorRT builds it from the fp32 file
+    if mode == "batched" and options.device != "cpu":
+        source += f"_batch{count}"
+    base = {"weights": files[source], "backend": options.backend, "precision": precision,
+            "device": options.device, "trt_cache_dir": os.path.join(directory, "tensorrt"),
             "network": list(options.network), "camera": list(options.camera), "rate_hz": options.rate_hz,
             "settle_s": options.settle_s, "duration_s": options.duration_s, "total_cameras": count}
     names = [f"camera{i}" for i in range(count)]
@@ -298,7 +315,26 @@ def _model_files(variant: str, options: MulticamOptions, directory: str,
                                                                       network=options.network), directory)
                 log(f"  {variant}: quantized to int8 on generated frames in {time.perf_counter() - start:.1f} s",
                     flush=True)
+        if options.device != "cpu":   # GPU: the batched side runs batch-dynamic files, one Run per batch
+            files.update(_batch_exports(weights, variant, files, options, directory))
     return files
+
+
+def _batch_exports(weights: str, variant: str, files: dict[str, str], options: MulticamOptions,
+                   directory: str) -> dict[str, str]:
+    from bisenet_ros.config import SegmenterConfig
+    from bisenet_ros.inference.export import export_onnx
+    from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
+
+    config = SegmenterConfig(variant=variant, weights=weights, resolution=options.network)
+    model = load_torch_model(config)
+    out = {}
+    for count in options.cameras:
+        path = os.path.join(directory, f"{variant}_batch{count}.onnx")
+        export_onnx(model, path, resolution=options.network, class_set=resolve_class_set(config, model),
+                    confidence=True, batch=None, max_batch=count)
+        out[f"fp32_batch{count}"] = path
+    return out
 
 
 def run_multicam(options: MulticamOptions, log: Callable[..., None] = print) -> dict[str, Any]:
@@ -331,7 +367,7 @@ def run_multicam(options: MulticamOptions, log: Callable[..., None] = print) -> 
                         order = ["separate", "batched"] if round_index % 2 == 0 else ["batched", "separate"]
                         for mode in order:
                             log(f"  {variant} {precision} N={count} {mode} ...", end=" ", flush=True)
-                            side = _side_row(_run_side(_specs(mode, count, files[precision], precision, options)),
+                            side = _side_row(_run_side(_specs(mode, count, files, precision, options, tmp)),
                                              options.duration_s)
                             loads.append(round(os.getloadavg()[0], 2))
                             log(f"{side['total_frames_per_s']:.2f} frames/s, RSS {side['rss_mb_total']:.0f} MB, "
@@ -348,7 +384,7 @@ def run_multicam(options: MulticamOptions, log: Callable[..., None] = print) -> 
         "meta": {
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu": _cpu_name(),
             "cores": available_cores(), "cpu_flags": flags, "versions": _versions(),
-            "backend": options.backend, "camera": list(options.camera), "network": list(options.network),
+            "backend": options.backend, "device": options.device, "camera": list(options.camera), "network": list(options.network),
             "rate_hz_per_camera": options.rate_hz, "settle_s": options.settle_s, "duration_s": options.duration_s,
             "rounds": options.rounds, "outputs": ["labels", *OUTPUTS],
             "weights": options.weights or "random (timings do not depend on the weights)",

@@ -127,7 +127,8 @@ def _run_multicam(args: argparse.Namespace) -> int:
         variants, network = _model(args)
         options = MulticamOptions(
             cameras=_camera_counts(args.cameras), variants=variants,
-            precisions=_names(args.precisions or "fp32,int8"), backend=_onnx_backend(args.backends),
+            precisions=_names(args.precisions or ("fp32,int8" if args.device == "cpu" else "fp32")),
+            backend=_onnx_backend(args.backends), device=args.device,
             weights=args.weights,
             int8=args.int8, camera=parse_resolution(args.camera), network=network,
             rate_hz=args.rate, settle_s=args.settle, duration_s=args.duration, rounds=args.rounds)
