@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# GPU check (NVIDIA), prepared for a machine with a CUDA GPU; about 3-5 minutes. Not a test: it
+# GPU check (NVIDIA), prepared for a machine with a CUDA GPU; about 8-15 minutes (TensorRT builds engines the first time). Not a test: it
 # prints a table (and writes it as JSON) of what runs on the GPU and how fast:
 #
 #   engine, BiSeNetV2 1024x512 network, 1920x1080 camera frames, all outputs:
 #     torch CUDA fp32 / fp16, onnxruntime CUDA EP fp32, TensorRT EP fp16 and int8 (QDQ file)
 #     - ms per frame (median), start time (TensorRT: first start builds the engine, the second
 #       loads it from the engine cache), label agreement with CPU fp32 (onnxruntime)
+#   several cameras (issue 19): batched TensorRT (one engine, batch-dynamic export, profile
+#     min 1 / opt = max = N) against N engines (N processes, batch-1 file), N = 2 and 4: engine-only
+#     frames/s (target >= 1.5x), then the whole pipeline with `bisenet-ros bench --cameras`
 #   training: one AMP (fp16 autocast) step of `python -m training train` on CUDA
 #
 # Packages: onnxruntime-gpu and TensorRT are installed from the package index into a separate
@@ -122,6 +125,85 @@ for r in results:
     agree = f"{r['agreement_vs_cpu_fp32'] * 100:.2f}%" if "agreement_vs_cpu_fp32" in r else "-"
     print(f"| {r['config']} | {r.get('ms_per_frame', '-')} | {starts or '-'} | {agree} | {r['status']} |")
 EOF
+
+echo "== several cameras: batched TensorRT (one engine, batch-dynamic export) against N engines (issue 19)"
+# Engine only (the network on prepared inputs: what batching changes on a GPU): N processes, each
+# with its own TensorRT engine of the batch-1 file, against one process running the batch-dynamic
+# file (optimization profile min 1, opt = max = N) on N frames per run; all processes start
+# together (ready / go on stdin) and count runs for 20 s. Target: batched >= 1.5x the frames/s.
+timeout 900 "$PY" - "$OUT" <<'EOF'
+import json, os, subprocess, sys, tempfile, warnings
+warnings.simplefilter("ignore")
+out = sys.argv[1]
+from bisenet_ros.benchmark import _random_checkpoint
+from bisenet_ros.config import SegmenterConfig
+from bisenet_ros.inference.export import export_onnx
+from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
+
+tmp = tempfile.mkdtemp(prefix="gpu_multicam_", dir=out)
+cache = os.path.join(tmp, "trt_cache")
+config = SegmenterConfig(variant="bisenetv2", weights=_random_checkpoint("bisenetv2", tmp), resolution=(1024, 512))
+model = load_torch_model(config)
+classes = resolve_class_set(config, model)
+single = os.path.join(tmp, "bisenetv2_b1.onnx")
+export_onnx(model, single, resolution=(1024, 512), class_set=classes)
+probe = r"""
+import json, sys, time, warnings
+warnings.simplefilter("ignore")
+import numpy as np
+from bisenet_ros.inference import Segmenter
+weights, count, cache, seconds = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+engine = Segmenter(weights=weights, backend="onnxruntime", device="tensorrt", precision="fp16", trt_cache_dir=cache)
+blob = np.random.default_rng(0).standard_normal((count, 3, 512, 1024)).astype(np.float32)
+run = (lambda: engine.backend.run(blob)) if count == 1 else (lambda: engine.backend.run_batch(blob))
+for _ in range(5):
+    run()
+print(json.dumps({"ready": engine.backend.describe()}), flush=True)
+sys.stdin.readline()
+runs, start = 0, time.perf_counter()
+while time.perf_counter() - start < seconds:
+    run()
+    runs += 1
+print(json.dumps({"frames": runs * count, "seconds": time.perf_counter() - start}), flush=True)
+"""
+
+
+def side(weights, processes, count, seconds=20.0):
+    procs = [subprocess.Popen([sys.executable, "-c", probe, weights, str(count), cache, str(seconds)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    engines = [json.loads(p.stdout.readline())["ready"] for p in procs]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    figures = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    return sum(f["frames"] / f["seconds"] for f in figures), engines[0]
+
+
+rows = []
+side(single, 1, 1, seconds=1.0)   # builds the batch-1 engine into the cache (minutes the first time)
+for cameras in (2, 4):
+    dynamic = os.path.join(tmp, f"bisenetv2_dynamic{cameras}.onnx")
+    export_onnx(model, dynamic, resolution=(1024, 512), class_set=classes, batch=None, max_batch=cameras)
+    side(dynamic, 1, cameras, seconds=1.0)   # builds the profile's engine
+    separate, _ = side(single, cameras, 1)
+    batched, engine = side(dynamic, 1, cameras)
+    row = {"cameras": cameras, "separate_frames_per_s": round(separate, 1), "batched_frames_per_s": round(batched, 1),
+           "ratio": round(batched / separate, 2), "engine": engine}
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+with open(os.path.join(out, "gpu_multicam.json"), "w") as f:
+    json.dump(rows, f, indent=2)
+print("\n| BiSeNetV2 1024x512 TensorRT fp16, engine only | N engines frames/s | batched frames/s | batched / N engines (target >= 1.5) |")
+print("|---|---:|---:|---:|")
+for r in rows:
+    print(f"| N = {r['cameras']} | {r['separate_frames_per_s']} | {r['batched_frames_per_s']} | {r['ratio']}x |")
+EOF
+
+# The whole pipeline (scheduler, pre/post-processing, per-camera latency and share, RSS), as on the CPU.
+timeout 900 "$PY" -m bisenet_ros.cli bench --cameras 2,4 --variants bisenetv2 --device tensorrt --precisions fp16 \
+    --camera 1024x512 --resolution 1024x512 --rate 200 --settle 5 --duration 20 \
+    --output "$OUT/gpu_multicam_pipeline.json" --markdown "$OUT/gpu_multicam_pipeline.md" \
+    || echo "gpu_check: the multi-camera pipeline rows failed (see above)"
 
 echo "== one AMP training step on CUDA"
 "$PY" -m training synth --out "$OUT/synth" --train 8 --val 2 >/dev/null

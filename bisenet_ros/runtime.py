@@ -27,6 +27,14 @@ def prefer_passive_openmp() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, e.g. under taskset or a container)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 class UserError(Exception):
     """Mixin of the errors a user fixes (a device, a bag, an output path), not bugs.
 

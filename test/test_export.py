@@ -159,3 +159,85 @@ def test_export_command_takes_a_training_checkpoint_as_it_is(tmp_path, capsys, m
     # An explicit contradiction names both values (exit status 2, nothing written).
     assert cli_main(["export", "--weights", weights, "--num-classes", "19", "-o", "x.onnx"]) == 2
     assert "num_classes=19 contradicts" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+
+
+def _street_frames(count: int) -> list[np.ndarray]:
+    import cv2
+
+    rng = np.random.default_rng(7)
+    return [cv2.resize(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8), (80 + 8 * i, 40), interpolation=cv2.INTER_LINEAR)
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("variant", ["bisenetv2", "stdc1"])
+def test_batch_dynamic_export_equals_batch_one_label_for_label(tmp_path, capsys, variant) -> None:
+    torch.manual_seed(0)
+    weights = tmp_path / f"{variant}.pth"
+    from bisenet_ros.models import build_model, make_checkpoint
+
+    torch.save(make_checkpoint(build_model(variant, num_classes=19)), weights)
+    one, dynamic = tmp_path / "b1.onnx", tmp_path / "dyn.onnx"
+    base = ["export", "--variant", variant, "--weights", str(weights), "--resolution", "64x32"]
+    assert cli_main(base + ["-o", str(one)]) == 0
+    assert cli_main(base + ["-o", str(dynamic), "--batch", "dynamic", "--max-batch", "3"]) == 0
+    assert "dynamic batch (up to 3)" in capsys.readouterr().out
+    info = read_onnx_info(dynamic)
+    assert (info.batch, info.max_batch) == (None, 3) and (read_onnx_info(one).batch, read_onnx_info(one).max_batch) == (1, 1)
+    # The graph itself: one Run of three frames against three Runs of the batch-1 file.
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 64)).astype(np.float32)
+    batched = ort.InferenceSession(str(dynamic), providers=["CPUExecutionProvider"]).run(["labels"], {"input": x})[0]
+    single = ort.InferenceSession(str(one), providers=["CPUExecutionProvider"])
+    assert batched.shape == (3, 32, 64)
+    for i in range(3):
+        np.testing.assert_array_equal(batched[i], single.run(["labels"], {"input": x[i:i + 1]})[0][0])
+    # Through the engine, on every ONNX backend: the frames of three cameras.
+    frames = _street_frames(3)
+    for backend in ("onnxruntime", "openvino"):
+        reference = Segmenter(weights=str(one), backend=backend)
+        engine = Segmenter(weights=str(dynamic), backend=backend)
+        for got, frame in zip(engine.segment_batch(frames), frames):
+            np.testing.assert_array_equal(got.labels, reference(frame).labels, err_msg=backend)
+
+
+def test_fixed_batch_export_runs_padded_and_old_files_read_as_batch_one(tmp_path) -> None:
+    model = TinyNet()
+    path = tmp_path / "b2.onnx"
+    info = export_onnx(model, path, resolution=(48, 32), class_set=cityscapes(), batch=2)
+    assert (info.batch, info.max_batch) == (2, 2)
+    assert [d.dim_value for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim] == [2, 3, 32, 48]
+    frames = _street_frames(3)
+    export_onnx(model, tmp_path / "b1.onnx", resolution=(48, 32), class_set=cityscapes())
+    reference = Segmenter(weights=str(tmp_path / "b1.onnx"), backend="onnxruntime")
+    for backend in ("onnxruntime", "openvino"):
+        engine = Segmenter(weights=str(path), backend=backend)
+        assert engine.backend.file_batch == 2
+        # Three frames = a run of two and a padded run; one frame = a padded run.
+        for got, frame in zip(engine.segment_batch(frames), frames):
+            np.testing.assert_array_equal(got.labels, reference(frame).labels, err_msg=backend)
+        np.testing.assert_array_equal(engine(frames[0]).labels, reference(frames[0]).labels)
+    # A file from before format_version 3 has no batch keys: batch 1.
+    proto = onnx.load(str(path))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}[METADATA_KEY])
+    meta["format_version"] = 2
+    del meta["input"]["batch"], meta["input"]["max_batch"]
+    old = json.dumps(meta)
+    from bisenet_ros.inference.export import OnnxModelInfo
+
+    assert (OnnxModelInfo.from_json(old).batch, OnnxModelInfo.from_json(old).max_batch) == (1, 1)
+    with pytest.raises(ValueError, match="batch=0: expected a frame count"):
+        export_onnx_bytes(model, resolution=(48, 32), class_set=cityscapes(), batch=0)
+    with pytest.raises(ValueError, match="max_batch is for a dynamic batch"):
+        export_onnx_bytes(model, resolution=(48, 32), class_set=cityscapes(), batch=2, max_batch=4)
+    with pytest.raises(SystemExit):   # argparse: usage and one line
+        cli_main(["export", "--batch", "zero"])
+
+
+def test_tensorrt_profile_covers_one_to_the_largest_batch() -> None:
+    from bisenet_ros.inference.backends.onnxruntime_backend import execution_providers
+
+    (_, options), _, _ = execution_providers("tensorrt", "fp16", None, ("input", (3, 512, 1024), 4))
+    assert options["trt_profile_min_shapes"] == "input:1x3x512x1024"
+    assert options["trt_profile_opt_shapes"] == "input:4x3x512x1024"
+    assert options["trt_profile_max_shapes"] == "input:4x3x512x1024"
+    (_, fixed), _, _ = execution_providers("tensorrt", "fp16", None)
+    assert not any(key.startswith("trt_profile") for key in fixed)

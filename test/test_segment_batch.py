@@ -90,3 +90,24 @@ def test_bad_input_is_refused_naming_the_frame(weights) -> None:
         seg.segment_batch(frames[:2], ["bgr", "yuv"])
     with pytest.raises(ValueError, match="outputs: unknown"):
         seg.segment_batch(frames[:2], outputs={"depth"})
+
+
+@pytest.mark.parametrize("backend", ONNX_BACKENDS)
+def test_cpu_batches_run_single_thread_executions_side_by_side(weights, backend) -> None:
+    # Two workers: the batch runs on a second, one-thread compilation of the same file, built on
+    # the first batch; single frames keep the configured two-thread one.
+    seg = Segmenter(weights=weights["onnx"], backend=backend, num_threads=2)
+    frames, orders = _frames()
+    singles = [seg(frame, order).labels for frame, order in zip(frames, orders)]
+    engine = seg.backend
+    assert (engine.batch_session if backend == "onnxruntime" else engine.batch_compiled) is None
+    batch = seg.segment_batch(frames, orders)
+    for one, got in zip(singles, batch):
+        np.testing.assert_array_equal(got.labels, one)
+    if backend == "onnxruntime":
+        assert engine.batch_session.get_session_options().intra_op_num_threads == 1
+        assert engine.session.get_session_options().intra_op_num_threads == 2
+    else:
+        assert int(engine.batch_compiled.get_property("NUM_STREAMS")) == 2
+        assert int(engine.batch_compiled.get_property("INFERENCE_NUM_THREADS")) == 2
+        assert str(engine.compiled.get_property("PERFORMANCE_HINT")) == "LATENCY"

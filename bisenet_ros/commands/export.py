@@ -2,6 +2,7 @@
 
     bisenet-ros export --variant stdc1 --weights model_maxmIOU50.pth --resolution 1024x512 -o stdc1.onnx
     bisenet-ros export --weights runs/camvid/best.pth -o camvid.onnx   # the run's variant, classes, size
+    bisenet-ros export --variant stdc1 --weights model_maxmIOU50.pth --batch dynamic --max-batch 4
 
 The file format (metadata, graph outputs) is described in :mod:`bisenet_ros.inference.export`.
 """
@@ -11,8 +12,21 @@ import argparse
 import sys
 
 from bisenet_ros.fileio import write_atomic
-from bisenet_ros.inference.export import DEFAULT_OPSET, export_onnx_bytes, verify_export
+from bisenet_ros.inference.export import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_onnx_bytes, verify_export
 from bisenet_ros.runtime import USER_ERROR_STATUS
+
+
+def parse_batch(text: str) -> int | None:
+    """``--batch``: a frame count >= 1, or ``dynamic`` (None)."""
+    if text.strip().lower() == "dynamic":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a frame count >= 1 or 'dynamic', got {text!r}")
+    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also output the per-pixel confidence (max softmax probability)")
     parser.add_argument("--dynamic", action="store_true",
                         help="dynamic input height/width (TensorRT and OpenVINO run fastest with fixed sizes)")
+    parser.add_argument("--batch", type=parse_batch, default=1, metavar="N|dynamic",
+                        help="frames per run: a fixed N (e.g. the number of cameras) or 'dynamic' "
+                             "(any batch; TensorRT builds for 1 to --max-batch). Default 1")
+    parser.add_argument("--max-batch", dest="max_batch", type=int,
+                        help="with --batch dynamic: the largest batch meant, the TensorRT optimization "
+                             f"profile's opt and max (default {DEFAULT_MAX_BATCH})")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
     parser.add_argument("--no-verify", dest="verify", action="store_false",
                         help="skip comparing ONNX Runtime with PyTorch after export")
@@ -61,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         class_set = resolve_class_set(config, model)
         data, info = export_onnx_bytes(model, resolution=config.resolution, class_set=class_set,
                                        argmax=args.argmax, confidence=args.confidence,
-                                       dynamic=args.dynamic, opset=args.opset)
+                                       dynamic=args.dynamic, batch=args.batch, max_batch=args.max_batch,
+                                       opset=args.opset)
     except ValueError as exc:  # CheckpointError included
         print(f"bisenet-ros export: error: {exc}", file=sys.stderr)
         return USER_ERROR_STATUS
@@ -81,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
                   "not written", file=sys.stderr)
             return 1
     write_atomic(output, data)  # an interrupted export never leaves a truncated .onnx behind
+    batch = f"dynamic batch (up to {info.max_batch})" if info.batch is None else f"batch {info.batch}"
     print(f"wrote {output} ({len(data) / 1e6:.1f} MB): {info.variant}, {info.num_classes} classes, "
-          f"input {'dynamic' if info.input_size is None else f'{width}x{height}'}, outputs {', '.join(info.outputs)}")
+          f"input {'dynamic' if info.input_size is None else f'{width}x{height}'}, {batch}, "
+          f"outputs {', '.join(info.outputs)}")
     return 0

@@ -21,19 +21,12 @@ from bisenet_ros.evaluation.job import (
     worker_engines,
 )
 from bisenet_ros.replay.progress import Progress
+from bisenet_ros.runtime import available_cores
 
 OnResult = Callable[[BagResult], None]
 # How long --ray ADDRESS may take to answer before the run gives up.
 RAY_CONNECT_TIMEOUT_S = 10.0
 RAY_PACKAGE = "ray"
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, e.g. under taskset or a container)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def threads_per_worker(workers: int, requested: int = 0) -> int:

@@ -4,12 +4,13 @@
 An exported file is self-describing: its ONNX ``metadata_props`` hold one entry, key
 ``bisenet_ros``, whose value is a JSON document (:class:`OnnxModelInfo`)::
 
-    {"format": "bisenet_ros.onnx", "format_version": 1,
+    {"format": "bisenet_ros.onnx", "format_version": 3,
      "variant": "bisenetv2", "num_classes": 19,
      "class_names": ["road", ...], "palette": [[128, 64, 128], ...],      # RGB
      "normalization": {"mean": [0.3257, ...], "std": [0.2112, ...]},     # RGB/255, (x - mean) / std
      "input": {"name": "input", "layout": "NCHW", "color_order": "rgb", "dtype": "float32",
-               "size": [1024, 512]},                                      # [width, height]; null = dynamic
+               "size": [1024, 512],                                       # [width, height]; null = dynamic
+               "batch": 1, "max_batch": 1},                               # frames per run; null = dynamic
      "argmax_in_graph": true, "outputs": ["labels", "confidence"],
      "precision": "fp32",                                                 # or "int8" (QDQ)
      "calibration": null}                                                 # int8: see below
@@ -21,10 +22,16 @@ An int8 file (``bisenet-ros quantize``, :mod:`bisenet_ros.inference.quantize`) h
 when ground truth was given). Files written before format_version 2 have neither key and read
 as fp32.
 
+``input.batch`` (format_version 3, ``bisenet-ros export --batch N|dynamic``) is the batch
+dimension of the graph: a number for a fixed batch, null for a dynamic one; ``input.max_batch``
+is the largest batch the file was made for (N; for a dynamic batch ``--max-batch``, the upper
+bound of a TensorRT optimization profile: min 1, opt and max ``max_batch``). Older files have
+neither key and read as batch 1, which the engine runs as batches of one.
+
 so ``Segmenter(weights="model.onnx", backend="onnxruntime")`` needs no other input.
 
-Graph outputs: ``logits`` ``(1, C, H, W)`` float32 without the argmax; with it (the default and the
-fast path) ``labels`` ``(1, H, W)`` uint8, plus ``confidence`` ``(1, H, W)`` float32 (max softmax)
+Graph outputs (``B`` the batch): ``logits`` ``(B, C, H, W)`` float32 without the argmax; with it (the
+default and the fast path) ``labels`` ``(B, H, W)`` uint8, plus ``confidence`` ``(B, H, W)`` float32 (max softmax)
 when exported with ``--confidence``. Only the uint8 label map then leaves the accelerator, and the
 host never touches a ``C x H x W`` float tensor.
 """
@@ -46,10 +53,12 @@ LOGGER = logging.getLogger(__name__)
 
 METADATA_KEY = "bisenet_ros"
 FORMAT = "bisenet_ros.onnx"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Precisions a file can carry: fp32 as exported, int8 after ``bisenet-ros quantize``.
 FILE_PRECISIONS = ("fp32", "int8")
 DEFAULT_OPSET = 17
+#: The largest batch a batch-dynamic export is made for unless told (vehicles carry 4 to 8 cameras).
+DEFAULT_MAX_BATCH = 8
 
 
 @dataclass
@@ -70,6 +79,8 @@ class OnnxModelInfo:
         precision: ``fp32`` (as exported) or ``int8`` (quantized, QDQ).
         calibration: For int8 files, how they were calibrated and the quality check (see the
             module docstring); None for fp32.
+        batch: Frames per run the graph takes: N for a fixed batch, None for a dynamic one.
+        max_batch: The largest batch the file was made for (``batch`` when fixed).
     """
 
     variant: str
@@ -84,6 +95,8 @@ class OnnxModelInfo:
     input_name: str = "input"
     precision: str = "fp32"
     calibration: dict[str, Any] | None = None
+    batch: int | None = 1
+    max_batch: int = 1
 
     def to_json(self) -> str:
         return json.dumps({
@@ -92,7 +105,8 @@ class OnnxModelInfo:
             "class_names": list(self.class_names), "palette": [list(map(int, c)) for c in self.palette],
             "normalization": {"mean": list(self.mean), "std": list(self.std)},
             "input": {"name": self.input_name, "layout": "NCHW", "color_order": "rgb", "dtype": "float32",
-                      "size": list(self.input_size) if self.input_size else None},
+                      "size": list(self.input_size) if self.input_size else None,
+                      "batch": self.batch, "max_batch": self.max_batch},
             "argmax_in_graph": self.argmax_in_graph, "outputs": list(self.outputs),
             "precision": self.precision, "calibration": self.calibration,
         })
@@ -118,7 +132,12 @@ class OnnxModelInfo:
                 argmax_in_graph=bool(data["argmax_in_graph"]), outputs=list(data["outputs"]),
                 input_name=str(data["input"].get("name", "input")),
                 # format_version 1 files predate quantization: they are fp32.
-                precision=str(data.get("precision", "fp32")), calibration=data.get("calibration"))
+                precision=str(data.get("precision", "fp32")), calibration=data.get("calibration"),
+                # format_version 1 and 2 files predate batches: batch 1.
+                batch=None if data["input"].get("batch", 1) is None else int(data["input"].get("batch", 1)),
+                max_batch=int(data["input"].get("max_batch", data["input"].get("batch") or 1)))
+            if (info.batch is not None and info.batch != info.max_batch) or info.max_batch < 1:
+                raise ValueError(f"batch {info.batch} with max_batch {info.max_batch}")
             if info.precision not in FILE_PRECISIONS:
                 raise ValueError(f"precision {info.precision!r}, expected one of {FILE_PRECISIONS}")
         except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -227,6 +246,7 @@ class _ExportHead:
 
 def export_onnx_bytes(model: Any, *, resolution: tuple[int, int], class_set: ClassSet,
                       argmax: bool = True, confidence: bool = False, dynamic: bool = False,
+                      batch: int | None = 1, max_batch: int | None = None,
                       opset: int = DEFAULT_OPSET) -> tuple[bytes, OnnxModelInfo]:
     """Export a registry model to ONNX in memory, with metadata.
 
@@ -238,6 +258,9 @@ def export_onnx_bytes(model: Any, *, resolution: tuple[int, int], class_set: Cla
         argmax: Put the argmax in the graph (outputs ``labels`` uint8) instead of ``logits``.
         confidence: With ``argmax``, also output the max softmax probability.
         dynamic: Make height and width dynamic (the engine then uses its configured resolution).
+        batch: Frames per run: a fixed N >= 1, or None for a dynamic batch dimension.
+        max_batch: With ``batch=None``, the largest batch meant (the TensorRT profile's opt and
+            max; default :data:`DEFAULT_MAX_BATCH`). Must be None or equal to a fixed ``batch``.
         opset: ONNX opset (17 or newer).
 
     Returns:
@@ -257,31 +280,44 @@ def export_onnx_bytes(model: Any, *, resolution: tuple[int, int], class_set: Cla
         raise ValueError("confidence is an output of the argmax head: export with argmax to get it")
     if opset < 17:
         raise ValueError(f"opset={opset}: expected 17 or newer")
+    if batch is not None and batch < 1:
+        raise ValueError(f"batch={batch}: expected a frame count >= 1, or dynamic")
+    if batch is not None and max_batch not in (None, batch):
+        raise ValueError(f"max_batch={max_batch} with a fixed batch={batch}: max_batch is for a dynamic batch")
+    largest = batch if batch is not None else (DEFAULT_MAX_BATCH if max_batch is None else max_batch)
+    if largest < 1:
+        raise ValueError(f"max_batch={max_batch}: expected a frame count >= 1")
     width, height = resolution
     model.eval()
     head = _ExportHead.build(model, argmax, confidence)
     outputs = ["labels", "confidence"] if confidence else (["labels"] if argmax else ["logits"])
-    dynamic_axes = None
+    dynamic_axes: dict[str, dict[int, str]] = {"input": {}, **{name: {} for name in outputs}}
     if dynamic:
-        dynamic_axes = {"input": {2: "height", 3: "width"}}
+        dynamic_axes["input"].update({2: "height", 3: "width"})
         for name in outputs:
-            dynamic_axes[name] = {2: "height", 3: "width"} if name == "logits" else {1: "height", 2: "width"}
+            dynamic_axes[name].update({2: "height", 3: "width"} if name == "logits" else {1: "height", 2: "width"})
+    if batch is None:
+        for axes in dynamic_axes.values():
+            axes[0] = "batch"
     buffer = io.BytesIO()
-    example = torch.zeros(1, 3, height, width)
+    # A dynamic batch is traced with two frames, so that no size-1 batch is baked into the graph.
+    example = torch.zeros(2 if batch is None else batch, 3, height, width)
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, which needs
         # onnxscript and takes far longer on these graphs; the TorchScript output is what ONNX
         # Runtime, OpenVINO and TensorRT are tested with here.
         warnings.simplefilter("ignore")
         torch.onnx.export(head, (example,), buffer, dynamo=False, opset_version=opset,
-                          input_names=["input"], output_names=outputs, dynamic_axes=dynamic_axes,
+                          input_names=["input"], output_names=outputs,
+                          dynamic_axes={k: v for k, v in dynamic_axes.items() if v} or None,
                           do_constant_folding=True)
     proto = onnx.load_from_string(buffer.getvalue())
     info = OnnxModelInfo(
         variant=str(getattr(model, "variant", "custom")), num_classes=num_classes,
         class_names=list(class_set.names), palette=class_set.palette.tolist(),
         mean=tuple(normalization.mean), std=tuple(normalization.std),  # type: ignore[arg-type]
-        input_size=None if dynamic else (width, height), argmax_in_graph=argmax, outputs=outputs)
+        input_size=None if dynamic else (width, height), argmax_in_graph=argmax, outputs=outputs,
+        batch=batch, max_batch=largest)
     set_onnx_info(proto, info)
     proto.producer_name = "bisenet_ros"
     return proto.SerializeToString(), info
@@ -309,7 +345,7 @@ def verify_export(model: Any, data: bytes, info: OnnxModelInfo, seed: int = 0) -
 
     width, height = info.input_size or (256, 128)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((1, 3, height, width)).astype(np.float32)
+    x = rng.standard_normal((info.batch or 2, 3, height, width)).astype(np.float32)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run([info.outputs[0]], {"input": x})[0]
     with torch.inference_mode():
@@ -320,6 +356,6 @@ def verify_export(model: Any, data: bytes, info: OnnxModelInfo, seed: int = 0) -
 
 
 __all__: Sequence[str] = [
-    "FILE_PRECISIONS", "METADATA_KEY", "OnnxModelInfo", "set_onnx_info", "export_onnx", "export_onnx_bytes",
+    "DEFAULT_MAX_BATCH", "FILE_PRECISIONS", "METADATA_KEY", "OnnxModelInfo", "set_onnx_info", "export_onnx", "export_onnx_bytes",
     "load_onnx", "onnx_info", "read_onnx_info", "verify_export",
 ]

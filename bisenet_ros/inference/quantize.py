@@ -87,6 +87,10 @@ def check_quantizable(model: bytes, source: str) -> OnnxModelInfo:
     if info.precision != "fp32" or is_quantized(proto):
         raise ValueError(f"{source} is already quantized ({info.precision}); quantize the fp32 export "
                          "it was made from (bisenet-ros export)")
+    if info.batch not in (None, 1):
+        # Calibration feeds one frame per run; a batch-dynamic export takes those too.
+        raise ValueError(f"{source} takes batches of exactly {info.batch} frames; quantize its batch-1 "
+                         "or batch-dynamic export (bisenet-ros export --batch 1 or --batch dynamic)")
     return info
 
 

@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from bisenet_ros.inference.backends.base import Backend, BackendError
 from bisenet_ros.inference.preprocess import FitGeometry, Normalizer, check_frame, fit_frame, fit_geometry
 from bisenet_ros.inference.weights import is_onnx, resolve_config
 from bisenet_ros.labels import IGNORE_ID, ClassSet, load_class_set, make_class_set
+
+if TYPE_CHECKING:
+    from bisenet_ros.inference.export import OnnxModelInfo
 
 LOGGER = logging.getLogger(__name__)
 
@@ -252,9 +255,13 @@ class Segmenter:
         if model is None:
             # The file's variant, classes, size (and for an .onnx the backend) unless set.
             config = resolve_config(config)
-        file_precision = "fp32"
+        file_precision, batch_profile = "fp32", None
         if onnx_file:
-            config, class_set, normalization, source, file_precision = self._from_onnx_file(config)
+            config, class_set, normalization, source, info = self._from_onnx_file(config)
+            file_precision = info.precision
+            if info.batch is None:   # a batch-dynamic file: TensorRT builds for 1 to max_batch
+                width, height = config.resolution
+                batch_profile = (info.input_name, (3, height, width), info.max_batch)
         else:
             if model is None:
                 model = load_torch_model(config)
@@ -276,7 +283,7 @@ class Segmenter:
         #: The input normalization carried by the weights (``mean``/``std`` attributes, RGB 0..1).
         self.normalization = normalization
         self._normalizer = normalization
-        self.backend = self._make_backend(config, source, class_set)
+        self.backend = self._make_backend(config, source, class_set, batch_profile)
         # Tables built once: colour LUT per channel order, drivable LUT (unknown class names fail here).
         self._color_luts = {order: class_set.color_lut(order) for order in ("rgb", "bgr")}
         self._drivable_lut = class_set.mask_lut(config.drivable_classes)
@@ -296,7 +303,7 @@ class Segmenter:
         return cls(SegmenterConfig.from_yaml(path, **overrides))
 
     @staticmethod
-    def _from_onnx_file(config: SegmenterConfig) -> tuple[SegmenterConfig, ClassSet, Normalizer, str, str]:
+    def _from_onnx_file(config: SegmenterConfig) -> tuple[SegmenterConfig, ClassSet, Normalizer, str, "OnnxModelInfo"]:
         from bisenet_ros.inference.export import read_onnx_info
 
         info = read_onnx_info(config.weights)  # type: ignore[arg-type]
@@ -311,10 +318,11 @@ class Segmenter:
         else:
             class_set = info.class_set(os.path.basename(str(config.weights)))
 
-        return config, class_set, Normalizer(info.mean, info.std), str(config.weights), info.precision
+        return config, class_set, Normalizer(info.mean, info.std), str(config.weights), info
 
     @staticmethod
-    def _make_backend(config: SegmenterConfig, source: Any, class_set: ClassSet) -> Backend:
+    def _make_backend(config: SegmenterConfig, source: Any, class_set: ClassSet,
+                      batch_profile: tuple[str, tuple[int, int, int], int] | None = None) -> Backend:
         if config.backend == "torch":
             from bisenet_ros.inference.backends.torch_backend import TorchBackend
 
@@ -328,7 +336,7 @@ class Segmenter:
             import_onnxruntime()
             factory: Any = lambda model: OnnxRuntimeBackend(  # noqa: E731
                 model, device=config.device, precision=config.precision, confidence=config.confidence,
-                num_threads=config.num_threads, trt_cache_dir=config.trt_cache_dir)
+                num_threads=config.num_threads, trt_cache_dir=config.trt_cache_dir, batch_profile=batch_profile)
         elif config.backend == "openvino":
             from bisenet_ros.inference.backends.openvino_backend import OpenVinoBackend, import_openvino
 

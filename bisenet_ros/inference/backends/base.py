@@ -18,7 +18,7 @@ from types import ModuleType
 
 import numpy as np
 
-from bisenet_ros.runtime import UserError
+from bisenet_ros.runtime import UserError, available_cores
 
 
 class BackendError(RuntimeError, UserError):
@@ -119,6 +119,28 @@ def labels_from_logits(logits: np.ndarray, with_confidence: bool) -> NetworkOutp
         top = scores.max(axis=0)
         confidence = (1.0 / np.exp(scores - top).sum(axis=0)).astype(np.float32)
     return NetworkOutput(labels, confidence)
+
+
+def batch_chunks(blob: np.ndarray, size: int | None) -> list[np.ndarray]:
+    """Split an ``(N, 3, H, W)`` batch into runs of ``size`` frames (the last may be shorter);
+    ``size`` None (a batch-dynamic file) gives runs of one frame, which on a CPU give each frame
+    exactly its single-frame labels."""
+    step = size or 1
+    return [blob[start:start + step] for start in range(0, blob.shape[0], step)]
+
+
+def pad_batch(blob: np.ndarray, size: int | None) -> np.ndarray:
+    """``blob`` grown to ``size`` frames by repeating its last one (a fixed-batch file takes exactly
+    that many; the extra outputs are dropped); unchanged when ``size`` is None or reached."""
+    if size is None or blob.shape[0] >= size:
+        return blob
+    return np.concatenate([blob, np.repeat(blob[-1:], size - blob.shape[0], axis=0)])
+
+
+def batch_workers(num_threads: int) -> int:
+    """How many single-thread executions a CPU backend runs side by side for a batch: the
+    configured thread count, or every usable core when it is 0 (auto)."""
+    return num_threads if num_threads > 0 else available_cores()
 
 
 def parse_cuda_index(device: str) -> int:

@@ -7,6 +7,13 @@ which changes the labels of some pixels. fp32 is therefore set explicitly with
 An int8 (QDQ) file from ``bisenet-ros quantize`` runs its quantized layers in int8 (OpenVINO's
 low-precision transformations read the Q/DQ pairs); the float remainder keeps the f32 hint:
 measured on BiSeNetV2 1024x512 here, the f32 hint was faster than bf16 for the int8 file.
+
+Batches (:meth:`OpenVinoBackend.run_batch`): one frame at a time with the LATENCY hint keeps
+every core on one frame, and its threads wait for each other between layers. For the frames of
+several cameras, a second compilation of the model with the THROUGHPUT hint runs one CPU
+*stream* per core (one thread each), fed by an ``AsyncInferQueue``: single-thread executions side
+by side in one process, one frame per request. It is compiled on the first batch, so the
+single-camera path keeps its own compiled model, unchanged.
 """
 from __future__ import annotations
 
@@ -15,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from bisenet_ros.inference.backends.base import (
-    Backend, BackendError, NetworkOutput, import_backend_package, labels_from_logits)
+    Backend, BackendError, NetworkOutput, batch_chunks, batch_workers, import_backend_package,
+    labels_from_logits, pad_batch)
 
 PIP_HINT = "pip install openvino"
 
@@ -59,6 +67,7 @@ class OpenVinoBackend(Backend):
                 raise BackendError(
                     f"precision='bf16': this CPU does not support bf16 in OpenVINO (capabilities: "
                     f"{', '.join(capabilities)}); use fp32")
+        self._core = core
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "PERFORMANCE_HINT": "LATENCY",
@@ -73,32 +82,72 @@ class OpenVinoBackend(Backend):
         ov_model = core.read_model(model)
         self.compiled = core.compile_model(ov_model, "CPU", config)
         self._request = self.compiled.create_infer_request()
+        self._config = config
+        self._model = model   # for the throughput compilation, made on the first batch
+        self._workers = batch_workers(num_threads)
+        batch = self.compiled.inputs[0].get_partial_shape()[0]
+        #: Frames per inference the file takes: an int for a fixed batch, None for a dynamic one.
+        self.file_batch: int | None = batch.get_length() if batch.is_static else None
+        #: The THROUGHPUT compilation batches run on (None until the first batch).
+        self.batch_compiled: Any = None
+        self._queue: Any = None
         # An output can carry several tensor names (e.g. 'confidence' and '/Reciprocal_output_0').
         outputs = set().union(*(o.get_names() for o in self.compiled.outputs))
         self._argmax_in_graph = "labels" in outputs
-        if self._argmax_in_graph:
-            self._labels = self.compiled.output("labels")
-            self._confidence = None
-            if confidence:
-                if "confidence" not in outputs:
-                    raise BackendError(
-                        "confidence was requested but this ONNX file has the argmax in the graph "
-                        "and no 'confidence' output; re-export it with --confidence")
-                self._confidence = self.compiled.output("confidence")
-        else:
-            self._logits = self.compiled.outputs[0]
+        if confidence and self._argmax_in_graph and "confidence" not in outputs:
+            raise BackendError(
+                "confidence was requested but this ONNX file has the argmax in the graph "
+                "and no 'confidence' output; re-export it with --confidence")
+        #: Names of the outputs read per inference: labels (and confidence), or the logits.
+        self._names = (["labels", "confidence"] if confidence else ["labels"]) if self._argmax_in_graph \
+            else [self.compiled.outputs[0].get_any_name()]
 
     def run(self, blob: np.ndarray) -> NetworkOutput:
-        results = self._request.infer({0: blob})
+        results = self._request.infer({0: pad_batch(blob, self.file_batch)})
+        return self._split(results, 1)[0]
+
+    def run_batch(self, blob: np.ndarray) -> list[NetworkOutput]:
+        chunks = batch_chunks(blob, self.file_batch)
+        if self._workers <= 1 or len(chunks) == 1:
+            return [out for chunk in chunks
+                    for out in self._split(self._request.infer({0: pad_batch(chunk, self.file_batch)}), len(chunk))]
+        queue = self._throughput_queue()
+        outputs: list[list[NetworkOutput]] = [[] for _ in chunks]
+
+        def done(request: Any, index: int) -> None:
+            # Runs on an OpenVINO thread, before the request takes its next job (_split copies).
+            results = {name: request.get_tensor(name).data for name in self._names}
+            outputs[index] = self._split(results, len(chunks[index]))
+
+        queue.set_callback(done)
+        for index, chunk in enumerate(chunks):
+            queue.start_async({0: pad_batch(chunk, self.file_batch)}, index)
+        queue.wait_all()
+        return [out for chunk_outputs in outputs for out in chunk_outputs]
+
+    def _throughput_queue(self) -> Any:
+        """One stream per worker, one thread each, and an infer queue with one request per stream."""
+        if self._queue is None:
+            import openvino as ov
+
+            config = dict(self._config, PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=self._workers,
+                          INFERENCE_NUM_THREADS=self._workers)
+            self.batch_compiled = self._core.compile_model(self._core.read_model(self._model), "CPU", config)
+            self._queue = ov.AsyncInferQueue(self.batch_compiled, self._workers)
+        return self._queue
+
+    def _split(self, results: Any, count: int) -> list[NetworkOutput]:
+        """One :class:`NetworkOutput` per frame of the first ``count`` of an inference's outputs
+        (``results`` keyed by output name)."""
         if not self._argmax_in_graph:
-            return labels_from_logits(results[self._logits], self.computes_confidence)
-        labels = results[self._labels][0]
-        if labels.dtype != np.uint8:
-            labels = labels.astype(np.uint8)
-        # infer() returns views of the request's buffers, reused by the next call: copy.
-        labels = labels.copy()
-        confidence = results[self._confidence][0].copy() if self._confidence is not None else None
-        return NetworkOutput(labels, confidence)
+            logits = results[self._names[0]]
+            return [labels_from_logits(logits[i:i + 1], self.computes_confidence) for i in range(count)]
+        # infer() returns views of the request's buffers, reused by the next call: copy (a cast
+        # copies too).
+        labels = results["labels"]
+        labels = labels.astype(np.uint8) if labels.dtype != np.uint8 else labels.copy()
+        confidence = results["confidence"].copy() if self.computes_confidence else None
+        return [NetworkOutput(labels[i], None if confidence is None else confidence[i]) for i in range(count)]
 
     def describe(self) -> str:
         return f"openvino[CPU] {self.precision}"

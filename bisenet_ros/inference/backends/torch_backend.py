@@ -7,6 +7,12 @@
   uint8 label map is copied back to the host.
 - Conv -> BatchNorm pairs are folded into one convolution (inference-only arithmetic identity):
   measured 5-10% less eager time for BiSeNetV2 at 1024x512 on this CPU.
+- Batches (:meth:`TorchBackend.run_batch`): on CUDA one forward pass of the whole batch (the GPU's
+  lever). On the CPU frame by frame: torch's thread count is process-wide
+  (``torch.set_num_threads``) and forwards run from several Python threads share one OpenMP pool,
+  so torch cannot run single-thread executions side by side the way onnxruntime and OpenVINO do;
+  a batched forward gains only a few percent there, and may change labels at float ties.
+  For several cameras on a CPU use backend onnxruntime or openvino.
 """
 from __future__ import annotations
 
@@ -84,6 +90,14 @@ class TorchBackend(Backend):
         self.module = module.to(memory_format=self._memory_format)
 
     def run(self, blob: np.ndarray) -> NetworkOutput:
+        return self._forward(blob)[0]
+
+    def run_batch(self, blob: np.ndarray) -> list[NetworkOutput]:
+        if self._device.type == "cuda":
+            return self._forward(blob)
+        return super().run_batch(blob)   # CPU: frame by frame (see the module docstring)
+
+    def _forward(self, blob: np.ndarray) -> list[NetworkOutput]:
         torch = self._torch
         with torch.inference_mode():
             x = torch.from_numpy(blob).to(self._device, non_blocking=True)
@@ -91,14 +105,15 @@ class TorchBackend(Backend):
             logits = self.module(x)
             if isinstance(logits, dict):  # a train-mode model with aux heads: take the main output
                 logits = logits["out"]
-            labels = logits.argmax(dim=1)[0].to(torch.uint8)
+            labels = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
             confidence = None
             if self.computes_confidence:
                 # max softmax = 1 / sum(exp(l - max l)): one exp pass, in fp32 for accuracy.
-                scores = logits[0].float()
-                confidence = (1.0 / torch.exp(scores - scores.amax(dim=0, keepdim=True)).sum(dim=0))
+                scores = logits.float()
+                confidence = (1.0 / torch.exp(scores - scores.amax(dim=1, keepdim=True)).sum(dim=1))
                 confidence = confidence.cpu().numpy()
-            return NetworkOutput(labels.cpu().numpy(), confidence)
+            return [NetworkOutput(labels[i], None if confidence is None else confidence[i])
+                    for i in range(labels.shape[0])]
 
     def describe(self) -> str:
         return f"torch:{self.device} {self.precision}"
