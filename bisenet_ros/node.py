@@ -305,7 +305,8 @@ class CameraIO:
             self.publishers[topic].publish(msg)
 
     def _on_visualization_error(self, err: BaseException) -> None:
-        self.error(f"publishing the visualization failed: {type(err).__name__}: {err}")
+        if not self.node.stopping:  # publishing on a context shut down is the end, not an error
+            self.error(f"publishing the visualization failed: {type(err).__name__}: {err}")
 
     def grid_inputs(self, header: Any) -> tuple[bev.CameraModel | None, bev.Pose | None, str]:
         """This camera's model (CameraInfo) and pose (tf) for the frame of ``header``:
@@ -597,15 +598,23 @@ class SegmentationNode(Node):
 
     # -- processing -------------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the node is ending: :meth:`destroy_node` began, or the ROS context was shut
+        down (SIGTERM, ``rclpy.shutdown()``: what ends ``rclpy.spin`` with
+        ``ExternalShutdownException`` while the worker threads still run). Every publish fails
+        from then on; that is no error to count or log."""
+        return self.scheduler.closed or not self.context.ok()
+
     def _run_worker(self) -> None:
-        while not self.scheduler.closed:
+        while not self.stopping:
             batch = self.scheduler.next_batch(timeout=0.5)
             if batch is None:
                 continue
             try:
                 self.process_batch(batch)
-            except Exception as err:  # noqa: BLE001 - e.g. publishing while Ctrl-C shuts down
-                if self.scheduler.closed:
+            except Exception as err:  # noqa: BLE001 - e.g. publishing while the node ends
+                if self.stopping:
                     break
                 for frame in batch.frames:
                     self._by_name[frame.camera].error(
@@ -653,7 +662,7 @@ class SegmentationNode(Node):
                 if job.camera.publish(job, result):
                     done.append((job, result))
             except Exception as err:  # noqa: BLE001 - one camera's publisher must not stop others
-                if self.scheduler.closed:
+                if self.stopping:
                     return
                 job.camera.error(f"processing a frame failed: {type(err).__name__}: {err}")
         if done and self.surround is not None and self.surround.wanted():
