@@ -416,9 +416,12 @@ class SurroundGridIO:
             if not camera.grid_status.fused:
                 continue
             camera.stream.stats.count("grid_published")
-            values = fused.camera_grid(camera.stream.name)
+            # A camera's own grid is a full grid built from its votes: only for a listener.
             publisher = self.camera_publishers.get(camera.stream.name)
-            if publisher is not None and values is not None:
+            if publisher is None or publisher.get_subscription_count() == 0:
+                continue
+            values = fused.camera_grid(camera.stream.name)
+            if values is not None:
                 publisher.publish(self.node.grid_message(job.msg.header.stamp, values))
 
 
