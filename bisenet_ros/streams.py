@@ -176,7 +176,7 @@ class EngineStats:
 
         Values: ``batches``, ``frames_processed``, ``errors``, ``mean_batch_size`` and
         ``latency_batch_ms`` (means over the recent window), then the engine provenance keys of
-        :func:`bisenet_ros.outputs.diagnostic_values`.
+        :func:`bisenet_ros.outputs.engine_values`.
         """
         with self._lock:
             size = sum(self._sizes) / len(self._sizes) if self._sizes else 0.0
@@ -185,8 +185,7 @@ class EngineStats:
                       ("errors", str(self.errors)), ("mean_batch_size", f"{size:.2f}"),
                       ("latency_batch_ms", f"{ms:.2f}")]
             error, batches = self.last_error, self.batches
-        values += [kv for kv in outputs.diagnostic_values({}, engine)
-                   if kv[0] not in {"input_rate_hz", "output_rate_hz", *outputs.COUNTERS}]
+        values += outputs.engine_values(engine or {})
         if error:
             return outputs.ERROR, f"inference failing: {error}", values
         if batches == 0:
