@@ -546,7 +546,7 @@ class SegmentationNode(Node):
                 grid_topic="~/drivable_grid",
                 info_hint="remap camera_info or set camera_info_topic")]
             only = self.cameras[0]
-            self.stats, self.frame_gaps = only.stream.stats, only.stream.gaps
+            self.stats = only.stream.stats
             self._subscription, self._image_publishers = only.subscription, only.publishers
             self._camera_info_subscription = only.camera_info_subscription
             self._visualization = only.visualization
