@@ -128,6 +128,10 @@ def segment_frames(engine: Any, frames: Sequence[Any], color_orders: Sequence[st
 
     Returns:
         Per frame, a ``SegmentationResult`` or the ``Exception`` that frame raised.
+
+    Raises:
+        Exception: what the batch call raises other than ``ValueError`` (a backend failure,
+            not a bad frame): the caller fails the whole batch.
     """
     batch = getattr(engine, "segment_batch", None)
     if batch is not None and len(frames) > 1:
