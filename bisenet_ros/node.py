@@ -345,7 +345,6 @@ class CameraIO:
         self.warn(counter, f"no {'~/drivable_grid' if self.stream.prefix == '' else 'grid'}: "
                   f"{message}")
 
-
     def diagnostic_status(self, engine_info: dict[str, Any] | None) -> DiagnosticStatus:
         """This camera's ``/diagnostics`` entry (with the engine's provenance when given; with
         several cameras, its place in the fused grid as ``grid_state`` and ``grid_problem``)."""
