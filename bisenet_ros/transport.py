@@ -286,7 +286,11 @@ class FrameGapEstimator:
                 self._period_ns = self._estimate_period()  # a new rate, not loss
                 return None
             if missing > 0:
-                return GapReport(missing, interval / 1e9, self._period_ns / 1e9)
+                # The interval just counted can be the one that takes the recent intervals off
+                # one grid (no period now): report the period the frames were counted with.
+                period_ns = self._period_ns if self._period_ns is not None else period
+                assert period_ns is not None  # missing > 0 is only ever counted with a period
+                return GapReport(missing, interval / 1e9, period_ns / 1e9)
             return None
 
     def snapshot(self) -> dict[str, float | int | None]:
