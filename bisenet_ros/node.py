@@ -74,9 +74,6 @@ from bisenet_ros.streams import CameraStream, EngineStats, segment_frames
 from bisenet_ros.transport import DDS_DOCS, dds_config_problems
 from bisenet_ros.visualization import VisualizationWorker
 
-# Throttle period of the per-frame warnings (malformed input, stale frames, engine errors):
-# a broken camera at 30 Hz must not flood the log, but the first occurrence is shown at once.
-LOG_THROTTLE_S = 5.0
 # Frames lost in transport recur on every frame until the DDS configuration is fixed: say it
 # once, then at most every 30 s.
 TRANSPORT_LOG_THROTTLE_S = 30.0
@@ -225,8 +222,9 @@ class CameraIO:
     def _on_camera_info(self, msg: Any) -> None:
         self.stream.camera_info = msg  # one reference assignment: safe against the worker thread
 
-    def warn(self, cause: str, message: str, period_s: float = LOG_THROTTLE_S) -> None:
-        """Log a warning about this camera, at most once per ``period_s`` per cause."""
+    def warn(self, cause: str, message: str, period_s: float | None = None) -> None:
+        """Log a warning about this camera, at most once per ``period_s`` per cause (None: the
+        stream's ``log_period_s``)."""
         if self.stream.should_log(cause, period_s):
             self.node.get_logger().warning(self.stream.prefix + message)
 

@@ -36,7 +36,9 @@ class CameraStream:
         name: the camera name (its key in the scheduler).
         visualization_rate: most visualization frames per second for this camera (Hz, > 0).
         rectified: project the grid with CameraInfo P (rectified images) instead of K and D.
-        log_period_s: the shortest time between two log lines of one cause for this camera.
+        log_period_s: the shortest time between two log lines of one cause for this camera
+            (malformed input, stale frames, engine errors): a broken camera at 30 Hz must not
+            flood the log, but the first line of a cause is written at once.
         named_in_logs: start log lines with the camera name (False: the only camera).
     """
 
