@@ -113,6 +113,13 @@ def input_qos(options: NodeOptions) -> QoSProfile:
                       reliability=reliability, durability=DurabilityPolicy.VOLATILE)
 
 
+def output_qos() -> QoSProfile:
+    """The outputs' QoS (images, grids). Reliable keep-last matches reliable and best-effort
+    subscribers (rviz, planners); a depth of 1 never queues old results."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                      reliability=ReliabilityPolicy.RELIABLE)
+
+
 class CameraPoseLookup:
     """tf2 behind one call: the pose of an image's optical frame in the grid frame.
 
@@ -177,8 +184,7 @@ class CameraIO:
                  info_hint: str) -> None:
         self.node, self.stream, self.diagnostic_name = node, stream, diagnostic_name
         options = node.options
-        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                             reliability=ReliabilityPolicy.RELIABLE)
+        out_qos = output_qos()
         topics = [t for t in outputs.OUTPUT_TOPICS if t != "confidence" or options.publish_confidence]
         self.publishers = {t: node.create_publisher(Image, f"{output}/{t}", out_qos) for t in topics}
         # image_transport "compressed" names (<topic>/compressed): rviz and image_transport
@@ -376,8 +382,7 @@ class SurroundGridIO:
         self.node = node
         self.fuser = GridFuser(node.grid_options.grid, drivable_ids,
                                cameras=[t.name for t in topics])
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE)
+        qos = output_qos()
         self.publisher = node.create_publisher(OccupancyGrid, "~/drivable_grid", qos)
         self.camera_publishers = {t.name: node.create_publisher(
             OccupancyGrid, t.output("drivable_grid"), qos) for t in topics
