@@ -625,6 +625,14 @@ def test_double_remaps_like_rcl() -> None:
         rclpy_double.RemapRule("image")
 
 
+def test_double_renames_nodes_like_rcl(ros: Any) -> None:
+    # rcl_node_init: the node rule first, then the namespace rule for the node's new name
+    node = rclpy_double.Node("seg", cli_args=[
+        "--ros-args", "-r", "__node:=cam_seg", "-r", "seg:__ns:=/wrong", "-r", "cam_seg:__ns:=/front"])
+    assert node.get_fully_qualified_name() == "/front/cam_seg"
+    assert node.get_logger().name == "front.cam_seg"
+
+
 # ---------------------------------------------------------------------------- real engine
 
 

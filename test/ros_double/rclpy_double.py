@@ -492,7 +492,8 @@ class Node:
         # over the names given in code.
         renamed = _first_rule(rules, "node", node_name)
         self._name = renamed.replacement if renamed else node_name
-        moved = _first_rule(rules, "namespace", node_name)
+        # rcl_node_init matches a namespace rule against the name after the node rules
+        moved = _first_rule(rules, "namespace", self._name)
         ns = (moved.replacement if moved else namespace) or "/"
         self._namespace = ns if ns.startswith("/") else "/" + ns
         self._overrides: dict[str, Parameter] = {}
@@ -504,7 +505,8 @@ class Node:
         self._overrides.update({p.name: p for p in parameter_overrides or []})
         self._parameters: dict[str, Parameter] = {}
         self.descriptors: dict[str, Any] = {}
-        self._logger = RcutilsLogger(node_name)
+        # rcl's logger name: the fully qualified name with dots, e.g. "front.segmentation"
+        self._logger = RcutilsLogger(self.get_fully_qualified_name().lstrip("/").replace("/", "."))
         self._clock = Clock()
         self.publishers: list[Publisher] = []
         self.subscriptions: list[Subscription] = []
