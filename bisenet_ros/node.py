@@ -74,9 +74,6 @@ from bisenet_ros.streams import CameraStream, EngineStats, segment_frames
 from bisenet_ros.transport import DDS_DOCS, dds_config_problems
 from bisenet_ros.visualization import VisualizationWorker
 
-# Throttle period of the per-frame warnings (malformed input, stale frames, engine errors):
-# a broken camera at 30 Hz must not flood the log, but the first occurrence is shown at once.
-LOG_THROTTLE_S = 5.0
 # Frames lost in transport recur on every frame until the DDS configuration is fixed: say it
 # once, then at most every 30 s.
 TRANSPORT_LOG_THROTTLE_S = 30.0
@@ -114,6 +111,13 @@ def input_qos(options: NodeOptions) -> QoSProfile:
     }[options.qos]
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=options.qos_depth,
                       reliability=reliability, durability=DurabilityPolicy.VOLATILE)
+
+
+def output_qos() -> QoSProfile:
+    """The outputs' QoS (images, grids). Reliable keep-last matches reliable and best-effort
+    subscribers (rviz, planners); a depth of 1 never queues old results."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                      reliability=ReliabilityPolicy.RELIABLE)
 
 
 class CameraPoseLookup:
@@ -180,8 +184,7 @@ class CameraIO:
                  info_hint: str) -> None:
         self.node, self.stream, self.diagnostic_name = node, stream, diagnostic_name
         options = node.options
-        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                             reliability=ReliabilityPolicy.RELIABLE)
+        out_qos = output_qos()
         topics = [t for t in outputs.OUTPUT_TOPICS if t != "confidence" or options.publish_confidence]
         self.publishers = {t: node.create_publisher(Image, f"{output}/{t}", out_qos) for t in topics}
         # image_transport "compressed" names (<topic>/compressed): rviz and image_transport
@@ -225,8 +228,9 @@ class CameraIO:
     def _on_camera_info(self, msg: Any) -> None:
         self.stream.camera_info = msg  # one reference assignment: safe against the worker thread
 
-    def warn(self, cause: str, message: str, period_s: float = LOG_THROTTLE_S) -> None:
-        """Log a warning about this camera, at most once per ``period_s`` per cause."""
+    def warn(self, cause: str, message: str, period_s: float | None = None) -> None:
+        """Log a warning about this camera, at most once per ``period_s`` per cause (None: the
+        stream's ``log_period_s``)."""
         if self.stream.should_log(cause, period_s):
             self.node.get_logger().warning(self.stream.prefix + message)
 
@@ -305,7 +309,8 @@ class CameraIO:
             self.publishers[topic].publish(msg)
 
     def _on_visualization_error(self, err: BaseException) -> None:
-        self.error(f"publishing the visualization failed: {type(err).__name__}: {err}")
+        if not self.node.stopping:  # publishing on a context shut down is the end, not an error
+            self.error(f"publishing the visualization failed: {type(err).__name__}: {err}")
 
     def grid_inputs(self, header: Any) -> tuple[bev.CameraModel | None, bev.Pose | None, str]:
         """This camera's model (CameraInfo) and pose (tf) for the frame of ``header``:
@@ -344,7 +349,6 @@ class CameraIO:
         self.warn(counter, f"no {'~/drivable_grid' if self.stream.prefix == '' else 'grid'}: "
                   f"{message}")
 
-
     def diagnostic_status(self, engine_info: dict[str, Any] | None) -> DiagnosticStatus:
         """This camera's ``/diagnostics`` entry (with the engine's provenance when given; with
         several cameras, its place in the fused grid as ``grid_state`` and ``grid_problem``)."""
@@ -378,8 +382,7 @@ class SurroundGridIO:
         self.node = node
         self.fuser = GridFuser(node.grid_options.grid, drivable_ids,
                                cameras=[t.name for t in topics])
-        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE)
+        qos = output_qos()
         self.publisher = node.create_publisher(OccupancyGrid, "~/drivable_grid", qos)
         self.camera_publishers = {t.name: node.create_publisher(
             OccupancyGrid, t.output("drivable_grid"), qos) for t in topics
@@ -415,9 +418,12 @@ class SurroundGridIO:
             if not camera.grid_status.fused:
                 continue
             camera.stream.stats.count("grid_published")
-            values = fused.camera_grid(camera.stream.name)
+            # A camera's own grid is a full grid built from its votes: only for a listener.
             publisher = self.camera_publishers.get(camera.stream.name)
-            if publisher is not None and values is not None:
+            if publisher is None or publisher.get_subscription_count() == 0:
+                continue
+            values = fused.camera_grid(camera.stream.name)
+            if values is not None:
                 publisher.publish(self.node.grid_message(job.msg.header.stamp, values))
 
 
@@ -542,7 +548,7 @@ class SegmentationNode(Node):
                 grid_topic="~/drivable_grid",
                 info_hint="remap camera_info or set camera_info_topic")]
             only = self.cameras[0]
-            self.stats, self.frame_gaps = only.stream.stats, only.stream.gaps
+            self.stats = only.stream.stats
             self._subscription, self._image_publishers = only.subscription, only.publishers
             self._camera_info_subscription = only.camera_info_subscription
             self._visualization = only.visualization
@@ -597,15 +603,23 @@ class SegmentationNode(Node):
 
     # -- processing -------------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        """Whether the node is ending: :meth:`destroy_node` began, or the ROS context was shut
+        down (SIGTERM, ``rclpy.shutdown()``: what ends ``rclpy.spin`` with
+        ``ExternalShutdownException`` while the worker threads still run). Every publish fails
+        from then on; that is no error to count or log."""
+        return self.scheduler.closed or not self.context.ok()
+
     def _run_worker(self) -> None:
-        while not self.scheduler.closed:
+        while not self.stopping:
             batch = self.scheduler.next_batch(timeout=0.5)
             if batch is None:
                 continue
             try:
                 self.process_batch(batch)
-            except Exception as err:  # noqa: BLE001 - e.g. publishing while Ctrl-C shuts down
-                if self.scheduler.closed:
+            except Exception as err:  # noqa: BLE001 - e.g. publishing while the node ends
+                if self.stopping:
                     break
                 for frame in batch.frames:
                     self._by_name[frame.camera].error(
@@ -653,7 +667,7 @@ class SegmentationNode(Node):
                 if job.camera.publish(job, result):
                     done.append((job, result))
             except Exception as err:  # noqa: BLE001 - one camera's publisher must not stop others
-                if self.scheduler.closed:
+                if self.stopping:
                     return
                 job.camera.error(f"processing a frame failed: {type(err).__name__}: {err}")
         if done and self.surround is not None and self.surround.wanted():

@@ -35,6 +35,7 @@ from bisenet_ros.transport import DDS_DOCS
 __all__ = [
     "OUTPUT_TOPICS", "TOPIC_TO_ENGINE_OUTPUT", "COLOR_ENCODINGS", "CONFIDENCE_ENCODINGS",
     "engine_outputs_for", "result_to_image_fields", "label_info_fields", "diagnostic_values",
+    "engine_values",
     "diagnostic_level", "COMPRESSED_TOPICS", "PLANNER_TOPICS", "VISUALIZATION_TOPICS",
     "compress_image", "result_to_compressed_fields",
 ]
@@ -263,10 +264,7 @@ def diagnostic_values(stats: Mapping[str, Any],
     reached the node, estimated from stamp gaps), ``frame_gaps`` and ``arrival_ratio`` (recent
     received / (received + lost)).
 
-    With ``engine`` (the running engine's provenance,
-    :func:`bisenet_ros.inference.engine_provenance`), ``variant``, ``resolution``, ``num_classes``,
-    ``backend``, ``device``, ``precision`` (in effect) and ``weights_sha256`` are appended, so a
-    diagnostics viewer shows what is actually running, not what was configured.
+    With ``engine``, its :func:`engine_values` are appended.
 
     Args:
         stats: a :meth:`bisenet_ros.pipeline.PipelineStats.snapshot`.
@@ -290,10 +288,20 @@ def diagnostic_values(stats: Mapping[str, Any],
                    ("frame_gaps", str(int(stats.get("frame_gaps", 0)))),
                    ("arrival_ratio", "unknown" if ratio is None else f"{ratio:.3f}")]
     if engine is not None:
-        for key in ("variant", "resolution", "num_classes", "backend", "device", "precision",
-                    "precision_reason", "weights_sha256"):
-            value = engine.get(key)
-            if value is None:
-                continue
+        values += engine_values(engine)
+    return values
+
+
+def engine_values(engine: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Diagnostics key/value pairs of the running engine's provenance
+    (:func:`bisenet_ros.inference.engine_provenance`): ``variant``, ``resolution``,
+    ``num_classes``, ``backend``, ``device``, ``precision`` (in effect), ``precision_reason`` and
+    ``weights_sha256``, those known, so a diagnostics viewer shows what is actually running, not
+    what was configured."""
+    values = []
+    for key in ("variant", "resolution", "num_classes", "backend", "device", "precision",
+                "precision_reason", "weights_sha256"):
+        value = engine.get(key)
+        if value is not None:
             values.append((key, "x".join(str(v) for v in value) if key == "resolution" else str(value)))
     return values

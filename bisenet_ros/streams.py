@@ -36,7 +36,9 @@ class CameraStream:
         name: the camera name (its key in the scheduler).
         visualization_rate: most visualization frames per second for this camera (Hz, > 0).
         rectified: project the grid with CameraInfo P (rectified images) instead of K and D.
-        log_period_s: the shortest time between two log lines of one cause for this camera.
+        log_period_s: the shortest time between two log lines of one cause for this camera
+            (malformed input, stale frames, engine errors): a broken camera at 30 Hz must not
+            flood the log, but the first line of a cause is written at once.
         named_in_logs: start log lines with the camera name (False: the only camera).
     """
 
@@ -128,6 +130,10 @@ def segment_frames(engine: Any, frames: Sequence[Any], color_orders: Sequence[st
 
     Returns:
         Per frame, a ``SegmentationResult`` or the ``Exception`` that frame raised.
+
+    Raises:
+        Exception: what the batch call raises other than ``ValueError`` (a backend failure,
+            not a bad frame): the caller fails the whole batch.
     """
     batch = getattr(engine, "segment_batch", None)
     if batch is not None and len(frames) > 1:
@@ -176,7 +182,7 @@ class EngineStats:
 
         Values: ``batches``, ``frames_processed``, ``errors``, ``mean_batch_size`` and
         ``latency_batch_ms`` (means over the recent window), then the engine provenance keys of
-        :func:`bisenet_ros.outputs.diagnostic_values`.
+        :func:`bisenet_ros.outputs.engine_values`.
         """
         with self._lock:
             size = sum(self._sizes) / len(self._sizes) if self._sizes else 0.0
@@ -185,8 +191,7 @@ class EngineStats:
                       ("errors", str(self.errors)), ("mean_batch_size", f"{size:.2f}"),
                       ("latency_batch_ms", f"{ms:.2f}")]
             error, batches = self.last_error, self.batches
-        values += [kv for kv in outputs.diagnostic_values({}, engine)
-                   if kv[0] not in {"input_rate_hz", "output_rate_hz", *outputs.COUNTERS}]
+        values += outputs.engine_values(engine or {})
         if error:
             return outputs.ERROR, f"inference failing: {error}", values
         if batches == 0:

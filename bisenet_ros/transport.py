@@ -17,7 +17,7 @@ import re
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Deque, Mapping
+from typing import Deque, Iterator, Mapping
 
 __all__ = ["FrameGapEstimator", "GapReport", "LOSS_WARNING_FRACTION", "DDS_DOCS", "dds_config_problems",
            "cyclonedds_uri_files"]
@@ -171,17 +171,22 @@ class FrameGapEstimator:
         return on_grid >= needed
 
     def _estimate_period(self) -> float | None:
-        intervals = self._intervals
-        n = len(intervals)
+        n = len(self._intervals)
         if n < 3:
             return None
         needed = n if n < 10 else 0.9 * n
-        candidates = []
-        if n >= self._min_intervals:
+        # The first candidate that fits wins: the later ones are only computed when needed (this
+        # runs for every received frame, in the subscription callback).
+        return next((p for p in self._period_candidates() if self._fits(p, needed)), None)
+
+    def _period_candidates(self) -> Iterator[float]:
+        """Candidate periods, in the order they are tried (see the class docstring)."""
+        intervals = self._intervals
+        if len(intervals) >= self._min_intervals:
             ordered = sorted(intervals)
             guess = ordered[len(ordered) // 10]  # 10th percentile: consecutive frames, jitter
             samples = sorted(i / max(1, round(i / guess)) for i in ordered)
-            candidates.append(samples[len(samples) // 2])
+            yield samples[len(samples) // 2]
         shortest = min(intervals)
         for divisor in range(1, self._max_multiple + 1):
             first = shortest / divisor
@@ -189,11 +194,7 @@ class FrameGapEstimator:
                 break  # the jitter allowance would put any interval on so fine a grid
             # refine on all intervals: each one divided by its nearest multiple of the guess
             samples = sorted(i / max(1, round(i / first)) for i in intervals)
-            candidates.append(samples[len(samples) // 2])
-        for period in candidates:
-            if self._fits(period, needed):
-                return period
-        return None
+            yield samples[len(samples) // 2]
 
     def _multiple(self, interval: int) -> int:
         assert self._period_ns is not None
@@ -285,7 +286,11 @@ class FrameGapEstimator:
                 self._period_ns = self._estimate_period()  # a new rate, not loss
                 return None
             if missing > 0:
-                return GapReport(missing, interval / 1e9, self._period_ns / 1e9)
+                # The interval just counted can be the one that takes the recent intervals off
+                # one grid (no period now): report the period the frames were counted with.
+                period_ns = self._period_ns if self._period_ns is not None else period
+                assert period_ns is not None  # missing > 0 is only ever counted with a period
+                return GapReport(missing, interval / 1e9, period_ns / 1e9)
             return None
 
     def snapshot(self) -> dict[str, float | int | None]:

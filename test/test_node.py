@@ -625,6 +625,14 @@ def test_double_remaps_like_rcl() -> None:
         rclpy_double.RemapRule("image")
 
 
+def test_double_renames_nodes_like_rcl(ros: Any) -> None:
+    # rcl_node_init: the node rule first, then the namespace rule for the node's new name
+    node = rclpy_double.Node("seg", cli_args=[
+        "--ros-args", "-r", "__node:=cam_seg", "-r", "seg:__ns:=/wrong", "-r", "cam_seg:__ns:=/front"])
+    assert node.get_fully_qualified_name() == "/front/cam_seg"
+    assert node.get_logger().name == "front.cam_seg"
+
+
 # ---------------------------------------------------------------------------- real engine
 
 
@@ -690,6 +698,38 @@ def test_publishing_failure_in_the_worker_is_survived(ros: Any) -> None:
     publisher.publish = original
     camera.publish(ros.image())
     wait_until(lambda: mask)
+
+
+def test_worker_ends_quietly_when_the_context_shuts_down_mid_frame(ros: Any) -> None:
+    # SIGTERM (rclpy's handler shuts every context down) ends spin while a frame is on the
+    # engine; its publish then fails ("publisher's context is invalid") before destroy_node
+    # runs. That is the node ending, not an error to count and log on the way out.
+    node = ros.make()
+    node.segmenter.gate.clear()  # hold the worker inside the engine
+    ros.camera().publish(ros.image())
+    assert node.segmenter.started.wait(10)
+    ros.rclpy.try_shutdown()
+    node.segmenter.gate.set()
+    wait_until(lambda: not node._worker.is_alive())  # nothing left to publish to: it stops
+    assert node.stats.counters["errors"] == 0 and not ros.graph.messages("error")
+
+
+def test_visualization_ends_quietly_when_the_context_shuts_down_mid_publish(ros: Any) -> None:
+    node = ros.make(visualization_rate=1e6)
+    entered, release = threading.Event(), threading.Event()
+    qos = sys.modules["rclpy.qos"]
+    # color_mask goes out first: its subscriber holds the worker while the context goes down,
+    # so the overlay's publish that follows fails
+    rclpy_double.Node("viewer").create_subscription(
+        ros.Image, "/segmentation/color_mask", lambda msg: (entered.set(), release.wait(10)),
+        qos.QoSProfile(depth=10))
+    ros.listen("/segmentation/overlay")
+    ros.camera().publish(ros.image())
+    assert entered.wait(10)
+    ros.rclpy.try_shutdown()
+    release.set()
+    assert node._visualization.wait_idle(10)
+    assert node.stats.counters["errors"] == 0 and not ros.graph.messages("error")
 
 
 def test_docs_list_every_parameter_and_topic() -> None:

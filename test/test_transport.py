@@ -57,6 +57,20 @@ def test_one_gap_reports_the_missing_frames_and_the_period() -> None:
     assert report.gap_s == pytest.approx(5 * PERIOD_NS / 1e9)
 
 
+def test_a_gap_that_takes_the_intervals_off_the_grid_is_reported_with_its_period() -> None:
+    # Stamp jitter beyond the grid tolerance (5 ms): one late frame, then a gap of two periods
+    # plus 8 ms. The gap is counted with the known period, and appending it leaves too few
+    # recent intervals on one grid, so the estimate is lost right then. The report (the node's
+    # subscription callback builds it; an exception there would end the node) keeps the period
+    # the frame was counted with.
+    est = FrameGapEstimator()
+    stamps = np.cumsum([T0] + [PERIOD_NS] * 10 + [PERIOD_NS + 7_000_000, 2 * PERIOD_NS + 8_000_000])
+    reports = [est.observe(int(s)) for s in stamps]
+    assert reports[-1] is not None and reports[-1].missing == 1
+    assert reports[-1].period_s == pytest.approx(PERIOD_NS / 1e9, rel=0.01)
+    assert est.period_s is None and est.frames_missing == 1
+
+
 @pytest.mark.parametrize("stamps", [
     [0] * 30,                                                     # driver without stamps
     [T0 + i * PERIOD_NS for i in range(20)] * 2,                  # bag played in a loop

@@ -10,8 +10,14 @@ rclpy's signatures, and nothing more:
   rclpy does, overrides from ``parameter_overrides``, ``--ros-args -p name:=value`` and
   ``--params-file``), ``resolve_topic_name``, ``get_name``, ``get_namespace``,
   ``get_logger`` (with ``throttle_duration_sec``), ``get_clock().now()``, ``create_publisher``,
-  ``create_subscription``, ``create_timer``, ``get_fully_qualified_name``, ``destroy_node``;
-  ``Publisher.publish`` / ``get_subscription_count``;
+  ``create_subscription``, ``create_timer``, ``get_fully_qualified_name``, ``destroy_node``,
+  ``context`` (``ok()``); ``Publisher.publish`` / ``get_subscription_count``, which raise like
+  rclpy's once the node is destroyed (``InvalidHandle``) or the context is shut down
+  (``RCLError``: "publisher's context is invalid");
+* the context's life: ``rclpy.spin`` ends with ``ExternalShutdownException`` because the
+  context was shut down (SIGTERM: rclpy's handler shuts every context down; or
+  ``rclpy.shutdown()`` from another thread), so threads of the node that still publish fail
+  from then on, as they do on a robot;
 * names resolved as rcl does (:func:`resolve_topic_name`): the node namespace, ``~`` (the
   node's own name), ``{node}``/``{ns}``, relative and absolute names, then the first matching
   ``-r [node:]from:=to`` rule (the node's ``cli_args`` first, then ``rclpy.init(args=...)``:
@@ -119,6 +125,15 @@ class InvalidParameterValueException(Exception):
 
 class ExternalShutdownException(Exception):
     """rclpy.executors.ExternalShutdownException: the context was shut down while spinning."""
+
+
+class RCLError(RuntimeError):
+    """rclpy's RCLError (a RuntimeError): an rcl call failed, e.g. publishing on a shut-down
+    context ("Failed to publish: publisher's context is invalid")."""
+
+
+class InvalidHandle(RuntimeError):
+    """rclpy.exceptions.InvalidHandle (a RuntimeError): using an entity after it was destroyed."""
 
 
 # ---------------------------------------------------------------------------- rclpy.parameter
@@ -355,6 +370,13 @@ class Duration:
         return isinstance(other, Duration) and other.nanoseconds == self.nanoseconds
 
 
+class Context:
+    """rclpy.context.Context: ``ok()`` until the context is shut down."""
+
+    def ok(self) -> bool:
+        return GRAPH.initialized
+
+
 class Clock:
     def now(self) -> Time:
         return Time(nanoseconds=GRAPH.clock_ns if GRAPH.clock_ns is not None else time.time_ns())
@@ -408,7 +430,16 @@ class Publisher:
         return (not sub.destroyed and sub.topic_name == self.topic_name
                 and sub.msg_type is self.msg_type and qos_compatible(self.qos_profile, sub.qos_profile))
 
+    def _check_valid(self, what: str) -> None:
+        # rclpy: `with self.handle` refuses a destroyed publisher; rcl_publisher_is_valid
+        # refuses one whose context was shut down (publish, subscription count alike).
+        if self.destroyed:
+            raise InvalidHandle("cannot use Destroyable because destruction was requested")
+        if not GRAPH.initialized:
+            raise RCLError(f"{what}: publisher's context is invalid")
+
     def publish(self, msg: Any) -> None:
+        self._check_valid("Failed to publish")
         if not isinstance(msg, self.msg_type):
             raise TypeError(f"Expected {self.msg_type}, got {type(msg)}")
         with GRAPH.lock:
@@ -419,6 +450,7 @@ class Publisher:
             sub.callback(msg)
 
     def get_subscription_count(self) -> int:
+        self._check_valid("failed to get subscription count")
         # Like DDS matching: only subscriptions with compatible QoS and type count.
         with GRAPH.lock:
             return sum(1 for s in GRAPH.subscriptions if self._matches(s))
@@ -460,7 +492,8 @@ class Node:
         # over the names given in code.
         renamed = _first_rule(rules, "node", node_name)
         self._name = renamed.replacement if renamed else node_name
-        moved = _first_rule(rules, "namespace", node_name)
+        # rcl_node_init matches a namespace rule against the name after the node rules
+        moved = _first_rule(rules, "namespace", self._name)
         ns = (moved.replacement if moved else namespace) or "/"
         self._namespace = ns if ns.startswith("/") else "/" + ns
         self._overrides: dict[str, Parameter] = {}
@@ -472,12 +505,17 @@ class Node:
         self._overrides.update({p.name: p for p in parameter_overrides or []})
         self._parameters: dict[str, Parameter] = {}
         self.descriptors: dict[str, Any] = {}
-        self._logger = RcutilsLogger(node_name)
+        # rcl's logger name: the fully qualified name with dots, e.g. "front.segmentation"
+        self._logger = RcutilsLogger(self.get_fully_qualified_name().lstrip("/").replace("/", "."))
         self._clock = Clock()
         self.publishers: list[Publisher] = []
         self.subscriptions: list[Subscription] = []
         self.timers: list[Timer] = []
         self.destroyed = False
+
+    @property
+    def context(self) -> Context:
+        return Context()
 
     def get_fully_qualified_name(self) -> str:
         return f"{self._namespace.rstrip('/')}/{self._name}"
@@ -583,9 +621,11 @@ def init(*, args: list[str] | None = None, context: Any = None, domain_id: int |
 
 
 def spin(node: Node, executor: Any = None) -> None:
-    """Runs ``GRAPH.spin_hook(node)`` if set, then behaves as an external shutdown."""
+    """Runs ``GRAPH.spin_hook(node)`` if set, then behaves as an external shutdown: the context
+    is shut down (what ends a real spin with this exception) before it is raised."""
     if GRAPH.spin_hook is not None:
         GRAPH.spin_hook(node)
+    GRAPH.initialized = False
     raise ExternalShutdownException()
 
 
