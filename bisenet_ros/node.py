@@ -486,7 +486,8 @@ class SegmentationNode(Node):
                 values, publish_confidence=self.options.publish_confidence)
             topics = camera_topics(self.options.cameras, image_suffix=self.options.image_suffix,
                                    image_topics=self.options.image_topics,
-                                   compressed=self.options.use_compressed
+                                   compressed=self.options.use_compressed,
+                                   namespace=self.get_namespace()
                                    ) if self.options.cameras else ()
         except ValueError as err:
             self.get_logger().fatal(f"invalid parameter: {err}")

@@ -114,9 +114,14 @@ class CameraTopics:
 
 
 def camera_topics(cameras: Sequence[str], *, image_suffix: str = "image_raw",
-                  image_topics: Sequence[str] = (), compressed: bool = False
-                  ) -> tuple[CameraTopics, ...]:
+                  image_topics: Sequence[str] = (), compressed: bool = False,
+                  namespace: str = "/") -> tuple[CameraTopics, ...]:
     """Each camera's input, CameraInfo and output topics.
+
+    The outputs go under the node's namespace, as the ``~/`` outputs of one node per camera in
+    ``<namespace>/<C>`` do (``multi_camera.launch.py mode:=separate``), so a namespace pushed onto
+    the launch moves them the same way in both modes. The inputs are absolute, as that launch
+    file has always given them.
 
     Args:
         cameras: camera names (validated with :func:`validate_camera_names`).
@@ -124,6 +129,7 @@ def camera_topics(cameras: Sequence[str], *, image_suffix: str = "image_raw",
         image_topics: explicit image topics, one per camera in the same order (instead of
             ``image_suffix``); empty: derived from ``image_suffix``.
         compressed: subscribe to ``<image topic>/compressed`` (sensor_msgs/CompressedImage).
+        namespace: the node's namespace: outputs under ``<namespace>/<C>/segmentation``.
 
     Raises:
         ValueError: bad camera names, an empty suffix or topic, or ``image_topics`` of another
@@ -149,7 +155,7 @@ def camera_topics(cameras: Sequence[str], *, image_suffix: str = "image_raw",
         CameraTopics(name=name, image_topic=topic,
                      input_topic=topic.rstrip("/") + "/compressed" if compressed else topic,
                      compressed=compressed, camera_info_topic=camera_info_topic(topic),
-                     output_namespace=f"/{name}/{OUTPUT_NAMESPACE}")
+                     output_namespace=f"{namespace.rstrip('/')}/{name}/{OUTPUT_NAMESPACE}")
         for name, topic in zip(names, topics))
 
 

@@ -53,10 +53,11 @@ def ros(monkeypatch: pytest.MonkeyPatch):
     Image = rclpy_style_class("sensor_msgs/msg/Image")
     qos = sys.modules["rclpy.qos"]
 
-    def make(engine: Any = FakeSegmenter, **params: Any) -> Any:
+    def make(engine: Any = FakeSegmenter, namespace: str | None = None, **params: Any) -> Any:
         merged = {**FAST, **params}
         overrides = [rclpy_double.Parameter(k, value=v) for k, v in merged.items()]
-        node = node_module.SegmentationNode(segmenter_factory=engine, parameter_overrides=overrides)
+        node = node_module.SegmentationNode(segmenter_factory=engine, parameter_overrides=overrides,
+                                            namespace=namespace)
         nodes.append(node)
         return node
 

@@ -328,3 +328,20 @@ def test_real_segmenter_batches_two_cameras_of_different_sizes(ros: Any) -> None
         alone = node.segmenter(frames[c], color_order=order).labels
         np.testing.assert_array_equal(image_to_array(masks[c][-1]), alone)
         assert masks[c][-1].header.frame_id == f"{c}1"
+
+
+def test_outputs_follow_the_node_namespace_as_one_node_per_camera_does(ros: Any) -> None:
+    # A namespace pushed onto the launch (e.g. one per robot) moves the batched node's outputs
+    # exactly where it moves those of one node per camera (mode:=separate: ``~/mask`` of the
+    # node in <namespace>/<C>); the camera inputs stay the absolute names both modes read.
+    batched = ros.make(cameras=["front", "rear"], namespace="/robot")
+    separate = ros.make(namespace="/robot/front", image_topic="/front/image_raw")
+    published = {p.topic_name for p in batched.publishers}
+    assert {"/robot/front/segmentation/mask", "/robot/rear/segmentation/drivable_mask",
+            "/robot/segmentation/drivable_grid"} <= published
+    assert "/robot/front/segmentation/mask" in {p.topic_name for p in separate.publishers}
+    assert {"/front/image_raw", "/rear/image_raw"} <= {s.topic_name for s in batched.subscriptions}
+    masks = ros.listen("/robot/front/segmentation/mask")
+    ros.camera("/front/image_raw").publish(ros.image(FRAMES["steady"], stamp_ns=5, frame_id="front"))
+    wait_until(lambda: len(masks) >= 1)
+    assert masks[0].header.frame_id == "front"
