@@ -318,3 +318,30 @@ def test_camvid_fine_tune_records_the_effective_config_and_resumes_from_it(
         assert (info.input_size, info.num_classes, info.class_names[3]) == ((192, 144), 11, "Road")
     finally:
         torch.set_num_threads(threads)
+
+
+def test_resume_before_the_first_checkpoint_uses_the_run_folders_config(
+        synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bisenet_ros.models import read_checkpoint
+    from training.__main__ import main
+    from training.config import dump_config
+
+    # What a run killed before its first checkpoint leaves: config.yaml and no last.pth.
+    config = _tiny_config(synth_root, train={"iters": 2, "batch_size": 2, "eval_every": 0, "ckpt_every": 0},
+                          optim={"lr": 0.02})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dump_config(config, run_dir / "config.yaml")
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--resume", "--run-dir", str(run_dir), "--device", "cpu", "--threads", "1",
+                     "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "last.pth does not exist yet; starting from step 0" in capsys.readouterr().err
+    recorded = read_checkpoint(run_dir / "last.pth")["config"]
+    assert (recorded["model"]["variant"], recorded["optim"]["lr"], recorded["train"]["iters"]) == ("stdc1", 0.02, 2)
+    assert recorded["data"]["root"] == str(synth_root)
+    # A folder with neither file: an error, not a run of the built-in defaults.
+    with pytest.raises(SystemExit, match="nothing to resume in .*give --config"):
+        main(["train", "--resume", "--run-dir", str(tmp_path / "empty")])

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from bisenet_ros.fileio import write_atomic
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: Every key a config may contain, with its default. ``None`` means "not set".
@@ -292,6 +294,6 @@ def validate(config: dict[str, Any]) -> None:
 
 
 def dump_config(config: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write a config as YAML (sections in the canonical order)."""
-    with open(path, "w", encoding="utf-8") as stream:
-        yaml.safe_dump(dict(config), stream, sort_keys=False, default_flow_style=None)
+    """Write a config as YAML (sections in the canonical order), atomically: ``--resume`` may read
+    it back, so a run killed while writing it leaves the previous complete file."""
+    write_atomic(path, yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None))

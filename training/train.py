@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
@@ -216,6 +217,29 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, opt
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+def recorded_config(run_dir: str | os.PathLike[str], *, with_yaml: bool = True) -> dict[str, Any] | None:
+    """The config a run folder records, for ``--resume``: ``last.pth``'s, else ``config.yaml``'s.
+
+    ``config.yaml`` alone is what a run leaves when it stopped before its first checkpoint
+    (``train.ckpt_every`` steps); the resumed run then starts from step 0 with that config.
+
+    Args:
+        run_dir: the run directory.
+        with_yaml: also fall back to ``config.yaml`` (False: ``last.pth`` only).
+
+    Returns:
+        The recorded config (to load with ``load_config(..., recorded=True)``), or None when the
+        folder holds neither file.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / "last.pth").is_file():
+        return load_training_checkpoint(run_dir / "last.pth")["config"]
+    if with_yaml and (run_dir / "config.yaml").is_file():
+        with open(run_dir / "config.yaml", encoding="utf-8") as stream:
+            return yaml.safe_load(stream)
+    return None
 
 
 #: What may differ when a run is resumed: where the data lives and how this machine runs it.
@@ -442,15 +466,18 @@ def run(args: argparse.Namespace) -> int:
         if not args.config:
             raise SystemExit("train: --resume needs --run-dir")
         run_dir = str(Path("runs") / Path(args.config).stem)
-    if args.resume and (Path(run_dir) / "last.pth").is_file():
+    recorded = recorded_config(run_dir, with_yaml=not args.config) if args.resume else None
+    if recorded is not None:
         # The run's recorded config, with only what RESUME_SETTINGS allows taken from this command.
-        config = load_config(load_training_checkpoint(Path(run_dir) / "last.pth")["config"], recorded=True)
         allowed = tuple(f"{key}=" for key in RESUME_SETTINGS)
-        config = load_config(config, [o for o in overrides if o.startswith(allowed)])
+        config = load_config(recorded, [o for o in overrides if o.startswith(allowed)], recorded=True)
         ignored = [o for o in overrides if not o.startswith(allowed)]
         if ignored:
             print("--resume: the stored config is used; ignoring " + " ".join(ignored), file=sys.stderr)
-    else:
+    elif args.config:
         config = load_config(args.config, overrides)
+    else:
+        raise SystemExit(f"train: nothing to resume in {run_dir} (no last.pth, no config.yaml); "
+                         "give --config to start the run there")
     train(config, run_dir, resume=args.resume, quiet=args.quiet)
     return 0
