@@ -301,13 +301,17 @@ def test_camvid_fine_tune_records_the_effective_config_and_resumes_from_it(
         assert ckpt["config"] == recorded                        # one truth in both places
         assert ckpt["input_size"] == [192, 144]                  # 96x72 frames at the recipe's eval.scale 2.0
         assert ckpt["class_names"] == recorded["data"]["class_set"]["names"]
-        # Resuming reads that config: the dataset may even have moved (the classes are recorded).
+        # Resuming reads that config: the dataset may even have moved (the classes are recorded),
+        # and so may the fine-tune start file (last.pth holds the weights and their normalization).
         (tmp_path / "camvid").rename(tmp_path / "moved")
         (tmp_path / "moved" / "classes.yaml").unlink()
+        (tmp_path / "city.pth").unlink()
         assert main(["train", "--resume", "--run-dir", str(run_dir), "--data-root", str(tmp_path / "moved"),
                      "--iters", "5", "--quiet"]) == 0
         err = capsys.readouterr().err
         assert "ignoring train.iters=5" in err and f"resumed {run_dir / 'last.pth'} at step 3" in err
+        assert "class-head tensors" not in err
+        assert read_checkpoint(run_dir / "last.pth")["normalization"] == ckpt["normalization"]
         again = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert again == {**recorded, "data": {**recorded["data"], "root": str(tmp_path / "moved")}}
         # Export without --size: the size the run was scored at.

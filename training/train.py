@@ -153,19 +153,29 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> tuple[i
     return file_classes, class_keys
 
 
-def build_train_model(config: Mapping[str, Any], num_classes: int) -> tuple[nn.Module, str | None]:
+def build_train_model(config: Mapping[str, Any], num_classes: int, *,
+                      resumed: Mapping[str, Any] | None = None) -> tuple[nn.Module, str | None]:
     """The training model (aux heads built), with ImageNet backbone / fine-tune weights if configured.
+
+    Args:
+        config: the run's config.
+        num_classes: the dataset's class count.
+        resumed: the training checkpoint a resumed run continues from: its weights replace any
+            start weights, so ``model.init_weights`` / ``model.backbone_weights`` are not read
+            again (they may have moved since); the normalization comes from the checkpoint.
 
     Returns:
         ``(model, note)``: ``note`` is the line that says which class heads start from scratch
         when ``model.init_weights`` has another class count, else None.
     """
-    from bisenet_ros.models import build_model
+    from bisenet_ros.models import Normalization, build_model
 
     mcfg = config["model"]
     model = build_model(mcfg["variant"], num_classes, aux=True)
     note = None
-    if mcfg.get("init_weights"):
+    if resumed is not None:
+        model.normalization = Normalization.from_dict(resumed["normalization"])
+    elif mcfg.get("init_weights"):
         file_classes, fresh = load_init_weights(model, mcfg["init_weights"])
         if fresh:
             note = (f"init weights: {mcfg['init_weights']} has {file_classes} classes, this run {num_classes}: "
@@ -306,7 +316,7 @@ def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume:
         dcfg["class_set"] = {"names": list(class_set.names), "palette": class_set.palette.tolist()}
     warmup, warmup_note = warmup_steps(config["optim"]["warmup_iters"], tcfg["iters"])
     config["optim"]["warmup_iters"] = warmup
-    model, init_note = build_train_model(config, num_classes)
+    model, init_note = build_train_model(config, num_classes, resumed=ckpt)
     norm = model.normalization
     train_ds = build_dataset(dcfg, dcfg["train_split"], num_classes=num_classes, mean=norm.mean, std=norm.std,
                              train=True)
