@@ -219,15 +219,13 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a YAML mapping of sections (model, data, train, ...)")
     _check_keys(data, DEFAULTS, "")
-    config = merge(DEFAULTS, data)
-    given: dict[str, Any] = merge({}, data)
     overridden: dict[str, Any] = {}
     for text in overrides:
         keys, value = parse_override(text)
         _check_keys(_nested(keys, value), DEFAULTS, "")
-        config = merge(config, _nested(keys, value))
-        given = merge(given, _nested(keys, value))
         overridden = merge(overridden, _nested(keys, value))
+    given = merge(data, overridden)  # what the user set, without the defaults
+    config = merge(DEFAULTS, given)
     resolve_shadowing(config, given, recorded=recorded)
     if (config["data"]["format"] == "folder" and _get(data, "data.format") != "folder"
             and not _has(overridden, "eval.scale")):
