@@ -349,3 +349,29 @@ def test_resume_before_the_first_checkpoint_uses_the_run_folders_config(
     # A folder with neither file: an error, not a run of the built-in defaults.
     with pytest.raises(SystemExit, match="nothing to resume in .*give --config"):
         main(["train", "--resume", "--run-dir", str(tmp_path / "empty")])
+
+
+def test_init_distributed_picks_the_device_each_process_drives(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.train as train_module
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    # A run recorded on a GPU, resumed where torch sees none: one line saying what to give.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device here; give --device cpu"):
+        train_module.init_distributed("cuda:0")
+    assert train_module.init_distributed(None) == (0, 1, torch.device("cpu"))
+    # With GPUs (CUDA calls replaced): one process takes the index named; under torchrun every
+    # process takes cuda:LOCAL_RANK, also when the config names cuda:0 (a one-process run resumed
+    # under torchrun), never two processes on one GPU.
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert train_module.init_distributed("cuda:1") == (0, 1, torch.device("cuda:1"))
+    monkeypatch.setattr(train_module.dist, "is_initialized", lambda: True)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert train_module.init_distributed("cuda:0") == (int(rank), 2, torch.device(f"cuda:{rank}"))
+    assert chosen == [torch.device("cuda:1"), torch.device("cuda:0"), torch.device("cuda:1")]

@@ -41,15 +41,26 @@ from training.optim import build_optimizer, build_scheduler, warmup_steps
 def init_distributed(device: str | None) -> tuple[int, int, torch.device]:
     """Join the process group when launched by ``torchrun`` and pick this process's device.
 
+    Args:
+        device: "cpu", "cuda", "cuda:N" or None (CUDA if available). Under ``torchrun`` every
+            process drives its own GPU, ``cuda:LOCAL_RANK``, whatever index is named (a run
+            started in one process records ``cuda:0``, and may be resumed under ``torchrun``).
+
     Returns:
         ``(rank, world_size, device)``.
+
+    Raises:
+        ValueError: CUDA asked for where torch sees none (e.g. a GPU run resumed on a CPU machine).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {device!r}, but torch sees no CUDA device here; give --device cpu "
+                         "(also when resuming a run that trained on a GPU)")
     if use_cuda:
-        dev = torch.device(device if device and ":" in device else f"cuda:{local_rank if world > 1 else 0}")
+        dev = torch.device(f"cuda:{local_rank}" if world > 1 else device if device and ":" in device else "cuda:0")
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
