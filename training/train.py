@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Subset
 
 from training.checkpoint import (atomic_save, build_training_checkpoint, load_training_checkpoint,
                                  set_rng_state)
-from training.config import dump_config, load_config
+from training.config import dump_config, load_config, parse_override
 from training.data import StepBatchSampler, build_dataset, dataset_class_set
 from training.evaluate import evaluate, iou_from_confusion, mean_iou, pixel_accuracy
 from training.logs import RunLogger
@@ -490,9 +490,9 @@ def run(args: argparse.Namespace) -> int:
     recorded = recorded_config(run_dir, with_yaml=not args.config) if args.resume else None
     if recorded is not None:
         # The run's recorded config, with only what RESUME_SETTINGS allows taken from this command.
-        allowed = tuple(f"{key}=" for key in RESUME_SETTINGS)
-        config = load_config(recorded, [o for o in overrides if o.startswith(allowed)], recorded=True)
-        ignored = [o for o in overrides if not o.startswith(allowed)]
+        allowed = [o for o in overrides if ".".join(parse_override(o)[0]) in RESUME_SETTINGS]
+        config = load_config(recorded, allowed, recorded=True)
+        ignored = [o for o in overrides if o not in allowed]
         if ignored:
             print("--resume: the stored config is used; ignoring " + " ".join(ignored), file=sys.stderr)
     elif args.config:
