@@ -348,9 +348,9 @@ def test_resume_before_the_first_checkpoint_uses_the_run_folders_config(
     recorded = read_checkpoint(run_dir / "last.pth")["config"]
     assert (recorded["model"]["variant"], recorded["optim"]["lr"], recorded["train"]["iters"]) == ("stdc1", 0.02, 2)
     assert recorded["data"]["root"] == str(synth_root)
-    # A folder with neither file: an error, not a run of the built-in defaults.
-    with pytest.raises(SystemExit, match="nothing to resume in .*give --config"):
-        main(["train", "--resume", "--run-dir", str(tmp_path / "empty")])
+    # A folder with neither file: a user error (status 2), not a run of the built-in defaults.
+    assert main(["train", "--resume", "--run-dir", str(tmp_path / "empty")]) == 2
+    assert f"error: nothing to resume in {tmp_path / 'empty'}" in capsys.readouterr().err
 
 
 def test_init_distributed_picks_the_device_each_process_drives(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,7 +38,7 @@ def export_run(target: str | Path, output: str | Path, *, size: tuple[int, int] 
     ckpt_path = resolve_checkpoint(target)
     ckpt = read_checkpoint(ckpt_path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != "bisenet_ros":
-        raise SystemExit(f"{ckpt_path}: not a bisenet_ros checkpoint; use `bisenet-ros export` for published files")
+        raise ValueError(f"{ckpt_path}: not a bisenet_ros checkpoint; use `bisenet-ros export` for published files")
     model = build_model(ckpt["variant"], int(ckpt["num_classes"]), weights=ckpt_path)
     if ckpt.get("class_names"):
         class_set = make_class_set(ckpt["class_names"], ckpt.get("palette"), name=Path(ckpt_path).parent.name)

@@ -583,9 +583,9 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"size must be WIDTHxHEIGHT, e.g. 512x256; got {text!r}") from None
+        raise ValueError(f"size must be WIDTHxHEIGHT, e.g. 512x256; got {text!r}") from None
     if w < 32 or h < 32:
-        raise SystemExit(f"size must be at least 32x32; got {text!r}")
+        raise ValueError(f"size must be at least 32x32; got {text!r}")
     return w, h
 
 
@@ -599,7 +599,7 @@ def run(args: argparse.Namespace) -> int:
               f"layout) to {out}")
         return 0
     if args.test:
-        raise SystemExit("synth: --test is for --layout camvid-segnet (the Cityscapes layout has train and val)")
+        raise ValueError("--test is for --layout camvid-segnet (the Cityscapes layout has train and val)")
     out = write_dataset(args.out, train=args.train, val=args.val, height=h, width=w, seed=args.seed,
                         color=args.color)
     print(f"wrote {args.train} train + {args.val} val scenes ({w}x{h}) to {out}")

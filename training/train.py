@@ -481,11 +481,11 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     if not args.config and not args.resume:
-        raise SystemExit("train: give --config (a YAML file or a name in training/configs), or --resume --run-dir")
+        raise ValueError("give --config (a YAML file or a name in training/configs), or --resume --run-dir")
     run_dir = args.run_dir
     if run_dir is None:
         if not args.config:
-            raise SystemExit("train: --resume needs --run-dir")
+            raise ValueError("--resume needs --run-dir")
         run_dir = str(Path("runs") / Path(args.config).stem)
     recorded = recorded_config(run_dir, with_yaml=not args.config) if args.resume else None
     if recorded is not None:
@@ -498,7 +498,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.config:
         config = load_config(args.config, overrides)
     else:
-        raise SystemExit(f"train: nothing to resume in {run_dir} (no last.pth, no config.yaml); "
+        raise ValueError(f"nothing to resume in {run_dir} (no last.pth, no config.yaml); "
                          "give --config to start the run there")
     train(config, run_dir, resume=args.resume, quiet=args.quiet)
     return 0
