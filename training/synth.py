@@ -523,10 +523,10 @@ def write_dataset(out: str | Path, *, train: int = 200, val: int = 40, height: i
     return out
 
 
-#: Cityscapes train id (0..18) -> CamVid (SegNet) class id: road, sidewalk -> Pavement,
-#: building, wall -> Building, fence, pole, light and sign -> SignSymbol, vegetation and terrain ->
-#: Tree, sky, person -> Pedestrian, rider -> Bicyclist, car/truck/bus/train -> Car,
-#: motorcycle/bicycle -> Bicyclist. Everything else is SegNet's void (11).
+#: Cityscapes train id (0..18) -> CamVid (SegNet) class id: road -> Road, sidewalk -> Pavement,
+#: building and wall -> Building, fence -> Fence, pole -> Pole, traffic light and sign -> SignSymbol,
+#: vegetation and terrain -> Tree, sky -> Sky, person -> Pedestrian, rider -> Bicyclist,
+#: car/truck/bus/train -> Car, motorcycle/bicycle -> Bicyclist. Everything else is SegNet's void (11).
 _TRAIN_ID_TO_CAMVID = (3, 4, 1, 1, 7, 2, 6, 6, 5, 5, 0, 9, 10, 8, 8, 8, 8, 10, 10)
 
 
