@@ -40,6 +40,21 @@ def test_training_shadowed_override_is_one_line(capsys: pytest.CaptureFixture[st
     assert "data.scale has no effect while data.scale_choices is set" in line
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train"], "give --config"),
+    (["eval", "{tmp}"], "no best.pth or last.pth in this run directory"),
+    (["export", "{tmp}/missing.pth", "--out", "{tmp}/m.onnx"], "no such run directory or checkpoint file"),
+    (["synth", "--out", "{tmp}/s", "--size", "64"], "size must be WIDTHxHEIGHT"),
+    (["synth", "--out", "{tmp}/s", "--test", "2"], "--test is for --layout camvid-segnet"),
+    (["drive", "--out", "{tmp}"], "exists; pass --overwrite"),
+])
+def test_training_usage_errors_are_one_line_with_the_user_error_status(
+        argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = training_main([arg.format(tmp=tmp_path) for arg in argv])
+    assert code == USER_ERROR_STATUS
+    assert message in _one_error_line(capsys, f"python -m training {argv[0]}")
+
+
 def test_training_debug_shows_the_traceback() -> None:
     from training.data import DatasetError
 

@@ -210,6 +210,8 @@ def test_an_explicit_warmup_is_kept_with_a_warning_above_half_the_run() -> None:
     assert warmup_steps(30, 100) == (30, None)
     steps, note = warmup_steps(60, 100)
     assert steps == 60 and note.startswith("warning: optim.warmup_iters=60 is more than half")
+    steps, note = warmup_steps(150, 100)   # longer than the run: recorded as what WarmupPoly runs
+    assert steps == 99 and note.startswith("warning: optim.warmup_iters=150 is more than half")
     optim = load_config("stdc1_cityscapes", ["optim.warmup_iters=15"])["optim"]
     assert optim["warmup_iters"] == 15
     # What the user asked for is what runs: 15 of 20 steps warming up from 0.001x, below the default.

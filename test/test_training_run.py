@@ -301,13 +301,17 @@ def test_camvid_fine_tune_records_the_effective_config_and_resumes_from_it(
         assert ckpt["config"] == recorded                        # one truth in both places
         assert ckpt["input_size"] == [192, 144]                  # 96x72 frames at the recipe's eval.scale 2.0
         assert ckpt["class_names"] == recorded["data"]["class_set"]["names"]
-        # Resuming reads that config: the dataset may even have moved (the classes are recorded).
+        # Resuming reads that config: the dataset may even have moved (the classes are recorded),
+        # and so may the fine-tune start file (last.pth holds the weights and their normalization).
         (tmp_path / "camvid").rename(tmp_path / "moved")
         (tmp_path / "moved" / "classes.yaml").unlink()
+        (tmp_path / "city.pth").unlink()
         assert main(["train", "--resume", "--run-dir", str(run_dir), "--data-root", str(tmp_path / "moved"),
                      "--iters", "5", "--quiet"]) == 0
         err = capsys.readouterr().err
         assert "ignoring train.iters=5" in err and f"resumed {run_dir / 'last.pth'} at step 3" in err
+        assert "class-head tensors" not in err
+        assert read_checkpoint(run_dir / "last.pth")["normalization"] == ckpt["normalization"]
         again = yaml.safe_load((run_dir / "config.yaml").read_text())
         assert again == {**recorded, "data": {**recorded["data"], "root": str(tmp_path / "moved")}}
         # Export without --size: the size the run was scored at.
@@ -318,3 +322,58 @@ def test_camvid_fine_tune_records_the_effective_config_and_resumes_from_it(
         assert (info.input_size, info.num_classes, info.class_names[3]) == ((192, 144), 11, "Road")
     finally:
         torch.set_num_threads(threads)
+
+
+def test_resume_before_the_first_checkpoint_uses_the_run_folders_config(
+        synth_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from bisenet_ros.models import read_checkpoint
+    from training.__main__ import main
+    from training.config import dump_config
+
+    # What a run killed before its first checkpoint leaves: config.yaml and no last.pth.
+    config = _tiny_config(synth_root, train={"iters": 2, "batch_size": 2, "eval_every": 0, "ckpt_every": 0},
+                          optim={"lr": 0.02})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dump_config(config, run_dir / "config.yaml")
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--resume", "--run-dir", str(run_dir), "--device", "cpu", "--threads", "1",
+                     "--set", "data.workers = 0", "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert "last.pth does not exist yet; starting from step 0" in err
+    assert "ignoring" not in err  # an allowed setting, however it is spaced
+    recorded = read_checkpoint(run_dir / "last.pth")["config"]
+    assert (recorded["model"]["variant"], recorded["optim"]["lr"], recorded["train"]["iters"]) == ("stdc1", 0.02, 2)
+    assert recorded["data"]["root"] == str(synth_root)
+    # A folder with neither file: a user error (status 2), not a run of the built-in defaults.
+    assert main(["train", "--resume", "--run-dir", str(tmp_path / "empty")]) == 2
+    assert f"error: nothing to resume in {tmp_path / 'empty'}" in capsys.readouterr().err
+
+
+def test_init_distributed_picks_the_device_each_process_drives(monkeypatch: pytest.MonkeyPatch) -> None:
+    import training.train as train_module
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    # A run recorded on a GPU, resumed where torch sees none: one line saying what to give.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA device here; give --device cpu"):
+        train_module.init_distributed("cuda:0")
+    assert train_module.init_distributed(None) == (0, 1, torch.device("cpu"))
+    # With GPUs (CUDA calls replaced): one process takes the index named; under torchrun every
+    # process takes cuda:LOCAL_RANK, also when the config names cuda:0 (a one-process run resumed
+    # under torchrun), never two processes on one GPU.
+    chosen: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    assert train_module.init_distributed("cuda:1") == (0, 1, torch.device("cuda:1"))
+    monkeypatch.setattr(train_module.dist, "is_initialized", lambda: True)
+    for rank in ("0", "1"):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert train_module.init_distributed("cuda:0") == (int(rank), 2, torch.device(f"cuda:{rank}"))
+    assert chosen == [torch.device("cuda:1"), torch.device("cuda:0"), torch.device("cuda:1")]

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from bisenet_ros.fileio import write_atomic
+
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 #: Every key a config may contain, with its default. ``None`` means "not set".
@@ -217,15 +219,13 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | None = None
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: expected a YAML mapping of sections (model, data, train, ...)")
     _check_keys(data, DEFAULTS, "")
-    config = merge(DEFAULTS, data)
-    given: dict[str, Any] = merge({}, data)
     overridden: dict[str, Any] = {}
     for text in overrides:
         keys, value = parse_override(text)
         _check_keys(_nested(keys, value), DEFAULTS, "")
-        config = merge(config, _nested(keys, value))
-        given = merge(given, _nested(keys, value))
         overridden = merge(overridden, _nested(keys, value))
+    given = merge(data, overridden)  # what the user set, without the defaults
+    config = merge(DEFAULTS, given)
     resolve_shadowing(config, given, recorded=recorded)
     if (config["data"]["format"] == "folder" and _get(data, "data.format") != "folder"
             and not _has(overridden, "eval.scale")):
@@ -292,6 +292,6 @@ def validate(config: dict[str, Any]) -> None:
 
 
 def dump_config(config: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write a config as YAML (sections in the canonical order)."""
-    with open(path, "w", encoding="utf-8") as stream:
-        yaml.safe_dump(dict(config), stream, sort_keys=False, default_flow_style=None)
+    """Write a config as YAML (sections in the canonical order), atomically: ``--resume`` may read
+    it back, so a run killed while writing it leaves the previous complete file."""
+    write_atomic(path, yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None))

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists():
         if not args.overwrite:
-            raise SystemExit(f"{out} exists; pass --overwrite to replace it")
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
         import shutil
 
         shutil.rmtree(out)

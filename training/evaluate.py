@@ -180,9 +180,9 @@ def resolve_checkpoint(target: str | Path) -> Path:
         for name in ("best.pth", "last.pth"):
             if (target / name).is_file():
                 return target / name
-        raise SystemExit(f"{target}: no best.pth or last.pth in this run directory")
+        raise FileNotFoundError(f"{target}: no best.pth or last.pth in this run directory")
     if not target.is_file():
-        raise SystemExit(f"{target}: no such run directory or checkpoint file")
+        raise FileNotFoundError(f"{target}: no such run directory or checkpoint file")
     return target
 
 

@@ -30,6 +30,7 @@ def export_run(target: str | Path, output: str | Path, *, size: tuple[int, int] 
     Returns:
         ``{"checkpoint", "output", "size", "agreement"}``.
     """
+    from bisenet_ros.fileio import write_atomic
     from bisenet_ros.inference.export import export_onnx_bytes, verify_export
     from bisenet_ros.labels import cityscapes, make_class_set
     from bisenet_ros.models import build_model, read_checkpoint
@@ -37,7 +38,7 @@ def export_run(target: str | Path, output: str | Path, *, size: tuple[int, int] 
     ckpt_path = resolve_checkpoint(target)
     ckpt = read_checkpoint(ckpt_path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != "bisenet_ros":
-        raise SystemExit(f"{ckpt_path}: not a bisenet_ros checkpoint; use `bisenet-ros export` for published files")
+        raise ValueError(f"{ckpt_path}: not a bisenet_ros checkpoint; use `bisenet-ros export` for published files")
     model = build_model(ckpt["variant"], int(ckpt["num_classes"]), weights=ckpt_path)
     if ckpt.get("class_names"):
         class_set = make_class_set(ckpt["class_names"], ckpt.get("palette"), name=Path(ckpt_path).parent.name)
@@ -57,8 +58,7 @@ def export_run(target: str | Path, output: str | Path, *, size: tuple[int, int] 
             raise SystemExit(f"export check failed: ONNX Runtime agrees with torch on only {100 * agreement:.2f}% "
                              "of the pixels")
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(data)
+    write_atomic(output, data)  # as `bisenet-ros export`: an interrupted export leaves no truncated .onnx
     return {"checkpoint": str(ckpt_path), "output": str(output), "size": list(size), "agreement": agreement}
 
 

@@ -110,7 +110,8 @@ def warmup_steps(warmup_iters: int | None, total_iters: int) -> tuple[int, str |
     The recipes' 1000 steps (``warmup_iters`` None) were written for 60k-150k-step runs; on a
     short run they would be most of it (a 20-step run would average 0.16x the base rate), so
     they are scaled down to a tenth of the run. An explicit ``optim.warmup_iters`` is kept as
-    given, with a warning when it is more than half of the run.
+    given, with a warning when it is more than half of the run, up to the run's steps minus one
+    (what :class:`WarmupPoly` runs), so that the recorded value is the length used.
 
     Returns:
         ``(steps, message)``: ``message`` is None when there is nothing to say.
@@ -122,9 +123,9 @@ def warmup_steps(warmup_iters: int | None, total_iters: int) -> tuple[int, str |
                            f"{RECIPE_WARMUP_ITERS} would be most of it); set optim.warmup_iters to choose")
         return steps, None
     if warmup_iters > total_iters / 2:
-        return warmup_iters, (f"warning: optim.warmup_iters={warmup_iters} is more than half of the "
-                              f"{total_iters}-step run: most steps run below the base learning rate; "
-                              "unset it (null) for a tenth of the run")
+        return min(warmup_iters, max(total_iters - 1, 0)), (
+            f"warning: optim.warmup_iters={warmup_iters} is more than half of the {total_iters}-step run: "
+            "most steps run below the base learning rate; unset it (null) for a tenth of the run")
     return warmup_iters, None
 
 

@@ -523,10 +523,10 @@ def write_dataset(out: str | Path, *, train: int = 200, val: int = 40, height: i
     return out
 
 
-#: Cityscapes train id (0..18) -> CamVid (SegNet) class id: road, sidewalk -> Pavement,
-#: building, wall -> Building, fence, pole, light and sign -> SignSymbol, vegetation and terrain ->
-#: Tree, sky, person -> Pedestrian, rider -> Bicyclist, car/truck/bus/train -> Car,
-#: motorcycle/bicycle -> Bicyclist. Everything else is SegNet's void (11).
+#: Cityscapes train id (0..18) -> CamVid (SegNet) class id: road -> Road, sidewalk -> Pavement,
+#: building and wall -> Building, fence -> Fence, pole -> Pole, traffic light and sign -> SignSymbol,
+#: vegetation and terrain -> Tree, sky -> Sky, person -> Pedestrian, rider -> Bicyclist,
+#: car/truck/bus/train -> Car, motorcycle/bicycle -> Bicyclist. Everything else is SegNet's void (11).
 _TRAIN_ID_TO_CAMVID = (3, 4, 1, 1, 7, 2, 6, 6, 5, 5, 0, 9, 10, 8, 8, 8, 8, 10, 10)
 
 
@@ -583,9 +583,9 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise SystemExit(f"size must be WIDTHxHEIGHT, e.g. 512x256; got {text!r}") from None
+        raise ValueError(f"size must be WIDTHxHEIGHT, e.g. 512x256; got {text!r}") from None
     if w < 32 or h < 32:
-        raise SystemExit(f"size must be at least 32x32; got {text!r}")
+        raise ValueError(f"size must be at least 32x32; got {text!r}")
     return w, h
 
 
@@ -599,7 +599,7 @@ def run(args: argparse.Namespace) -> int:
               f"layout) to {out}")
         return 0
     if args.test:
-        raise SystemExit("synth: --test is for --layout camvid-segnet (the Cityscapes layout has train and val)")
+        raise ValueError("--test is for --layout camvid-segnet (the Cityscapes layout has train and val)")
     out = write_dataset(args.out, train=args.train, val=args.val, height=h, width=w, seed=args.seed,
                         color=args.color)
     print(f"wrote {args.train} train + {args.val} val scenes ({w}x{h}) to {out}")

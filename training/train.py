@@ -22,12 +22,13 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from training.checkpoint import (atomic_save, build_training_checkpoint, load_training_checkpoint,
                                  set_rng_state)
-from training.config import dump_config, load_config
+from training.config import dump_config, load_config, parse_override
 from training.data import StepBatchSampler, build_dataset, dataset_class_set
 from training.evaluate import evaluate, iou_from_confusion, mean_iou, pixel_accuracy
 from training.logs import RunLogger
@@ -40,15 +41,26 @@ from training.optim import build_optimizer, build_scheduler, warmup_steps
 def init_distributed(device: str | None) -> tuple[int, int, torch.device]:
     """Join the process group when launched by ``torchrun`` and pick this process's device.
 
+    Args:
+        device: "cpu", "cuda", "cuda:N" or None (CUDA if available). Under ``torchrun`` every
+            process drives its own GPU, ``cuda:LOCAL_RANK``, whatever index is named (a run
+            started in one process records ``cuda:0``, and may be resumed under ``torchrun``).
+
     Returns:
         ``(rank, world_size, device)``.
+
+    Raises:
+        ValueError: CUDA asked for where torch sees none (e.g. a GPU run resumed on a CPU machine).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {device!r}, but torch sees no CUDA device here; give --device cpu "
+                         "(also when resuming a run that trained on a GPU)")
     if use_cuda:
-        dev = torch.device(device if device and ":" in device else f"cuda:{local_rank if world > 1 else 0}")
+        dev = torch.device(f"cuda:{local_rank}" if world > 1 else device if device and ":" in device else "cuda:0")
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
@@ -152,19 +164,29 @@ def load_init_weights(model: nn.Module, path: str | os.PathLike[str]) -> tuple[i
     return file_classes, class_keys
 
 
-def build_train_model(config: Mapping[str, Any], num_classes: int) -> tuple[nn.Module, str | None]:
+def build_train_model(config: Mapping[str, Any], num_classes: int, *,
+                      resumed: Mapping[str, Any] | None = None) -> tuple[nn.Module, str | None]:
     """The training model (aux heads built), with ImageNet backbone / fine-tune weights if configured.
+
+    Args:
+        config: the run's config.
+        num_classes: the dataset's class count.
+        resumed: the training checkpoint a resumed run continues from: its weights replace any
+            start weights, so ``model.init_weights`` / ``model.backbone_weights`` are not read
+            again (they may have moved since); the normalization comes from the checkpoint.
 
     Returns:
         ``(model, note)``: ``note`` is the line that says which class heads start from scratch
         when ``model.init_weights`` has another class count, else None.
     """
-    from bisenet_ros.models import build_model
+    from bisenet_ros.models import Normalization, build_model
 
     mcfg = config["model"]
     model = build_model(mcfg["variant"], num_classes, aux=True)
     note = None
-    if mcfg.get("init_weights"):
+    if resumed is not None:
+        model.normalization = Normalization.from_dict(resumed["normalization"])
+    elif mcfg.get("init_weights"):
         file_classes, fresh = load_init_weights(model, mcfg["init_weights"])
         if fresh:
             note = (f"init weights: {mcfg['init_weights']} has {file_classes} classes, this run {num_classes}: "
@@ -216,6 +238,29 @@ def train_step(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, opt
 
 
 # ----------------------------------------------------------------------------- the run
+
+
+def recorded_config(run_dir: str | os.PathLike[str], *, with_yaml: bool = True) -> dict[str, Any] | None:
+    """The config a run folder records, for ``--resume``: ``last.pth``'s, else ``config.yaml``'s.
+
+    ``config.yaml`` alone is what a run leaves when it stopped before its first checkpoint
+    (``train.ckpt_every`` steps); the resumed run then starts from step 0 with that config.
+
+    Args:
+        run_dir: the run directory.
+        with_yaml: also fall back to ``config.yaml`` (False: ``last.pth`` only).
+
+    Returns:
+        The recorded config (to load with ``load_config(..., recorded=True)``), or None when the
+        folder holds neither file.
+    """
+    run_dir = Path(run_dir)
+    if (run_dir / "last.pth").is_file():
+        return load_training_checkpoint(run_dir / "last.pth")["config"]
+    if with_yaml and (run_dir / "config.yaml").is_file():
+        with open(run_dir / "config.yaml", encoding="utf-8") as stream:
+            return yaml.safe_load(stream)
+    return None
 
 
 #: What may differ when a run is resumed: where the data lives and how this machine runs it.
@@ -282,7 +327,7 @@ def train(config: Mapping[str, Any], run_dir: str | os.PathLike[str], *, resume:
         dcfg["class_set"] = {"names": list(class_set.names), "palette": class_set.palette.tolist()}
     warmup, warmup_note = warmup_steps(config["optim"]["warmup_iters"], tcfg["iters"])
     config["optim"]["warmup_iters"] = warmup
-    model, init_note = build_train_model(config, num_classes)
+    model, init_note = build_train_model(config, num_classes, resumed=ckpt)
     norm = model.normalization
     train_ds = build_dataset(dcfg, dcfg["train_split"], num_classes=num_classes, mean=norm.mean, std=norm.std,
                              train=True)
@@ -436,21 +481,24 @@ def run(args: argparse.Namespace) -> int:
         if value is not None:
             overrides.append(f"{key}={value}")
     if not args.config and not args.resume:
-        raise SystemExit("train: give --config (a YAML file or a name in training/configs), or --resume --run-dir")
+        raise ValueError("give --config (a YAML file or a name in training/configs), or --resume --run-dir")
     run_dir = args.run_dir
     if run_dir is None:
         if not args.config:
-            raise SystemExit("train: --resume needs --run-dir")
+            raise ValueError("--resume needs --run-dir")
         run_dir = str(Path("runs") / Path(args.config).stem)
-    if args.resume and (Path(run_dir) / "last.pth").is_file():
+    recorded = recorded_config(run_dir, with_yaml=not args.config) if args.resume else None
+    if recorded is not None:
         # The run's recorded config, with only what RESUME_SETTINGS allows taken from this command.
-        config = load_config(load_training_checkpoint(Path(run_dir) / "last.pth")["config"], recorded=True)
-        allowed = tuple(f"{key}=" for key in RESUME_SETTINGS)
-        config = load_config(config, [o for o in overrides if o.startswith(allowed)])
-        ignored = [o for o in overrides if not o.startswith(allowed)]
+        allowed = [o for o in overrides if ".".join(parse_override(o)[0]) in RESUME_SETTINGS]
+        config = load_config(recorded, allowed, recorded=True)
+        ignored = [o for o in overrides if o not in allowed]
         if ignored:
             print("--resume: the stored config is used; ignoring " + " ".join(ignored), file=sys.stderr)
-    else:
+    elif args.config:
         config = load_config(args.config, overrides)
+    else:
+        raise ValueError(f"nothing to resume in {run_dir} (no last.pth, no config.yaml); "
+                         "give --config to start the run there")
     train(config, run_dir, resume=args.resume, quiet=args.quiet)
     return 0
