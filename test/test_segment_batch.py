@@ -107,6 +107,9 @@ def test_cpu_batches_run_single_thread_executions_side_by_side(weights, backend)
     if backend == "onnxruntime":
         assert engine.batch_session.get_session_options().intra_op_num_threads == 1
         assert engine.session.get_session_options().intra_op_num_threads == 2
+        # Tensors from the arena one by one (no per-run memory pattern): the lower peak.
+        assert not engine.session.get_session_options().enable_mem_pattern
+        assert not engine.batch_session.get_session_options().enable_mem_pattern
     else:
         assert int(engine.batch_compiled.get_property("NUM_STREAMS")) == 2
         assert int(engine.batch_compiled.get_property("INFERENCE_NUM_THREADS")) == 2
