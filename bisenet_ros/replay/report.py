@@ -347,7 +347,7 @@ def _birds_eye_html(result: ReplayResult, section: dict[str, Any] | None) -> lis
                    ("camera pose", section["pose_from"])]
     parts = ["<h2>Bird's-eye drivable grid</h2>", html_table([
         ("grid", f"{grid['width']} x {grid['height']} cells of {grid['resolution_m']} m in "
-                 f"{html.escape(grid['frame'])}, x {grid['x_m'][0]}..{grid['x_m'][1]} m, "
+                 f"{grid['frame']}, x {grid['x_m'][0]}..{grid['x_m'][1]} m, "
                  f"y {grid['y_m'][0]}..{grid['y_m'][1]} m, max range {grid['max_range_m']} m"),
         *sources,
         ("grids written", section["topic_messages"]),
