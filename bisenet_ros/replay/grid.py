@@ -306,6 +306,12 @@ class GridStage:
         return {"topic_messages": self.written, "grid": grid_summary(self.source.grid),
                 **self.sources(), "drivable_iou": self.iou(), "frames_evaluated": self.evaluated}
 
+    def camera_summary(self) -> dict[str, Any]:
+        """This camera's entry in a fused grid's ``birds_eye`` section (and in its own figures):
+        its sources, the grids its votes went into, its own bird's-eye IoU."""
+        return {**self.sources(), "grids": self.written, "drivable_iou": self.iou(),
+                "frames_evaluated": self.evaluated}
+
     def picture_png(self) -> bytes | None:
         """PNG of a predicted grid (beside the truth's when evaluated), forward up."""
         return None if self.picture is None else grid_png(self.source.grid, self.picture)
@@ -427,12 +433,8 @@ class FusedGridStage:
 
     def summary(self) -> dict[str, Any]:
         """The report's ``birds_eye`` section: the fused grid, and each camera's share."""
-        cameras = {}
-        for camera in self.cameras:
-            stage = camera.grid
-            cameras[camera.name] = None if stage is None else {
-                **stage.sources(), "grids": stage.written, "drivable_iou": stage.iou(),
-                "frames_evaluated": stage.evaluated}
+        cameras = {camera.name: None if camera.grid is None else camera.grid.camera_summary()
+                   for camera in self.cameras}
         return {"topic_messages": self.written, "grid": grid_summary(self.spec),
                 "fused": True, "max_age_ms": self.max_age_ns / 1e6, "cameras": cameras,
                 "fusion": self.fuser.summary(),

@@ -152,10 +152,6 @@ def _camera_metrics(result: ReplayResult, camera: CameraResult, names: list[str]
     drivable = [f.drivable_fraction for f in frames]
     changes = [f.change_fraction for f in frames if f.change_fraction is not None]
     corrupt = [c for c in result.corrupt if c.get("camera") == camera.name]
-    section = None
-    if camera.grid is not None:
-        section = {**camera.grid.sources(), "grids": camera.grid.written,
-                   "drivable_iou": camera.grid.iou(), "frames_evaluated": camera.grid.evaluated}
     return {
         "image_topic": camera.image_topic.name, "image_type": camera.image_topic.msgtype,
         "messages_in_topic": camera.image_topic.count,
@@ -169,7 +165,7 @@ def _camera_metrics(result: ReplayResult, camera: CameraResult, names: list[str]
         "label_change_fraction": M.percentiles(changes) if changes else None,
         "evaluation": _evaluation(camera.confusion, names, camera.unmatched_predictions,
                                   camera.unmatched_labels, camera.ground_truth or ""),
-        "birds_eye": section,
+        "birds_eye": camera.grid.camera_summary() if camera.grid is not None else None,
     }
 
 
