@@ -774,16 +774,6 @@ class CellVotes:
     shape: tuple[int, int]
     subsamples: int
 
-    @property
-    def counted(self) -> np.ndarray:
-        """(block rows, block cols) uint8: the samples of each cell that count."""
-        return (self.subsamples ** 2 - (self.codes >> 4)).astype(np.uint8)
-
-    @property
-    def drivable(self) -> np.ndarray:
-        """(block rows, block cols) uint8: the drivable samples of each cell."""
-        return self.codes & np.uint8(_UNCOUNTED - 1)
-
     def values(self) -> np.ndarray:
         """(height, width) int8 grid of this camera alone by the vote rule (unknown outside the
         block)."""

@@ -28,6 +28,7 @@ lookups and additions per camera, and one pass over the grid (``benchmarks/bench
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterable, Sequence
 
 import cv2
@@ -201,13 +202,6 @@ class GridFuser:
         self._status[name] = status
         return status
 
-    def forget(self, name: str) -> None:
-        """Drop a camera (its votes, status and lookups)."""
-        self._latest.pop(name, None)
-        self._status.pop(name, None)
-        self._projectors.pop(name, None)
-        self._coverage.pop(name, None)
-
     def fuse(self, *, stamp_ns: int | None = None, max_age_ns: int | None = None) -> FusedGrid:
         """The grid of every camera's latest votes (see the overlap rule in the module docstring).
 
@@ -267,25 +261,23 @@ class _FusionTables:
     drivable: np.ndarray
 
 
-_TABLES: dict[int, _FusionTables] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _tables(subsamples: int) -> _FusionTables:
     """Summed sample code -> (counted, drivable) samples of a camera that sees the cell, 0 for
-    one that does not (fewer than half of the samples count)."""
-    if subsamples not in _TABLES:
-        n = subsamples * subsamples
-        counted = np.zeros(256, np.uint8)
-        drivable = np.zeros(256, np.uint8)
-        for uncounted in range(n + 1):
-            seen = n - uncounted
-            if 2 * seen < n:
-                continue
-            for code in range(seen + 1):
-                counted[code + 16 * uncounted] = seen
-                drivable[code + 16 * uncounted] = code
-        _TABLES[subsamples] = _FusionTables(counted, drivable)
-    return _TABLES[subsamples]
+    one that does not (fewer than half of the samples count). Built once per ``subsamples``
+    (read-only), as :func:`bisenet_ros.bev.vote_table`."""
+    n = subsamples * subsamples
+    counted = np.zeros(256, np.uint8)
+    drivable = np.zeros(256, np.uint8)
+    for uncounted in range(n + 1):
+        seen = n - uncounted
+        if 2 * seen < n:
+            continue
+        for code in range(seen + 1):
+            counted[code + 16 * uncounted] = seen
+            drivable[code + 16 * uncounted] = code
+    counted.flags.writeable = drivable.flags.writeable = False
+    return _FusionTables(counted, drivable)
 
 
 def fuse_votes(votes: Sequence[bev.CellVotes], grid: bev.GridSpec) -> np.ndarray:
