@@ -132,7 +132,6 @@ class GridFuser:
         self._projectors: dict[str, bev.BevProjector] = {}
         self._latest: dict[str, _Latest] = {}
         self._status: dict[str, CameraStatus] = {}
-        self._coverage: dict[str, tuple[tuple[object, ...], bev.ViewCoverage]] = {}
         #: Fused grids made so far (:meth:`fuse` calls).
         self.grids = 0
         # name -> state -> (grids in that state, the latest message)
@@ -186,13 +185,9 @@ class GridFuser:
                 lookup = projector.lookup(camera, pose, labels.shape, window)
                 votes = lookup.votes(labels, projector.lut)
             except bev.BevError as err:
-                # Why, once per camera model and pose (the projector caches the failure too).
-                key = (camera.key, pose.key)
-                known = self._coverage.get(name)
-                if known is None or known[0] != key:
-                    known = self._coverage[name] = (key, bev.view_coverage(camera, pose,
-                                                                           self.grid))
-                status = CameraStatus(name, "outside_extent" if known[1].outside else "invalid",
+                # A lookup that sees no cell says why (its coverage; the projector caches it).
+                outside = err.coverage is not None and err.coverage.outside
+                status = CameraStatus(name, "outside_extent" if outside else "invalid",
                                       str(err), stamp_ns)
             else:
                 self._latest[name] = _Latest(votes, stamp_ns, lookup.visible_cells)
