@@ -217,7 +217,8 @@ class GridStage:
         self.source = source
         self.resize = resize
         self.projector = bev.BevProjector(source.grid, drivable_ids, cache_size=cache_size)
-        self.frames: dict[int, tuple[str, np.ndarray]] = {}  # stamp -> (frame_id, pred grid)
+        # stamp -> (frame_id, the prediction's votes): its grid is made only when evaluated
+        self.frames: dict[int, tuple[str, bev.CellVotes]] = {}
         self._recent: collections.deque[int] = collections.deque(maxlen=64)
         self.written = 0
         self.problems: collections.Counter[str] = collections.Counter()
@@ -226,11 +227,11 @@ class GridStage:
         self.evaluated = 0
         self.picture: tuple[np.ndarray, np.ndarray | None] | None = None
 
-    def _grid(self, labels: np.ndarray, stamp_ns: int, frame_id: str,
-              window: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
+    def _votes(self, labels: np.ndarray, stamp_ns: int, frame_id: str,
+               window: tuple[int, int, int, int] | None = None) -> bev.CellVotes | None:
         try:
-            return self.projector(labels, self.source.camera_at(stamp_ns),
-                                  self.source.pose_for(frame_id), window=window)
+            return self.projector.votes(labels, self.source.camera_at(stamp_ns),
+                                        self.source.pose_for(frame_id), window=window)
         except bev.BevError as err:
             self.problems[str(err)] += 1
             return None
@@ -240,32 +241,33 @@ class GridStage:
         return self.source.grid
 
     def project(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
-                frame_shape: tuple[int, ...]) -> np.ndarray | None:
-        """The grid values of a frame (kept for :meth:`evaluate`), or None (the cause is counted)."""
-        values = self._grid(labels, stamp_ns, frame_id,
+                frame_shape: tuple[int, ...]) -> bev.CellVotes | None:
+        """The votes of a frame (kept for :meth:`evaluate`), or None (the cause is counted)."""
+        votes = self._votes(labels, stamp_ns, frame_id,
                             bev.label_window(frame_shape, labels.shape, self.resize))
-        if values is not None:
-            self.record(stamp_ns, frame_id, values)
-        return values
+        if votes is not None:
+            self.record(stamp_ns, frame_id, votes)
+        return votes
 
-    def record(self, stamp_ns: int, frame_id: str, values: np.ndarray) -> None:
-        """Keep a frame's grid values (this stage's or the fuser's) for :meth:`evaluate`."""
+    def record(self, stamp_ns: int, frame_id: str, votes: bev.CellVotes) -> None:
+        """Keep a frame's votes (this stage's or the fuser's) for :meth:`evaluate`: the block of
+        cells the camera sees, its grid made only for a frame that is evaluated."""
         if len(self._recent) == self._recent.maxlen:
             self.frames.pop(self._recent[0], None)
         self._recent.append(stamp_ns)
-        self.frames[stamp_ns] = (frame_id, values)
+        self.frames[stamp_ns] = (frame_id, votes)
         if self.picture is None:
-            self.picture = (values, None)
+            self.picture = (votes.values(), None)
         self.written += 1
 
     def frame(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
               frame_shape: tuple[int, ...]) -> Any:
         """The OccupancyGrid message of a frame (typestore), or None (the cause is counted)."""
-        values = self.project(stamp_ns, frame_id, labels, frame_shape)
-        if values is None:
+        votes = self.project(stamp_ns, frame_id, labels, frame_shape)
+        if votes is None:
             return None
         return make_occupancy_grid(stamp_ns, self.source.grid.frame_id,
-                                   bev.occupancy_grid_fields(values, self.source.grid))
+                                   bev.occupancy_grid_fields(votes.values(), self.source.grid))
 
     def evaluate(self, stamp_ns: int, truth: np.ndarray) -> None:
         """Accumulate the bird's-eye IoU of the frame stamped ``stamp_ns`` against ``truth``
@@ -273,10 +275,11 @@ class GridStage:
         entry = self.frames.get(stamp_ns)
         if entry is None:
             return
-        frame_id, pred = entry
-        truth_grid = self._grid(np.ascontiguousarray(truth, dtype=np.uint8), stamp_ns, frame_id)
-        if truth_grid is None:
+        frame_id, votes = entry
+        truth_votes = self._votes(np.ascontiguousarray(truth, dtype=np.uint8), stamp_ns, frame_id)
+        if truth_votes is None:
             return
+        pred, truth_grid = votes.values(), truth_votes.values()
         known = truth_grid != bev.UNKNOWN
         pred_free = (pred == bev.FREE) & known
         truth_free = truth_grid == bev.FREE
@@ -343,8 +346,8 @@ class FusedGridStage:
     :class:`~bisenet_ros.fusion.GridFuser` (the node's fusion and overlap rule), which gives
     one grid per batch.
 
-    Each camera's own grid (from its votes) is kept by its :class:`GridStage`, for its figures
-    and its bird's-eye IoU against ground truth; a camera whose frames give no votes (no pose in
+    Each camera's votes are kept by its :class:`GridStage`, for its figures and its bird's-eye
+    IoU against ground truth (its own grid); a camera whose frames give no votes (no pose in
     tf, a view that misses the extent) has the reason counted there.
 
     Args:
@@ -367,6 +370,7 @@ class FusedGridStage:
         self.written = 0
         self.picture: np.ndarray | None = None
         self.statuses: dict[str, Any] = {}  # camera -> its CameraStatus in the latest grid
+        self._stages = {camera.name: camera.grid for camera in self.cameras}
 
     def fuse(self, frames: Sequence[tuple[str, int, str, np.ndarray, tuple[int, ...]]]) -> Any:
         """The OccupancyGrid message of one batch, or None when no frame of it gave votes.
@@ -377,10 +381,9 @@ class FusedGridStage:
         Returns:
             The grid of every camera's latest votes, stamped with the newest votes fused.
         """
-        stages = {camera.name: camera.grid for camera in self.cameras}
         fresh = []
         for name, stamp_ns, frame_id, labels, frame_shape in frames:
-            stage = stages.get(name)
+            stage = self._stages.get(name)
             if stage is None:  # no camera model or pose at all: said once, at the start
                 self.fuser.update(name, None, None, None, stamp_ns=stamp_ns,
                                   problem="no camera model or pose (see the warnings)")
@@ -403,9 +406,9 @@ class FusedGridStage:
                                 max_age_ns=self.max_age_ns)
         self.statuses = dict(fused.cameras)
         for name, stamp_ns, frame_id in fresh:
-            values = fused.camera_grid(name)
-            if values is not None:
-                stages[name].record(stamp_ns, frame_id, values)
+            votes = fused.votes.get(name)  # None: stale beside the batch's newest frame
+            if votes is not None:
+                self._stages[name].record(stamp_ns, frame_id, votes)
         if self.picture is None:
             self.picture = fused.values
         self.written += 1
