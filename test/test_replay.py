@@ -702,6 +702,26 @@ def test_max_frames_outputs_subset_and_single_copied_topic(tmp_path: Path) -> No
     assert len(data["/camera/labels"]) == 4  # copied up to where the replay stopped
 
 
+def test_replaying_an_output_bag_with_copy_input_never_mixes_old_outputs_into_new(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rosbags.rosbag2 import Reader
+
+    bag = write_image_bag(tmp_path / "in", [split_frame(0, seed=i) for i in range(3)])
+    assert run_cli([str(bag), "-o", str(tmp_path / "first"), "--copy-input", "--no-progress"]) == 0
+    capsys.readouterr()
+    # The first output holds /segmentation/* and the copied camera: replay it again, copying all.
+    assert run_cli([str(tmp_path / "first"), "-o", str(tmp_path / "second"), "--image-topic",
+                    "/camera/image_raw", "--copy-input", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "--copy-topic /segmentation/mask: the replay writes this topic itself; not copied" in err
+    with Reader(tmp_path / "second") as reader:
+        topics = [c.topic for c in reader.connections]
+    assert len(topics) == len(set(topics))  # one connection per topic
+    data = read_bag(tmp_path / "second")
+    assert len(data["/segmentation/mask"]) == len(data["/camera/image_raw"]) == 3
+    assert len(data["/segmentation/label_info"]) == 1
+
+
 def test_a_topic_with_no_decodable_frame_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     messages = [BagMessage(m.topic, m.msgtype, m.timestamp, raw=b"junk")
                 for m in image_messages([split_frame(0)] * 3)]

@@ -821,10 +821,19 @@ def _write(run: _Run) -> None:
             out.open(run.topics + ["label_info"], cameras=list(run.cameras), shared=grid)
         else:
             out.open(run.topics + ["label_info"] + grid)
-        for topic in run.copy:
-            if not out.add_copy_topic(run.bag.topics[topic]):
+        copied = []
+        for topic in dict.fromkeys(run.copy):  # each once
+            if topic in out.counts:
+                # e.g. --copy-input on a replay's own output bag: a second connection would mix
+                # the old outputs into the new ones on one topic.
+                result.warnings.append(f"--copy-topic {topic}: the replay writes this topic itself; "
+                                       "not copied")
+            elif out.add_copy_topic(run.bag.topics[topic]):
+                copied.append(topic)
+            else:
                 result.warnings.append(f"--copy-topic {topic}: type {run.bag.topics[topic].msgtype} "
                                        "is unknown and the bag has no definition for it; not copied")
+        run.copy[:] = copied  # the reader, started once the bag is open, reads only these
     except BaseException as err:  # noqa: BLE001 - reported by the main thread
         run.writer_errors.append(err)
         run.opened.set()  # never leave the main thread waiting
@@ -966,7 +975,7 @@ class _Sink:
                     self._evaluate(sink, prediction, mask, frame.stamp_ns)
 
     def copy(self, item: _Copy) -> None:
-        if self.out is not None and item.topic in self.out.counts:
+        if self.out is not None:  # only topics the output bag declared are read (see _write)
             self.out.write_raw(item.topic, item.data, item.bag_ns)
 
     def _write_messages(self, sink: _CameraSink, frame: _Frame, res: Any,
