@@ -193,6 +193,8 @@ def test_three_cameras_replay_through_one_batched_engine(bag: Path, tmp_path: Pa
                                              "/left/image_raw/compressed"]
     assert cams["left"]["image_type"] == "sensor_msgs/msg/CompressedImage"
     assert cams["left"]["frame_rate_hz"] == pytest.approx(20.0)
+    # The bag's rate counts every camera's messages: 13 within 300 ms (front's first to last).
+    assert data["input"]["frame_rate_hz"] == pytest.approx(12 / 0.3)
     # Ground truth on the front camera: its accuracy is the known error, and the total's.
     pred, truth = ground_labels("front", 2.0), ground_labels("front", 1.0)
     assert cams["front"]["evaluation"]["pixel_accuracy"] == pytest.approx(np.mean(pred == truth))

@@ -200,7 +200,6 @@ class ReplayResult:
     frames: list[FrameRecord] = dataclasses.field(default_factory=list)
     corrupt: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     corrupt_labels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    image_bag_times: list[int] = dataclasses.field(default_factory=list)
     damage: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
     interrupted: str | None = None
@@ -243,7 +242,8 @@ class ReplayResult:
         return self.frames_processed / self.wall_s if self.wall_s > 0 and self.frames else None
 
     def bag_fps(self) -> float | None:
-        return M.frame_rate(self.image_bag_times)
+        """Camera messages per second of the bag (all cameras together)."""
+        return M.frame_rate([t for camera in self.cameras for t in camera.bag_times])
 
     def real_time_factor(self) -> float | None:
         """Replay speed over the bag's own frame rate (> 1: faster than the camera)."""
@@ -780,7 +780,6 @@ def _decode(raw: Any, camera: CameraResult, result: ReplayResult) -> _Frame | No
     """A camera message as a frame; None when it cannot be decoded (counted with the reason)."""
     index, topic = camera.frames_read, camera.image_topic
     camera.bag_times.append(raw.timestamp)
-    result.image_bag_times.append(raw.timestamp)
     t0 = time.perf_counter()
     try:
         msg = deserialize(raw.data, topic.msgtype)
