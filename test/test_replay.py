@@ -722,6 +722,21 @@ def test_replaying_an_output_bag_with_copy_input_never_mixes_old_outputs_into_ne
     assert len(data["/segmentation/label_info"]) == 1
 
 
+def test_an_output_bag_that_cannot_be_set_up_is_not_left_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bisenet_ros.replay.writer import OutputBag
+
+    def full_disk(*_: Any) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(OutputBag, "add_copy_topic", full_disk)  # after the bag was created
+    bag = write_image_bag(tmp_path / "in", [split_frame(0)])
+    assert run_cli([str(bag), "-o", str(tmp_path / "new" / "out"), "--copy-input",
+                    "--no-progress"]) == 1
+    assert "cannot create the output bag" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 def test_a_topic_with_no_decodable_frame_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     messages = [BagMessage(m.topic, m.msgtype, m.timestamp, raw=b"junk")
                 for m in image_messages([split_frame(0)] * 3)]

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, TextIO
 import numpy as np
 
 from bisenet_ros import codec, outputs as node_outputs
+from bisenet_ros.fileio import NewOutputs
 from bisenet_ros.inference.frames import sample_indices
 from bisenet_ros.inference.segmenter import engine_provenance
 from bisenet_ros.labels import class_indices
@@ -812,6 +813,7 @@ def _write(run: _Run) -> None:
         run.opened.set()
         _drain(run, _Sink(run, None))
         return
+    created = NewOutputs(options.output)  # the bag folder (prepare_output_path: new)
     try:
         out = OutputBag(options.output, storage=options.storage, namespace=options.namespace,
                         node_name=options.node_name)
@@ -835,10 +837,11 @@ def _write(run: _Run) -> None:
         run.copy[:] = copied  # the reader, started once the bag is open, reads only these
     except BaseException as err:  # noqa: BLE001 - reported by the main thread
         run.writer_errors.append(err)
-        run.opened.set()  # never leave the main thread waiting
+        run.opened.set()  # never leave the main thread waiting (it joins this thread next)
         if out is not None:
             with contextlib.suppress(Exception):
                 out.close()
+        created.remove()  # a bag that could not be set up is not left behind, empty or partial
         return
     run.opened.set()
     try:
