@@ -151,6 +151,15 @@ def test_discovery_detects_storage_topics_and_the_camera(tmp_path: Path, storage
         assert not reader.damage
 
 
+def test_reading_no_topic_of_the_bag_reads_nothing(tmp_path: Path) -> None:
+    bag = write_image_bag(tmp_path / "in", [split_frame(0)], labels=[split_truth()])
+    with InputBag(bag) as reader:
+        assert list(reader.messages([])) == [] and list(reader.messages(["/not/there"])) == []
+        assert [m.topic for m in reader.messages(["/camera/labels", "/not/there"])] == [
+            "/camera/labels"]
+        assert not reader.damage
+
+
 def test_a_camera_recorded_raw_and_compressed_replays_the_raw_topic(tmp_path: Path) -> None:
     frames = [split_frame(0, seed=i) for i in range(2)]
     messages = image_messages(frames, topic="/cam/image_raw")
