@@ -149,50 +149,85 @@ def load_grid_source(bag: Any, image_topic: str, *, grid: bev.GridSpec,
         BevError: ``--camera-info`` or ``--camera-pose`` is unusable (a usage error).
         OSError: the calibration file cannot be read.
     """
+    return load_grid_sources(bag, [image_topic], grid=grid, camera_info_yaml=camera_info_yaml,
+                             camera_pose=camera_pose, rectified=rectified)[0]
+
+
+def load_grid_sources(bag: Any, image_topics: Sequence[str], *, grid: bev.GridSpec,
+                      camera_info_yaml: Path | None = None,
+                      camera_pose: Sequence[float] | None = None,
+                      rectified: bool = False) -> list[tuple[GridSource | None, str | None]]:
+    """:func:`load_grid_source` for each camera topic, in one pass over the bag: every camera's
+    CameraInfo and the transforms are read together (a pass reads every chunk that holds them,
+    i.e. the whole bag when they are recorded beside the images).
+
+    Returns:
+        One ``(source, None)`` or ``(None, why)`` per image topic, in order.
+
+    Raises:
+        BevError: ``--camera-info`` or ``--camera-pose`` is unusable (a usage error).
+        OSError: the calibration file cannot be read.
+    """
     static_pose = bev.Pose.from_mount(*camera_pose) if camera_pose is not None else None
-    cameras: list[tuple[int, bev.CameraModel]] = []
-    image = bag.topics.get(image_topic)
-    info_topic = camera_info_topic(
-        image_topic, compressed=image is not None and image.msgtype == COMPRESSED_IMAGE)
-    wanted = []
+    calibration: list[tuple[int, bev.CameraModel]] = []
     if camera_info_yaml is not None:
-        cameras = [(0, bev.CameraModel.from_calibration_yaml(camera_info_yaml, rectified=rectified))]
-        camera_from = f"--camera-info {camera_info_yaml}"
-    elif bag.topics.get(info_topic) is not None and bag.topics[info_topic].msgtype == CAMERA_INFO:
-        wanted.append(info_topic)
-        camera_from = f"{info_topic} in the bag"
-    else:
-        return None, (f"no drivable grid: the bag has no {info_topic} (sensor_msgs/CameraInfo) "
-                      "beside the image topic; give --camera-info CALIBRATION.yaml")
-    tree = None
+        calibration = [(0, bev.CameraModel.from_calibration_yaml(camera_info_yaml,
+                                                                 rectified=rectified))]
+    info_topics: list[str] = []
+    missing: dict[str, str] = {}  # image topic -> why it has no camera model
+    for image_topic in image_topics:
+        image = bag.topics.get(image_topic)
+        info_topic = camera_info_topic(
+            image_topic, compressed=image is not None and image.msgtype == COMPRESSED_IMAGE)
+        info_topics.append(info_topic)
+        info = bag.topics.get(info_topic)
+        if camera_info_yaml is None and (info is None or info.msgtype != CAMERA_INFO):
+            missing[image_topic] = (
+                f"no drivable grid: the bag has no {info_topic} (sensor_msgs/CameraInfo) beside "
+                "the image topic; give --camera-info CALIBRATION.yaml")
+    tree, tf_topics = None, []
     if static_pose is None:
         tf_topics = [t for t in TF_TOPICS if t in bag.topics and bag.topics[t].msgtype == TF_MESSAGE]
         if not tf_topics:
-            return None, ("no drivable grid: the bag has no /tf_static or /tf to place the camera; "
-                          "give --camera-pose X Y Z ROLL PITCH YAW")
-        wanted += tf_topics
+            no_tf = ("no drivable grid: the bag has no /tf_static or /tf to place the camera; "
+                     "give --camera-pose X Y Z ROLL PITCH YAW")
+            return [(None, missing.get(topic, no_tf)) for topic in image_topics]
         tree = TransformTree()
         pose_from = f"{' and '.join(tf_topics)} in the bag"
     else:
         pose_from = "--camera-pose"
-    problems: list[str] = []
-    for raw in bag.messages(wanted):
+    # The CameraInfo topics to read: per topic its calibrations and why a message was refused.
+    read: dict[str, tuple[list[tuple[int, bev.CameraModel]], list[str]]] = {
+        info: ([], []) for topic, info in zip(image_topics, info_topics)
+        if camera_info_yaml is None and topic not in missing}
+    for raw in bag.messages([*read, *tf_topics]):
         try:
             msg = deserialize(raw.data, raw.msgtype)
         except Exception:  # noqa: BLE001 - a corrupt message is skipped here as in the replay
             continue
-        if raw.topic == info_topic:
-            _add_camera(cameras, msg, rectified, problems)
+        if raw.topic in read:
+            _add_camera(*read[raw.topic], msg, rectified)
         elif tree is not None:
             tree.add(msg, static=raw.topic == "/tf_static")
-    if not cameras:
-        why = problems[0] if problems else f"{info_topic} holds no readable message"
-        return None, f"no drivable grid: {info_topic}: {why}"
-    return GridSource(grid, cameras, camera_from, tree, static_pose, pose_from), None
+    sources: list[tuple[GridSource | None, str | None]] = []
+    for topic, info_topic in zip(image_topics, info_topics):
+        if topic in missing:
+            sources.append((None, missing[topic]))
+        elif camera_info_yaml is not None:
+            sources.append((GridSource(grid, calibration, f"--camera-info {camera_info_yaml}", tree,
+                                       static_pose, pose_from), None))
+        elif read[info_topic][0]:
+            sources.append((GridSource(grid, read[info_topic][0], f"{info_topic} in the bag", tree,
+                                       static_pose, pose_from), None))
+        else:
+            problems = read[info_topic][1]
+            why = problems[0] if problems else f"{info_topic} holds no readable message"
+            sources.append((None, f"no drivable grid: {info_topic}: {why}"))
+    return sources
 
 
-def _add_camera(cameras: list[tuple[int, bev.CameraModel]], msg: Any, rectified: bool,
-                problems: list[str]) -> None:
+def _add_camera(cameras: list[tuple[int, bev.CameraModel]], problems: list[str], msg: Any,
+                rectified: bool) -> None:
     try:
         model = bev.CameraModel.from_camera_info(msg, rectified=rectified)
     except bev.BevError as err:

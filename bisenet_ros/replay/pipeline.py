@@ -531,17 +531,17 @@ def _setup_grid(bag: InputBag, options: ReplayOptions, result: ReplayResult) -> 
     if not options.write_grid:
         return
     from bisenet_ros import bev
-    from bisenet_ros.replay.grid import GridStage, load_grid_source
+    from bisenet_ros.replay.grid import GridStage, load_grid_sources
 
     grid = options.grid or bev.GridSpec()
-    for camera in result.cameras:
-        try:
-            source, problem = load_grid_source(
-                bag, camera.image_topic.name, grid=grid,
-                camera_info_yaml=options.camera_info_yaml, camera_pose=options.camera_pose,
-                rectified=options.rectified_input)
-        except bev.BevError as err:
-            raise ValueError(str(err)) from err
+    try:  # one pass over the bag for every camera's CameraInfo and the transforms
+        sources = load_grid_sources(
+            bag, [camera.image_topic.name for camera in result.cameras], grid=grid,
+            camera_info_yaml=options.camera_info_yaml, camera_pose=options.camera_pose,
+            rectified=options.rectified_input)
+    except bev.BevError as err:
+        raise ValueError(str(err)) from err
+    for camera, (source, problem) in zip(result.cameras, sources):
         if source is None:
             result.warnings.append(f"camera {camera.name}: {problem}" if camera.name
                                    else str(problem))
