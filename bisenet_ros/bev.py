@@ -85,7 +85,16 @@ OPTICAL_IN_BODY = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]]
 
 
 class BevError(ValueError):
-    """A camera model, pose or grid the bird's-eye view cannot use (the message says why)."""
+    """A camera model, pose or grid the bird's-eye view cannot use (the message says why).
+
+    Attributes:
+        coverage: For a camera that sees no cell of the grid, how its ground view meets the
+            grid (:func:`view_coverage`: e.g. ``coverage.outside``); None otherwise.
+    """
+
+    def __init__(self, message: str, *, coverage: "ViewCoverage | None" = None) -> None:
+        super().__init__(message)
+        self.coverage = coverage
 
 
 # --------------------------------------------------------------------------------- rotations
@@ -652,7 +661,8 @@ class GroundLookup:
 
     Raises:
         BevError: the camera is not above the ground plane, or no grid cell is visible (a camera
-            looking at the sky, a grid outside the view or beyond ``max_range``).
+            looking at the sky, a grid outside the view or beyond ``max_range``; the error's
+            ``coverage`` says how the view meets the grid).
     """
 
     def __init__(self, camera: CameraModel, pose: Pose, grid: GridSpec,
@@ -697,12 +707,13 @@ class GroundLookup:
         self.visible_cells = int(np.count_nonzero(2 * per_cell >= n_planes))
         self.samples = int(chosen.size)
         if self.visible_cells == 0:
+            coverage = view_coverage(camera, pose, grid)
             raise BevError(
                 "no cell of the grid is visible from the camera: "
-                + (view_coverage(camera, pose, grid).problem
+                + (coverage.problem
                    or "it looks above the horizon (at the sky), or the grid lies outside its view "
                    f"or beyond max_range ({grid.max_range} m); check the camera pose (tf or "
-                   "camera_pose) and the grid extent"))
+                   "camera_pose) and the grid extent"), coverage=coverage)
         # Only the block of cells with a counted sample is remapped per frame: a camera sees a
         # part of a surround grid (the rest is unknown for it anyway).
         any_rows = np.nonzero(per_cell.any(axis=1))[0]
@@ -773,16 +784,6 @@ class CellVotes:
     cols: slice
     shape: tuple[int, int]
     subsamples: int
-
-    @property
-    def counted(self) -> np.ndarray:
-        """(block rows, block cols) uint8: the samples of each cell that count."""
-        return (self.subsamples ** 2 - (self.codes >> 4)).astype(np.uint8)
-
-    @property
-    def drivable(self) -> np.ndarray:
-        """(block rows, block cols) uint8: the drivable samples of each cell."""
-        return self.codes & np.uint8(_UNCOUNTED - 1)
 
     def values(self) -> np.ndarray:
         """(height, width) int8 grid of this camera alone by the vote rule (unknown outside the

@@ -28,6 +28,7 @@ lookups and additions per camera, and one pass over the grid (``benchmarks/bench
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterable, Sequence
 
 import cv2
@@ -131,7 +132,6 @@ class GridFuser:
         self._projectors: dict[str, bev.BevProjector] = {}
         self._latest: dict[str, _Latest] = {}
         self._status: dict[str, CameraStatus] = {}
-        self._coverage: dict[str, tuple[tuple[object, ...], bev.ViewCoverage]] = {}
         #: Fused grids made so far (:meth:`fuse` calls).
         self.grids = 0
         # name -> state -> (grids in that state, the latest message)
@@ -185,13 +185,9 @@ class GridFuser:
                 lookup = projector.lookup(camera, pose, labels.shape, window)
                 votes = lookup.votes(labels, projector.lut)
             except bev.BevError as err:
-                # Why, once per camera model and pose (the projector caches the failure too).
-                key = (camera.key, pose.key)
-                known = self._coverage.get(name)
-                if known is None or known[0] != key:
-                    known = self._coverage[name] = (key, bev.view_coverage(camera, pose,
-                                                                           self.grid))
-                status = CameraStatus(name, "outside_extent" if known[1].outside else "invalid",
+                # A lookup that sees no cell says why (its coverage; the projector caches it).
+                outside = err.coverage is not None and err.coverage.outside
+                status = CameraStatus(name, "outside_extent" if outside else "invalid",
                                       str(err), stamp_ns)
             else:
                 self._latest[name] = _Latest(votes, stamp_ns, lookup.visible_cells)
@@ -200,13 +196,6 @@ class GridFuser:
             self._latest.pop(name, None)
         self._status[name] = status
         return status
-
-    def forget(self, name: str) -> None:
-        """Drop a camera (its votes, status and lookups)."""
-        self._latest.pop(name, None)
-        self._status.pop(name, None)
-        self._projectors.pop(name, None)
-        self._coverage.pop(name, None)
 
     def fuse(self, *, stamp_ns: int | None = None, max_age_ns: int | None = None) -> FusedGrid:
         """The grid of every camera's latest votes (see the overlap rule in the module docstring).
@@ -267,25 +256,23 @@ class _FusionTables:
     drivable: np.ndarray
 
 
-_TABLES: dict[int, _FusionTables] = {}
-
-
+@functools.lru_cache(maxsize=None)
 def _tables(subsamples: int) -> _FusionTables:
     """Summed sample code -> (counted, drivable) samples of a camera that sees the cell, 0 for
-    one that does not (fewer than half of the samples count)."""
-    if subsamples not in _TABLES:
-        n = subsamples * subsamples
-        counted = np.zeros(256, np.uint8)
-        drivable = np.zeros(256, np.uint8)
-        for uncounted in range(n + 1):
-            seen = n - uncounted
-            if 2 * seen < n:
-                continue
-            for code in range(seen + 1):
-                counted[code + 16 * uncounted] = seen
-                drivable[code + 16 * uncounted] = code
-        _TABLES[subsamples] = _FusionTables(counted, drivable)
-    return _TABLES[subsamples]
+    one that does not (fewer than half of the samples count). Built once per ``subsamples``
+    (read-only), as :func:`bisenet_ros.bev.vote_table`."""
+    n = subsamples * subsamples
+    counted = np.zeros(256, np.uint8)
+    drivable = np.zeros(256, np.uint8)
+    for uncounted in range(n + 1):
+        seen = n - uncounted
+        if 2 * seen < n:
+            continue
+        for code in range(seen + 1):
+            counted[code + 16 * uncounted] = seen
+            drivable[code + 16 * uncounted] = code
+    counted.flags.writeable = drivable.flags.writeable = False
+    return _FusionTables(counted, drivable)
 
 
 def fuse_votes(votes: Sequence[bev.CellVotes], grid: bev.GridSpec) -> np.ndarray:

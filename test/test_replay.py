@@ -151,6 +151,15 @@ def test_discovery_detects_storage_topics_and_the_camera(tmp_path: Path, storage
         assert not reader.damage
 
 
+def test_reading_no_topic_of_the_bag_reads_nothing(tmp_path: Path) -> None:
+    bag = write_image_bag(tmp_path / "in", [split_frame(0)], labels=[split_truth()])
+    with InputBag(bag) as reader:
+        assert list(reader.messages([])) == [] and list(reader.messages(["/not/there"])) == []
+        assert [m.topic for m in reader.messages(["/camera/labels", "/not/there"])] == [
+            "/camera/labels"]
+        assert not reader.damage
+
+
 def test_a_camera_recorded_raw_and_compressed_replays_the_raw_topic(tmp_path: Path) -> None:
     frames = [split_frame(0, seed=i) for i in range(2)]
     messages = image_messages(frames, topic="/cam/image_raw")
@@ -700,6 +709,41 @@ def test_max_frames_outputs_subset_and_single_copied_topic(tmp_path: Path) -> No
                          "/segmentation/label_info", "/camera/labels"}
     assert len(data["/segmentation/mask"]) == len(data["/segmentation/overlay"]) == 4
     assert len(data["/camera/labels"]) == 4  # copied up to where the replay stopped
+
+
+def test_replaying_an_output_bag_with_copy_input_never_mixes_old_outputs_into_new(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rosbags.rosbag2 import Reader
+
+    bag = write_image_bag(tmp_path / "in", [split_frame(0, seed=i) for i in range(3)])
+    assert run_cli([str(bag), "-o", str(tmp_path / "first"), "--copy-input", "--no-progress"]) == 0
+    capsys.readouterr()
+    # The first output holds /segmentation/* and the copied camera: replay it again, copying all.
+    assert run_cli([str(tmp_path / "first"), "-o", str(tmp_path / "second"), "--image-topic",
+                    "/camera/image_raw", "--copy-input", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "--copy-topic /segmentation/mask: the replay writes this topic itself; not copied" in err
+    with Reader(tmp_path / "second") as reader:
+        topics = [c.topic for c in reader.connections]
+    assert len(topics) == len(set(topics))  # one connection per topic
+    data = read_bag(tmp_path / "second")
+    assert len(data["/segmentation/mask"]) == len(data["/camera/image_raw"]) == 3
+    assert len(data["/segmentation/label_info"]) == 1
+
+
+def test_an_output_bag_that_cannot_be_set_up_is_not_left_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from bisenet_ros.replay.writer import OutputBag
+
+    def full_disk(*_: Any) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(OutputBag, "add_copy_topic", full_disk)  # after the bag was created
+    bag = write_image_bag(tmp_path / "in", [split_frame(0)])
+    assert run_cli([str(bag), "-o", str(tmp_path / "new" / "out"), "--copy-input",
+                    "--no-progress"]) == 1
+    assert "cannot create the output bag" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_topic_with_no_decodable_frame_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -185,3 +185,19 @@ def test_grid_parameters_from_the_node_parameter_file_and_the_command_line(tmp_p
         assert (options.grid.resolution, options.grid.frame_id, options.grid.max_range) == (
             resolution, "base_footprint", 12.0)
         assert options.write_grid and options.camera_pose is None
+
+
+def test_the_grid_section_of_the_report_escapes_each_text_once() -> None:
+    from types import SimpleNamespace
+
+    from bisenet_ros.replay.grid import grid_summary
+    from bisenet_ros.replay.report import _birds_eye_html
+
+    section = {"grid": grid_summary(bev.GridSpec(frame_id="odom&map")),
+               "camera_model_from": "--camera-info <cal>.yaml", "camera_models": 1,
+               "pose_from": "--camera-pose", "topic_messages": 3, "drivable_iou": None,
+               "frames_evaluated": 0, "frames_without_grid": {}}
+    result = SimpleNamespace(grid=SimpleNamespace(picture_png=lambda: None))
+    page = "\n".join(_birds_eye_html(result, section))  # type: ignore[arg-type]
+    assert "in odom&amp;map," in page and "--camera-info &lt;cal&gt;.yaml" in page
+    assert "&amp;amp;" not in page and "&amp;lt;" not in page

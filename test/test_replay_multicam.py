@@ -193,6 +193,8 @@ def test_three_cameras_replay_through_one_batched_engine(bag: Path, tmp_path: Pa
                                              "/left/image_raw/compressed"]
     assert cams["left"]["image_type"] == "sensor_msgs/msg/CompressedImage"
     assert cams["left"]["frame_rate_hz"] == pytest.approx(20.0)
+    # The bag's rate counts every camera's messages: 13 within 300 ms (front's first to last).
+    assert data["input"]["frame_rate_hz"] == pytest.approx(12 / 0.3)
     # Ground truth on the front camera: its accuracy is the known error, and the total's.
     pred, truth = ground_labels("front", 2.0), ground_labels("front", 1.0)
     assert cams["front"]["evaluation"]["pixel_accuracy"] == pytest.approx(np.mean(pred == truth))
@@ -233,6 +235,27 @@ def test_repeated_image_topic_names_cameras_and_a_camera_outside_the_extent_warn
     assert len(warnings) == 1 and "left out of 4 of 4 fused grid(s) (outside_extent)" in warnings[0]
     assert data["cameras"]["rear"]["birds_eye"]["grids"] == 0
     assert data["cameras"]["front"]["birds_eye"]["grids"] == 4
+
+
+def test_the_grid_set_up_reads_the_bag_once_for_every_camera(bag: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from bisenet_ros.replay.bag import InputBag
+
+    passes: list[set[str]] = []
+    messages = InputBag.messages
+
+    def counted(self: InputBag, topics: Any) -> Any:
+        passes.append(set(topics))
+        return messages(self, topics)
+
+    monkeypatch.setattr(InputBag, "messages", counted)
+    assert run_cli([str(bag), "-o", str(tmp_path / "out"), "--cameras", "front,rear,left",
+                    "--no-progress", *GRID], engine_factory=BatchEngine) == 0
+    # One pass for the CameraInfo of both calibrated cameras and the transforms, one replay pass.
+    grid_passes = [p for p in passes if "/tf_static" in p]
+    assert grid_passes == [{"/front/camera_info", "/rear/camera_info", "/tf_static"}]
+    assert len(passes) == 2
+    assert len(read_bag(tmp_path / "out")["/segmentation/drivable_grid"]) > 0
 
 
 def test_ground_truth_on_two_cameras_is_scored_per_camera_and_summed(bag: Path, tmp_path: Path) -> None:

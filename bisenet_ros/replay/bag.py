@@ -276,6 +276,8 @@ class InputBag:
         if not self._salvage:
             assert self._reader is not None, "open() the bag first"
             conns = [c for c in self._reader.connections if c.topic in wanted]
+            if not conns:  # rosbags reads every topic for an empty list: none of them is wanted
+                return
             try:
                 for conn, timestamp, data in self._reader.messages(connections=conns):
                     seen.add((conn.topic, timestamp))

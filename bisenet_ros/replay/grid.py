@@ -149,50 +149,85 @@ def load_grid_source(bag: Any, image_topic: str, *, grid: bev.GridSpec,
         BevError: ``--camera-info`` or ``--camera-pose`` is unusable (a usage error).
         OSError: the calibration file cannot be read.
     """
+    return load_grid_sources(bag, [image_topic], grid=grid, camera_info_yaml=camera_info_yaml,
+                             camera_pose=camera_pose, rectified=rectified)[0]
+
+
+def load_grid_sources(bag: Any, image_topics: Sequence[str], *, grid: bev.GridSpec,
+                      camera_info_yaml: Path | None = None,
+                      camera_pose: Sequence[float] | None = None,
+                      rectified: bool = False) -> list[tuple[GridSource | None, str | None]]:
+    """:func:`load_grid_source` for each camera topic, in one pass over the bag: every camera's
+    CameraInfo and the transforms are read together (a pass reads every chunk that holds them,
+    i.e. the whole bag when they are recorded beside the images).
+
+    Returns:
+        One ``(source, None)`` or ``(None, why)`` per image topic, in order.
+
+    Raises:
+        BevError: ``--camera-info`` or ``--camera-pose`` is unusable (a usage error).
+        OSError: the calibration file cannot be read.
+    """
     static_pose = bev.Pose.from_mount(*camera_pose) if camera_pose is not None else None
-    cameras: list[tuple[int, bev.CameraModel]] = []
-    image = bag.topics.get(image_topic)
-    info_topic = camera_info_topic(
-        image_topic, compressed=image is not None and image.msgtype == COMPRESSED_IMAGE)
-    wanted = []
+    calibration: list[tuple[int, bev.CameraModel]] = []
     if camera_info_yaml is not None:
-        cameras = [(0, bev.CameraModel.from_calibration_yaml(camera_info_yaml, rectified=rectified))]
-        camera_from = f"--camera-info {camera_info_yaml}"
-    elif bag.topics.get(info_topic) is not None and bag.topics[info_topic].msgtype == CAMERA_INFO:
-        wanted.append(info_topic)
-        camera_from = f"{info_topic} in the bag"
-    else:
-        return None, (f"no drivable grid: the bag has no {info_topic} (sensor_msgs/CameraInfo) "
-                      "beside the image topic; give --camera-info CALIBRATION.yaml")
-    tree = None
+        calibration = [(0, bev.CameraModel.from_calibration_yaml(camera_info_yaml,
+                                                                 rectified=rectified))]
+    info_topics: list[str] = []
+    missing: dict[str, str] = {}  # image topic -> why it has no camera model
+    for image_topic in image_topics:
+        image = bag.topics.get(image_topic)
+        info_topic = camera_info_topic(
+            image_topic, compressed=image is not None and image.msgtype == COMPRESSED_IMAGE)
+        info_topics.append(info_topic)
+        info = bag.topics.get(info_topic)
+        if camera_info_yaml is None and (info is None or info.msgtype != CAMERA_INFO):
+            missing[image_topic] = (
+                f"no drivable grid: the bag has no {info_topic} (sensor_msgs/CameraInfo) beside "
+                "the image topic; give --camera-info CALIBRATION.yaml")
+    tree, tf_topics = None, []
     if static_pose is None:
         tf_topics = [t for t in TF_TOPICS if t in bag.topics and bag.topics[t].msgtype == TF_MESSAGE]
         if not tf_topics:
-            return None, ("no drivable grid: the bag has no /tf_static or /tf to place the camera; "
-                          "give --camera-pose X Y Z ROLL PITCH YAW")
-        wanted += tf_topics
+            no_tf = ("no drivable grid: the bag has no /tf_static or /tf to place the camera; "
+                     "give --camera-pose X Y Z ROLL PITCH YAW")
+            return [(None, missing.get(topic, no_tf)) for topic in image_topics]
         tree = TransformTree()
         pose_from = f"{' and '.join(tf_topics)} in the bag"
     else:
         pose_from = "--camera-pose"
-    problems: list[str] = []
-    for raw in bag.messages(wanted):
+    # The CameraInfo topics to read: per topic its calibrations and why a message was refused.
+    read: dict[str, tuple[list[tuple[int, bev.CameraModel]], list[str]]] = {
+        info: ([], []) for topic, info in zip(image_topics, info_topics)
+        if camera_info_yaml is None and topic not in missing}
+    for raw in bag.messages([*read, *tf_topics]):
         try:
             msg = deserialize(raw.data, raw.msgtype)
         except Exception:  # noqa: BLE001 - a corrupt message is skipped here as in the replay
             continue
-        if raw.topic == info_topic:
-            _add_camera(cameras, msg, rectified, problems)
+        if raw.topic in read:
+            _add_camera(*read[raw.topic], msg, rectified)
         elif tree is not None:
             tree.add(msg, static=raw.topic == "/tf_static")
-    if not cameras:
-        why = problems[0] if problems else f"{info_topic} holds no readable message"
-        return None, f"no drivable grid: {info_topic}: {why}"
-    return GridSource(grid, cameras, camera_from, tree, static_pose, pose_from), None
+    sources: list[tuple[GridSource | None, str | None]] = []
+    for topic, info_topic in zip(image_topics, info_topics):
+        if topic in missing:
+            sources.append((None, missing[topic]))
+        elif camera_info_yaml is not None:
+            sources.append((GridSource(grid, calibration, f"--camera-info {camera_info_yaml}", tree,
+                                       static_pose, pose_from), None))
+        elif read[info_topic][0]:
+            sources.append((GridSource(grid, read[info_topic][0], f"{info_topic} in the bag", tree,
+                                       static_pose, pose_from), None))
+        else:
+            problems = read[info_topic][1]
+            why = problems[0] if problems else f"{info_topic} holds no readable message"
+            sources.append((None, f"no drivable grid: {info_topic}: {why}"))
+    return sources
 
 
-def _add_camera(cameras: list[tuple[int, bev.CameraModel]], msg: Any, rectified: bool,
-                problems: list[str]) -> None:
+def _add_camera(cameras: list[tuple[int, bev.CameraModel]], problems: list[str], msg: Any,
+                rectified: bool) -> None:
     try:
         model = bev.CameraModel.from_camera_info(msg, rectified=rectified)
     except bev.BevError as err:
@@ -217,7 +252,8 @@ class GridStage:
         self.source = source
         self.resize = resize
         self.projector = bev.BevProjector(source.grid, drivable_ids, cache_size=cache_size)
-        self.frames: dict[int, tuple[str, np.ndarray]] = {}  # stamp -> (frame_id, pred grid)
+        # stamp -> (frame_id, the prediction's votes): its grid is made only when evaluated
+        self.frames: dict[int, tuple[str, bev.CellVotes]] = {}
         self._recent: collections.deque[int] = collections.deque(maxlen=64)
         self.written = 0
         self.problems: collections.Counter[str] = collections.Counter()
@@ -226,11 +262,11 @@ class GridStage:
         self.evaluated = 0
         self.picture: tuple[np.ndarray, np.ndarray | None] | None = None
 
-    def _grid(self, labels: np.ndarray, stamp_ns: int, frame_id: str,
-              window: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
+    def _votes(self, labels: np.ndarray, stamp_ns: int, frame_id: str,
+               window: tuple[int, int, int, int] | None = None) -> bev.CellVotes | None:
         try:
-            return self.projector(labels, self.source.camera_at(stamp_ns),
-                                  self.source.pose_for(frame_id), window=window)
+            return self.projector.votes(labels, self.source.camera_at(stamp_ns),
+                                        self.source.pose_for(frame_id), window=window)
         except bev.BevError as err:
             self.problems[str(err)] += 1
             return None
@@ -240,32 +276,33 @@ class GridStage:
         return self.source.grid
 
     def project(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
-                frame_shape: tuple[int, ...]) -> np.ndarray | None:
-        """The grid values of a frame (kept for :meth:`evaluate`), or None (the cause is counted)."""
-        values = self._grid(labels, stamp_ns, frame_id,
+                frame_shape: tuple[int, ...]) -> bev.CellVotes | None:
+        """The votes of a frame (kept for :meth:`evaluate`), or None (the cause is counted)."""
+        votes = self._votes(labels, stamp_ns, frame_id,
                             bev.label_window(frame_shape, labels.shape, self.resize))
-        if values is not None:
-            self.record(stamp_ns, frame_id, values)
-        return values
+        if votes is not None:
+            self.record(stamp_ns, frame_id, votes)
+        return votes
 
-    def record(self, stamp_ns: int, frame_id: str, values: np.ndarray) -> None:
-        """Keep a frame's grid values (this stage's or the fuser's) for :meth:`evaluate`."""
+    def record(self, stamp_ns: int, frame_id: str, votes: bev.CellVotes) -> None:
+        """Keep a frame's votes (this stage's or the fuser's) for :meth:`evaluate`: the block of
+        cells the camera sees, its grid made only for a frame that is evaluated."""
         if len(self._recent) == self._recent.maxlen:
             self.frames.pop(self._recent[0], None)
         self._recent.append(stamp_ns)
-        self.frames[stamp_ns] = (frame_id, values)
+        self.frames[stamp_ns] = (frame_id, votes)
         if self.picture is None:
-            self.picture = (values, None)
+            self.picture = (votes.values(), None)
         self.written += 1
 
     def frame(self, stamp_ns: int, frame_id: str, labels: np.ndarray,
               frame_shape: tuple[int, ...]) -> Any:
         """The OccupancyGrid message of a frame (typestore), or None (the cause is counted)."""
-        values = self.project(stamp_ns, frame_id, labels, frame_shape)
-        if values is None:
+        votes = self.project(stamp_ns, frame_id, labels, frame_shape)
+        if votes is None:
             return None
         return make_occupancy_grid(stamp_ns, self.source.grid.frame_id,
-                                   bev.occupancy_grid_fields(values, self.source.grid))
+                                   bev.occupancy_grid_fields(votes.values(), self.source.grid))
 
     def evaluate(self, stamp_ns: int, truth: np.ndarray) -> None:
         """Accumulate the bird's-eye IoU of the frame stamped ``stamp_ns`` against ``truth``
@@ -273,10 +310,11 @@ class GridStage:
         entry = self.frames.get(stamp_ns)
         if entry is None:
             return
-        frame_id, pred = entry
-        truth_grid = self._grid(np.ascontiguousarray(truth, dtype=np.uint8), stamp_ns, frame_id)
-        if truth_grid is None:
+        frame_id, votes = entry
+        truth_votes = self._votes(np.ascontiguousarray(truth, dtype=np.uint8), stamp_ns, frame_id)
+        if truth_votes is None:
             return
+        pred, truth_grid = votes.values(), truth_votes.values()
         known = truth_grid != bev.UNKNOWN
         pred_free = (pred == bev.FREE) & known
         truth_free = truth_grid == bev.FREE
@@ -305,6 +343,12 @@ class GridStage:
         """The report's ``birds_eye`` section."""
         return {"topic_messages": self.written, "grid": grid_summary(self.source.grid),
                 **self.sources(), "drivable_iou": self.iou(), "frames_evaluated": self.evaluated}
+
+    def camera_summary(self) -> dict[str, Any]:
+        """This camera's entry in a fused grid's ``birds_eye`` section (and in its own figures):
+        its sources, the grids its votes went into, its own bird's-eye IoU."""
+        return {**self.sources(), "grids": self.written, "drivable_iou": self.iou(),
+                "frames_evaluated": self.evaluated}
 
     def picture_png(self) -> bytes | None:
         """PNG of a predicted grid (beside the truth's when evaluated), forward up."""
@@ -337,8 +381,8 @@ class FusedGridStage:
     :class:`~bisenet_ros.fusion.GridFuser` (the node's fusion and overlap rule), which gives
     one grid per batch.
 
-    Each camera's own grid (from its votes) is kept by its :class:`GridStage`, for its figures
-    and its bird's-eye IoU against ground truth; a camera whose frames give no votes (no pose in
+    Each camera's votes are kept by its :class:`GridStage`, for its figures and its bird's-eye
+    IoU against ground truth (its own grid); a camera whose frames give no votes (no pose in
     tf, a view that misses the extent) has the reason counted there.
 
     Args:
@@ -361,6 +405,7 @@ class FusedGridStage:
         self.written = 0
         self.picture: np.ndarray | None = None
         self.statuses: dict[str, Any] = {}  # camera -> its CameraStatus in the latest grid
+        self._stages = {camera.name: camera.grid for camera in self.cameras}
 
     def fuse(self, frames: Sequence[tuple[str, int, str, np.ndarray, tuple[int, ...]]]) -> Any:
         """The OccupancyGrid message of one batch, or None when no frame of it gave votes.
@@ -371,10 +416,9 @@ class FusedGridStage:
         Returns:
             The grid of every camera's latest votes, stamped with the newest votes fused.
         """
-        stages = {camera.name: camera.grid for camera in self.cameras}
         fresh = []
         for name, stamp_ns, frame_id, labels, frame_shape in frames:
-            stage = stages.get(name)
+            stage = self._stages.get(name)
             if stage is None:  # no camera model or pose at all: said once, at the start
                 self.fuser.update(name, None, None, None, stamp_ns=stamp_ns,
                                   problem="no camera model or pose (see the warnings)")
@@ -397,9 +441,9 @@ class FusedGridStage:
                                 max_age_ns=self.max_age_ns)
         self.statuses = dict(fused.cameras)
         for name, stamp_ns, frame_id in fresh:
-            values = fused.camera_grid(name)
-            if values is not None:
-                stages[name].record(stamp_ns, frame_id, values)
+            votes = fused.votes.get(name)  # None: stale beside the batch's newest frame
+            if votes is not None:
+                self._stages[name].record(stamp_ns, frame_id, votes)
         if self.picture is None:
             self.picture = fused.values
         self.written += 1
@@ -427,12 +471,8 @@ class FusedGridStage:
 
     def summary(self) -> dict[str, Any]:
         """The report's ``birds_eye`` section: the fused grid, and each camera's share."""
-        cameras = {}
-        for camera in self.cameras:
-            stage = camera.grid
-            cameras[camera.name] = None if stage is None else {
-                **stage.sources(), "grids": stage.written, "drivable_iou": stage.iou(),
-                "frames_evaluated": stage.evaluated}
+        cameras = {camera.name: None if camera.grid is None else camera.grid.camera_summary()
+                   for camera in self.cameras}
         return {"topic_messages": self.written, "grid": grid_summary(self.spec),
                 "fused": True, "max_age_ms": self.max_age_ns / 1e6, "cameras": cameras,
                 "fusion": self.fuser.summary(),

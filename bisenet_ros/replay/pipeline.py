@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence, TextIO
 import numpy as np
 
 from bisenet_ros import codec, outputs as node_outputs
+from bisenet_ros.fileio import NewOutputs
 from bisenet_ros.inference.frames import sample_indices
 from bisenet_ros.inference.segmenter import engine_provenance
 from bisenet_ros.labels import class_indices
@@ -200,7 +201,6 @@ class ReplayResult:
     frames: list[FrameRecord] = dataclasses.field(default_factory=list)
     corrupt: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     corrupt_labels: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    image_bag_times: list[int] = dataclasses.field(default_factory=list)
     damage: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
     interrupted: str | None = None
@@ -243,7 +243,8 @@ class ReplayResult:
         return self.frames_processed / self.wall_s if self.wall_s > 0 and self.frames else None
 
     def bag_fps(self) -> float | None:
-        return M.frame_rate(self.image_bag_times)
+        """Camera messages per second of the bag (all cameras together)."""
+        return M.frame_rate([t for camera in self.cameras for t in camera.bag_times])
 
     def real_time_factor(self) -> float | None:
         """Replay speed over the bag's own frame rate (> 1: faster than the camera)."""
@@ -530,17 +531,17 @@ def _setup_grid(bag: InputBag, options: ReplayOptions, result: ReplayResult) -> 
     if not options.write_grid:
         return
     from bisenet_ros import bev
-    from bisenet_ros.replay.grid import GridStage, load_grid_source
+    from bisenet_ros.replay.grid import GridStage, load_grid_sources
 
     grid = options.grid or bev.GridSpec()
-    for camera in result.cameras:
-        try:
-            source, problem = load_grid_source(
-                bag, camera.image_topic.name, grid=grid,
-                camera_info_yaml=options.camera_info_yaml, camera_pose=options.camera_pose,
-                rectified=options.rectified_input)
-        except bev.BevError as err:
-            raise ValueError(str(err)) from err
+    try:  # one pass over the bag for every camera's CameraInfo and the transforms
+        sources = load_grid_sources(
+            bag, [camera.image_topic.name for camera in result.cameras], grid=grid,
+            camera_info_yaml=options.camera_info_yaml, camera_pose=options.camera_pose,
+            rectified=options.rectified_input)
+    except bev.BevError as err:
+        raise ValueError(str(err)) from err
+    for camera, (source, problem) in zip(result.cameras, sources):
         if source is None:
             result.warnings.append(f"camera {camera.name}: {problem}" if camera.name
                                    else str(problem))
@@ -780,7 +781,6 @@ def _decode(raw: Any, camera: CameraResult, result: ReplayResult) -> _Frame | No
     """A camera message as a frame; None when it cannot be decoded (counted with the reason)."""
     index, topic = camera.frames_read, camera.image_topic
     camera.bag_times.append(raw.timestamp)
-    result.image_bag_times.append(raw.timestamp)
     t0 = time.perf_counter()
     try:
         msg = deserialize(raw.data, topic.msgtype)
@@ -813,6 +813,7 @@ def _write(run: _Run) -> None:
         run.opened.set()
         _drain(run, _Sink(run, None))
         return
+    created = NewOutputs(options.output)  # the bag folder (prepare_output_path: new)
     try:
         out = OutputBag(options.output, storage=options.storage, namespace=options.namespace,
                         node_name=options.node_name)
@@ -821,16 +822,26 @@ def _write(run: _Run) -> None:
             out.open(run.topics + ["label_info"], cameras=list(run.cameras), shared=grid)
         else:
             out.open(run.topics + ["label_info"] + grid)
-        for topic in run.copy:
-            if not out.add_copy_topic(run.bag.topics[topic]):
+        copied = []
+        for topic in dict.fromkeys(run.copy):  # each once
+            if topic in out.counts:
+                # e.g. --copy-input on a replay's own output bag: a second connection would mix
+                # the old outputs into the new ones on one topic.
+                result.warnings.append(f"--copy-topic {topic}: the replay writes this topic itself; "
+                                       "not copied")
+            elif out.add_copy_topic(run.bag.topics[topic]):
+                copied.append(topic)
+            else:
                 result.warnings.append(f"--copy-topic {topic}: type {run.bag.topics[topic].msgtype} "
                                        "is unknown and the bag has no definition for it; not copied")
+        run.copy[:] = copied  # the reader, started once the bag is open, reads only these
     except BaseException as err:  # noqa: BLE001 - reported by the main thread
         run.writer_errors.append(err)
-        run.opened.set()  # never leave the main thread waiting
+        run.opened.set()  # never leave the main thread waiting (it joins this thread next)
         if out is not None:
             with contextlib.suppress(Exception):
                 out.close()
+        created.remove()  # a bag that could not be set up is not left behind, empty or partial
         return
     run.opened.set()
     try:
@@ -966,7 +977,7 @@ class _Sink:
                     self._evaluate(sink, prediction, mask, frame.stamp_ns)
 
     def copy(self, item: _Copy) -> None:
-        if self.out is not None and item.topic in self.out.counts:
+        if self.out is not None:  # only topics the output bag declared are read (see _write)
             self.out.write_raw(item.topic, item.data, item.bag_ns)
 
     def _write_messages(self, sink: _CameraSink, frame: _Frame, res: Any,

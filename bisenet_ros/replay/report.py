@@ -152,10 +152,6 @@ def _camera_metrics(result: ReplayResult, camera: CameraResult, names: list[str]
     drivable = [f.drivable_fraction for f in frames]
     changes = [f.change_fraction for f in frames if f.change_fraction is not None]
     corrupt = [c for c in result.corrupt if c.get("camera") == camera.name]
-    section = None
-    if camera.grid is not None:
-        section = {**camera.grid.sources(), "grids": camera.grid.written,
-                   "drivable_iou": camera.grid.iou(), "frames_evaluated": camera.grid.evaluated}
     return {
         "image_topic": camera.image_topic.name, "image_type": camera.image_topic.msgtype,
         "messages_in_topic": camera.image_topic.count,
@@ -169,7 +165,7 @@ def _camera_metrics(result: ReplayResult, camera: CameraResult, names: list[str]
         "label_change_fraction": M.percentiles(changes) if changes else None,
         "evaluation": _evaluation(camera.confusion, names, camera.unmatched_predictions,
                                   camera.unmatched_labels, camera.ground_truth or ""),
-        "birds_eye": section,
+        "birds_eye": camera.grid.camera_summary() if camera.grid is not None else None,
     }
 
 
@@ -347,7 +343,7 @@ def _birds_eye_html(result: ReplayResult, section: dict[str, Any] | None) -> lis
                    ("camera pose", section["pose_from"])]
     parts = ["<h2>Bird's-eye drivable grid</h2>", html_table([
         ("grid", f"{grid['width']} x {grid['height']} cells of {grid['resolution_m']} m in "
-                 f"{html.escape(grid['frame'])}, x {grid['x_m'][0]}..{grid['x_m'][1]} m, "
+                 f"{grid['frame']}, x {grid['x_m'][0]}..{grid['x_m'][1]} m, "
                  f"y {grid['y_m'][0]}..{grid['y_m'][1]} m, max range {grid['max_range_m']} m"),
         *sources,
         ("grids written", section["topic_messages"]),

@@ -253,10 +253,11 @@ class OutputBag:
                 raise ValueError(f"unknown output {name!r}; expected one of {', '.join(OUTPUT_TYPES)}")
             latched = name == "label_info"
             # As the node's publishers: reliable keep-last 1; label_info also transient-local.
-            self._connections[(camera, name)] = writer.add_connection(
+            connection = writer.add_connection(
                 self.topic(name, camera), OUTPUT_TYPES[name], typestore=store,
                 offered_qos_profiles=[_qos(latched=latched, depth=1)])
-            self.counts[self.topic(name, camera)] = 0
+            self._connections[(camera, name)] = connection
+            self.counts[connection.topic] = 0
 
     def add_copy_topic(self, info: TopicInfo) -> bool:
         """Declare an input topic to be copied through unchanged; False if its type is unknown.
@@ -289,8 +290,9 @@ class OutputBag:
                 data = _Parts(*parts)
         if data is None:
             data = serialize(msg)
-        self._writer.write(self._connections[(camera, name)], int(timestamp), data)
-        self.counts[self.topic(name, camera)] += 1
+        connection = self._connections[(camera, name)]
+        self._writer.write(connection, int(timestamp), data)
+        self.counts[connection.topic] += 1  # the topic's name, not built again per message
 
     def write_raw(self, topic: str, data: bytes | memoryview, timestamp: int) -> None:
         """Write an already serialized message on a copied topic."""
