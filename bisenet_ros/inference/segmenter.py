@@ -32,7 +32,7 @@ import numpy as np
 
 from bisenet_ros.config import SegmenterConfig
 from bisenet_ros.inference import postprocess as post
-from bisenet_ros.inference.backends.base import Backend, BackendError
+from bisenet_ros.inference.backends.base import Backend, BackendError, NetworkOutput
 from bisenet_ros.inference.preprocess import FitGeometry, Normalizer, check_frame, fit_frame, fit_geometry
 from bisenet_ros.inference.weights import is_onnx, resolve_config
 from bisenet_ros.labels import IGNORE_ID, ClassSet, load_class_set, make_class_set
@@ -427,10 +427,13 @@ class Segmenter:
         """
         return self._prepare(check_frame(frame, color_order), color_order)
 
-    def _prepare(self, frame: np.ndarray, color_order: str) -> tuple[np.ndarray, np.ndarray, FitGeometry]:
+    def _prepare(self, frame: np.ndarray, color_order: str,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, FitGeometry]:
+        """Fit and normalize a checked frame into ``out`` (a ``(1, 3, net_h, net_w)`` slot; default
+        the reused single-frame buffer)."""
         geometry = self.geometry(frame.shape[1], frame.shape[0])
         fitted = fit_frame(frame, geometry, self._normalizer.pad_value(color_order))
-        blob = self._normalizer(fitted, color_order, out=self._blob)
+        blob = self._normalizer(fitted, color_order, out=self._blob if out is None else out)
         return fitted, blob, geometry
 
     def __call__(self, frame: np.ndarray, color_order: str = "bgr",
@@ -457,8 +460,7 @@ class Segmenter:
         t_pre = time.perf_counter()
         net = self.backend.run(blob)
         t_inf = time.perf_counter()
-        self._check_network_output(net.labels, blob)
-        result = self._postprocess(frame, fitted, geometry, net.labels, net.confidence, wanted, color_order)
+        result = self._finish(frame, fitted, geometry, net, wanted, color_order)
         end = time.perf_counter()
         result.timings = {
             "preprocess": (t_pre - start) * 1e3, "inference": (t_inf - t_pre) * 1e3,
@@ -506,28 +508,25 @@ class Segmenter:
             result = self(checked[0], orders[0], wanted)
             result.timings["batch"] = 1.0
             return [result]
-        if self._batch_blob.shape[0] != count:
+        # One buffer for the largest batch so far: the scheduler's batches vary in size (the
+        # cameras with a new frame), and a fresh (N, 3, H, W) array per batch costs page faults.
+        if self._batch_blob.shape[0] < count:
             self._batch_blob = np.empty((count, *self._blob.shape[1:]), dtype=np.float32)
-        blob = self._batch_blob
-        fits = []
-        preprocess_ms = []
+        blob = self._batch_blob[:count]
+        prepared = []
         for index, (frame, order) in enumerate(zip(checked, orders)):
             began = time.perf_counter()
-            geometry = self.geometry(frame.shape[1], frame.shape[0])
-            fitted = fit_frame(frame, geometry, self._normalizer.pad_value(order))
-            self._normalizer(fitted, order, out=blob[index:index + 1])
-            fits.append((fitted, geometry))
-            preprocess_ms.append((time.perf_counter() - began) * 1e3)
+            fitted, _, geometry = self._prepare(frame, order, out=blob[index:index + 1])
+            prepared.append((fitted, geometry, (time.perf_counter() - began) * 1e3))
         t_pre = time.perf_counter()
         nets = self.backend.run_batch(blob)
         t_inf = time.perf_counter()
         if len(nets) != count:
             raise RuntimeError(f"backend returned {len(nets)} outputs for a batch of {count}")
         results = []
-        for frame, order, (fitted, geometry), net, pre_ms in zip(checked, orders, fits, nets, preprocess_ms):
+        for frame, order, (fitted, geometry, pre_ms), net in zip(checked, orders, prepared, nets):
             began = time.perf_counter()
-            self._check_network_output(net.labels, blob)
-            result = self._postprocess(frame, fitted, geometry, net.labels, net.confidence, wanted, order)
+            result = self._finish(frame, fitted, geometry, net, wanted, order)
             end = time.perf_counter()
             result.timings = {
                 "preprocess": pre_ms, "inference": (t_inf - t_pre) * 1e3, "postprocess": (end - began) * 1e3,
@@ -536,12 +535,14 @@ class Segmenter:
             results.append(result)
         return results
 
-    @staticmethod
-    def _check_network_output(labels: np.ndarray, blob: np.ndarray) -> None:
-        if labels.shape != (blob.shape[2], blob.shape[3]):
+    def _finish(self, frame: np.ndarray, fitted: np.ndarray, geometry: FitGeometry, net: NetworkOutput,
+                wanted: frozenset[str], color_order: str) -> SegmentationResult:
+        """Check a backend's output for one frame and post-process it against that frame."""
+        if net.labels.shape != fitted.shape[:2]:
             raise RuntimeError(
-                f"backend returned labels of shape {labels.shape}, expected {blob.shape[2:]} "
+                f"backend returned labels of shape {net.labels.shape}, expected {fitted.shape[:2]} "
                 "(network input size)")
+        return self._postprocess(frame, fitted, geometry, net.labels, net.confidence, wanted, color_order)
 
     def _check_outputs(self, outputs: Collection[str]) -> frozenset[str]:
         if isinstance(outputs, str):
