@@ -163,16 +163,18 @@ def resolve_class_set(config: SegmenterConfig, model: Any = None) -> ClassSet:
     return load_class_set(config.class_set, config.num_classes)
 
 
-def export_checkpoint(config: SegmenterConfig, path: str, *, confidence: bool = False) -> str:
+def export_checkpoint(config: SegmenterConfig, path: str, *, confidence: bool = False,
+                      batch: int | None = 1, max_batch: int | None = None) -> str:
     """Export ``config``'s checkpoint (``weights``; random if None) to ONNX at ``config.resolution``
     (the checkpoint's own size unless one was given) with the argmax in the graph and its metadata
-    embedded; returns ``path``."""
+    embedded; returns ``path``. ``batch`` and ``max_batch`` as for
+    :func:`~bisenet_ros.inference.export.export_onnx_bytes`."""
     from bisenet_ros.inference.export import export_onnx
 
     config = resolve_config(config)
     model = load_torch_model(config)
     export_onnx(model, path, resolution=config.resolution, class_set=resolve_class_set(config, model),
-                confidence=confidence)
+                confidence=confidence, batch=batch, max_batch=max_batch)
     return path
 
 
