@@ -146,19 +146,10 @@ def _publish(scheduler: Any, camera: str, first_frame: int, frame_count: int, st
         tick = max(tick + period, time.monotonic() - period)
 
 
-def _memory_mb() -> dict[str, float]:
-    values = {}
-    with open("/proc/self/status", encoding="utf-8") as stream:
-        for line in stream:
-            key = line.split(":", 1)[0]
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(line.split()[1]) / 1024.0
-    return {"rss_mb": values.get("VmRSS", 0.0), "peak_rss_mb": values.get("VmHWM", 0.0)}
-
-
 def _child(spec: dict[str, Any]) -> int:
     """A child process: one engine serving ``spec["cameras"]``; prints "ready", waits for "go",
     publishes and serves, prints its figures."""
+    from bisenet_ros.benchmark import _memory_mb
     from bisenet_ros.inference import Segmenter
     from bisenet_ros.inference.frames import street_frame
     from bisenet_ros.scheduler import BatchScheduler
