@@ -259,7 +259,8 @@ class Segmenter:
             config = resolve_config(config)
         file_precision, batch_profile = "fp32", None
         if onnx_file:
-            config, class_set, normalization, source, info = self._from_onnx_file(config)
+            class_set, normalization, info = self._from_onnx_file(config)
+            source = str(config.weights)
             file_precision = info.precision
             if info.batch is None:   # a batch-dynamic file: TensorRT builds for 1 to max_batch
                 width, height = config.resolution
@@ -305,7 +306,8 @@ class Segmenter:
         return cls(SegmenterConfig.from_yaml(path, **overrides))
 
     @staticmethod
-    def _from_onnx_file(config: SegmenterConfig) -> tuple[SegmenterConfig, ClassSet, Normalizer, str, "OnnxModelInfo"]:
+    def _from_onnx_file(config: SegmenterConfig) -> tuple[ClassSet, Normalizer, "OnnxModelInfo"]:
+        """The class set, normalization and metadata of ``config.weights``, an exported file."""
         from bisenet_ros.inference.export import read_onnx_info
 
         info = read_onnx_info(config.weights)  # type: ignore[arg-type]
@@ -320,7 +322,7 @@ class Segmenter:
         else:
             class_set = info.class_set(os.path.basename(str(config.weights)))
 
-        return config, class_set, Normalizer(info.mean, info.std), str(config.weights), info
+        return class_set, Normalizer(info.mean, info.std), info
 
     @staticmethod
     def _make_backend(config: SegmenterConfig, source: Any, class_set: ClassSet,
