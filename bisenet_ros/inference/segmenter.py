@@ -526,7 +526,8 @@ class Segmenter:
         nets = self.backend.run_batch(blob)
         t_inf = time.perf_counter()
         if len(nets) != count:
-            raise RuntimeError(f"backend returned {len(nets)} outputs for a batch of {count}")
+            raise RuntimeError(f"backend returned {len(nets)} outputs for a batch of {count}: "
+                               "Backend.run_batch must return one NetworkOutput per frame, in order")
         results = []
         for frame, order, (fitted, geometry, pre_ms), net in zip(checked, orders, prepared, nets):
             began = time.perf_counter()
