@@ -348,7 +348,7 @@ def _worker(spec_json: str) -> int:
                         result.timings["preprocess"] + result.timings["postprocess"])
             labels[str(index)] = result["labels"] if isinstance(result, dict) else result.labels
     np.savez_compressed(spec["labels_path"], **labels)
-    out.update(status="ok", peak_rss_mb=_peak_rss_mb())
+    out.update(status="ok", peak_rss_mb=_memory_mb()["peak_rss_mb"])
     print(json.dumps(out))
     return 0
 
@@ -376,17 +376,22 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def _peak_rss_mb() -> float:
+def _memory_mb() -> dict[str, float]:
+    """This process's ``rss_mb`` (now) and ``peak_rss_mb``, MB (``VmRSS``/``VmHWM``)."""
     # VmHWM belongs to this process image. getrusage's ru_maxrss would not do: Linux carries it
     # across fork+exec, so a child of a large parent reports the parent's peak.
+    values: dict[str, float] = {}
     try:
         with open("/proc/self/status", encoding="utf-8") as stream:
             for line in stream:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "VmHWM"):
+                    values[key] = int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    if "VmHWM" not in values:   # no /proc (not Linux)
+        values["VmHWM"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return {"rss_mb": values.get("VmRSS", 0.0), "peak_rss_mb": values["VmHWM"]}
 
 
 # ----------------------------------------------------------------------------- the run

@@ -146,19 +146,10 @@ def _publish(scheduler: Any, camera: str, first_frame: int, frame_count: int, st
         tick = max(tick + period, time.monotonic() - period)
 
 
-def _memory_mb() -> dict[str, float]:
-    values = {}
-    with open("/proc/self/status", encoding="utf-8") as stream:
-        for line in stream:
-            key = line.split(":", 1)[0]
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(line.split()[1]) / 1024.0
-    return {"rss_mb": values.get("VmRSS", 0.0), "peak_rss_mb": values.get("VmHWM", 0.0)}
-
-
 def _child(spec: dict[str, Any]) -> int:
     """A child process: one engine serving ``spec["cameras"]``; prints "ready", waits for "go",
     publishes and serves, prints its figures."""
+    from bisenet_ros.benchmark import _memory_mb
     from bisenet_ros.inference import Segmenter
     from bisenet_ros.inference.frames import street_frame
     from bisenet_ros.scheduler import BatchScheduler
@@ -301,6 +292,8 @@ def _specs(mode: str, count: int, files: dict[str, str], precision: str, options
 def _model_files(variant: str, options: MulticamOptions, directory: str,
                  log: Callable[..., None]) -> dict[str, str]:
     from bisenet_ros.benchmark import BenchOptions, _export, _quantize, _random_checkpoint
+    from bisenet_ros.config import SegmenterConfig
+    from bisenet_ros.inference.segmenter import export_checkpoint
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -316,25 +309,12 @@ def _model_files(variant: str, options: MulticamOptions, directory: str,
                 log(f"  {variant}: quantized to int8 on generated frames in {time.perf_counter() - start:.1f} s",
                     flush=True)
         if options.device != "cpu":   # GPU: the batched side runs batch-dynamic files, one Run per batch
-            files.update(_batch_exports(weights, variant, files, options, directory))
+            config = SegmenterConfig(variant=variant, weights=weights, resolution=options.network)
+            for count in options.cameras:
+                files[f"fp32_batch{count}"] = export_checkpoint(
+                    config, os.path.join(directory, f"{variant}_batch{count}.onnx"), confidence=True,
+                    batch=None, max_batch=count)
     return files
-
-
-def _batch_exports(weights: str, variant: str, files: dict[str, str], options: MulticamOptions,
-                   directory: str) -> dict[str, str]:
-    from bisenet_ros.config import SegmenterConfig
-    from bisenet_ros.inference.export import export_onnx
-    from bisenet_ros.inference.segmenter import load_torch_model, resolve_class_set
-
-    config = SegmenterConfig(variant=variant, weights=weights, resolution=options.network)
-    model = load_torch_model(config)
-    out = {}
-    for count in options.cameras:
-        path = os.path.join(directory, f"{variant}_batch{count}.onnx")
-        export_onnx(model, path, resolution=options.network, class_set=resolve_class_set(config, model),
-                    confidence=True, batch=None, max_batch=count)
-        out[f"fp32_batch{count}"] = path
-    return out
 
 
 def run_multicam(options: MulticamOptions, log: Callable[..., None] = print) -> dict[str, Any]:

@@ -35,7 +35,7 @@ def test_bench_cameras_smoke(tmp_path, capsys) -> None:
         for camera in figures["per_camera"].values():
             assert camera["processed"] > 0 and camera["latency_p99_ms"] >= camera["latency_p50_ms"] > 0
             assert camera["received"] >= camera["processed"]
-    # The batched side ran the batch path: two frames per engine call on its one engine.
+    # The batched side: one process (one engine) served both cameras, as checked above.
     assert row["batched"]["engines"] and row["frames_per_s_ratio"] > 0 and row["rss_ratio"] > 0
     assert "| bisenetv2 | fp32 | 2 | batched | 1 |" in (tmp_path / "multicam.md").read_text()
     assert cli_main(["bench", "--cameras", "two"]) == 2
@@ -82,3 +82,19 @@ def test_side_figures_and_ratios() -> None:
     batched = dict(side, total_frames_per_s=5.0, rss_mb_total=240.0)
     ratios = _ratios(side, batched)
     assert ratios["frames_per_s_ratio"] == 1.25 and ratios["rss_ratio"] == 0.4 and ratios["p99_ratio"] == 1.0
+
+
+def test_gpu_runs_get_a_batch_dynamic_export_per_camera_count(tmp_path) -> None:
+    # The batched side on a GPU runs one Run per batch: files made here, no GPU needed.
+    from bisenet_ros.benchmark_multicam import MulticamOptions, _model_files
+    from bisenet_ros.inference.export import read_onnx_info
+
+    options = MulticamOptions(cameras=[2, 3], variants=["stdc1"], precisions=["fp32"], device="cuda",
+                              network=(64, 32))
+    files = _model_files("stdc1", options, str(tmp_path), print)
+    assert sorted(files) == ["fp32", "fp32_batch2", "fp32_batch3"]
+    assert (read_onnx_info(files["fp32"]).batch, read_onnx_info(files["fp32"]).max_batch) == (1, 1)
+    for count in (2, 3):
+        info = read_onnx_info(files[f"fp32_batch{count}"])
+        assert (info.batch, info.max_batch, info.input_size) == (None, count, (64, 32))
+        assert info.variant == "stdc1" and "confidence" in info.outputs

@@ -105,3 +105,14 @@ def test_training_cli_as_a_process_prints_no_traceback() -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr and "/nonexistent/run" in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize("argv", [["bench", "--cameras", "two"], ["segment", "/nonexistent/street.png"],
+                                  ["export", "--weights", "/nonexistent/model.pth"]])
+def test_bisenet_ros_commands_report_through_run_command(argv: list[str],
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    # One line with the --debug hint, and --debug then shows the traceback.
+    assert bisenet_ros_main(argv) == USER_ERROR_STATUS
+    assert "--debug" in _one_error_line(capsys, f"bisenet-ros {argv[0]}")
+    with pytest.raises(ValueError):
+        bisenet_ros_main([*argv, "--debug"])

@@ -81,6 +81,18 @@ def test_logits_export_runs_through_the_numpy_path(tmp_path) -> None:
     _, blob, _ = seg.preprocess(frame)
     np.testing.assert_array_equal(result.labels, _logits(model, blob.copy())[0].argmax(0))
     assert result.confidence.min() >= 1 / 3 - 1e-6 and result.confidence.max() <= 1.0
+    # Batches take the same path on both ONNX backends: this file side by side (two workers), and
+    # a batch-2 file in runs of two frames (the last one padded).
+    export_onnx(model, tmp_path / "logits_b2.onnx", resolution=(40, 32), class_set=classes, argmax=False, batch=2)
+    frames = [frame, frame[::-1].copy(), frame[:, ::-1].copy()]
+    for backend, name in (("onnxruntime", "logits.onnx"), ("openvino", "logits.onnx"),
+                          ("onnxruntime", "logits_b2.onnx"), ("openvino", "logits_b2.onnx")):
+        engine = Segmenter(weights=str(tmp_path / name), backend=backend, drivable_classes=["a"],
+                           confidence=True, num_threads=2)
+        for got, one in zip(engine.segment_batch(frames), frames):
+            expected = seg(one)
+            np.testing.assert_array_equal(got.labels, expected.labels, err_msg=f"{backend} {name}")
+            np.testing.assert_allclose(got.confidence, expected.confidence, atol=1e-6, err_msg=f"{backend} {name}")
 
 
 def test_dynamic_export_runs_at_any_size(tmp_path) -> None:

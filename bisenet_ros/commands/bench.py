@@ -12,12 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from bisenet_ros.benchmark import BenchOptions, format_table, run_benchmark
 from bisenet_ros.benchmark_multicam import MulticamOptions, format_multicam_table, run_multicam
 from bisenet_ros.config import parse_resolution
-from bisenet_ros.runtime import USER_ERROR_STATUS
 
 DEFAULT_OUTPUT = os.path.join("bench_results", "bench.json")
 
@@ -107,34 +105,25 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``bisenet-ros bench``."""
     if args.cameras is not None:
         return _run_multicam(args)
-    try:
-        variants, network = _model(args)
-        options = BenchOptions(
-            variants=variants, backends=_names(args.backends), precisions=_names(args.precisions or "fp32,bf16,int8"),
-            device=args.device, weights=args.weights, camera=parse_resolution(args.camera),
-            network=network, resize=args.resize, frames=args.frames,
-            warmup=args.warmup, rounds=args.rounds, num_threads=args.num_threads, baseline=args.baseline,
-            int8=args.int8)
-    except ValueError as exc:
-        print(f"bisenet-ros bench: error: {exc}", file=sys.stderr)
-        return USER_ERROR_STATUS
+    variants, network = _model(args)
+    options = BenchOptions(
+        variants=variants, backends=_names(args.backends), precisions=_names(args.precisions or "fp32,bf16,int8"),
+        device=args.device, weights=args.weights, camera=parse_resolution(args.camera),
+        network=network, resize=args.resize, frames=args.frames,
+        warmup=args.warmup, rounds=args.rounds, num_threads=args.num_threads, baseline=args.baseline,
+        int8=args.int8)
     report = run_benchmark(options)
     return _write(report, format_table(report), args)
 
 
 def _run_multicam(args: argparse.Namespace) -> int:
-    try:
-        variants, network = _model(args)
-        options = MulticamOptions(
-            cameras=_camera_counts(args.cameras), variants=variants,
-            precisions=_names(args.precisions or ("fp32,int8" if args.device == "cpu" else "fp32")),
-            backend=_onnx_backend(args.backends), device=args.device,
-            weights=args.weights,
-            int8=args.int8, camera=parse_resolution(args.camera), network=network,
-            rate_hz=args.rate, settle_s=args.settle, duration_s=args.duration, rounds=args.rounds)
-    except ValueError as exc:
-        print(f"bisenet-ros bench: error: {exc}", file=sys.stderr)
-        return USER_ERROR_STATUS
+    variants, network = _model(args)
+    options = MulticamOptions(
+        cameras=_camera_counts(args.cameras), variants=variants,
+        precisions=_names(args.precisions or ("fp32,int8" if args.device == "cpu" else "fp32")),
+        backend=_onnx_backend(args.backends), device=args.device, weights=args.weights,
+        int8=args.int8, camera=parse_resolution(args.camera), network=network,
+        rate_hz=args.rate, settle_s=args.settle, duration_s=args.duration, rounds=args.rounds)
     report = run_multicam(options)
     return _write(report, format_multicam_table(report), args)
 

@@ -13,7 +13,6 @@ import sys
 
 from bisenet_ros.fileio import write_atomic
 from bisenet_ros.inference.export import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_onnx_bytes, verify_export
-from bisenet_ros.runtime import USER_ERROR_STATUS
 
 
 def parse_batch(text: str) -> int | None:
@@ -68,24 +67,20 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = {k: getattr(args, k) for k in ("variant", "weights", "num_classes", "class_set", "resolution")
                  if getattr(args, k, None) is not None}
-    try:
-        if args.config:
-            config = SegmenterConfig.from_yaml(args.config, **overrides)
-        else:
-            config = SegmenterConfig.from_dict(overrides)
-        if is_onnx(config.weights):
-            raise ValueError(f"--weights {config.weights}: already an ONNX file; give a .pth checkpoint")
-        # A training checkpoint supplies its variant, classes and size (unless given).
-        config = resolve_config(config)
-        model = load_torch_model(config)
-        class_set = resolve_class_set(config, model)
-        data, info = export_onnx_bytes(model, resolution=config.resolution, class_set=class_set,
-                                       argmax=args.argmax, confidence=args.confidence,
-                                       dynamic=args.dynamic, batch=args.batch, max_batch=args.max_batch,
-                                       opset=args.opset)
-    except ValueError as exc:  # CheckpointError included
-        print(f"bisenet-ros export: error: {exc}", file=sys.stderr)
-        return USER_ERROR_STATUS
+    if args.config:
+        config = SegmenterConfig.from_yaml(args.config, **overrides)
+    else:
+        config = SegmenterConfig.from_dict(overrides)
+    if is_onnx(config.weights):
+        raise ValueError(f"--weights {config.weights}: already an ONNX file; give a .pth checkpoint")
+    # A training checkpoint supplies its variant, classes and size (unless given).
+    config = resolve_config(config)
+    model = load_torch_model(config)
+    class_set = resolve_class_set(config, model)
+    data, info = export_onnx_bytes(model, resolution=config.resolution, class_set=class_set,
+                                   argmax=args.argmax, confidence=args.confidence,
+                                   dynamic=args.dynamic, batch=args.batch, max_batch=args.max_batch,
+                                   opset=args.opset)
     width, height = config.resolution
     output = args.output or f"{config.variant}_{width}x{height}.onnx"
     if args.verify:

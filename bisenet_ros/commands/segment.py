@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from bisenet_ros.config import add_config_arguments, config_from_args
 from bisenet_ros.fileio import NewOutputs
-from bisenet_ros.runtime import USER_ERROR_STATUS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,23 +33,17 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``bisenet-ros segment``."""
     import cv2
 
-    from bisenet_ros.inference import BackendError, Segmenter
+    from bisenet_ros.inference import Segmenter
     from bisenet_ros.inference.frames import street_frame
 
-    try:
-        config = config_from_args(args)
-    except ValueError as exc:
-        print(f"bisenet-ros segment: error: {exc}", file=sys.stderr)
-        return USER_ERROR_STATUS
+    config = config_from_args(args)
     inputs: list[tuple[str, np.ndarray]] = []
     for name in args.images:
         if not os.path.isfile(name):
-            print(f"bisenet-ros segment: error: {name}: no such file", file=sys.stderr)
-            return USER_ERROR_STATUS
+            raise ValueError(f"{name}: no such file")
         image = cv2.imread(name, cv2.IMREAD_COLOR)   # always 8-bit BGR, alpha and grey converted
         if image is None:
-            print(f"bisenet-ros segment: error: {name}: not an image OpenCV can read", file=sys.stderr)
-            return USER_ERROR_STATUS
+            raise ValueError(f"{name}: not an image OpenCV can read")
         inputs.append((Path(name).stem, image))
     if not inputs:
         inputs.append(("generated_street", street_frame(1280, 720)))
@@ -58,15 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if config.weights is None:
         print("note: no --weights given, the model is randomly initialised: the labels are meaningless "
               "(pass a checkpoint, e.g. --weights model_final_v2_city.pth)")
-    try:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # the random-weights warning, printed above
-            segmenter = Segmenter(config)
-    except (ValueError, ImportError, BackendError) as exc:
-        print(f"bisenet-ros segment: error: {exc}", file=sys.stderr)
-        return USER_ERROR_STATUS
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the random-weights warning, printed above
+        segmenter = Segmenter(config)
     print(f"model: {segmenter.describe()}")
     out_dir = Path(args.output_dir)
     names = segmenter.class_names

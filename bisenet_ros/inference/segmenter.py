@@ -32,7 +32,7 @@ import numpy as np
 
 from bisenet_ros.config import SegmenterConfig
 from bisenet_ros.inference import postprocess as post
-from bisenet_ros.inference.backends.base import Backend, BackendError
+from bisenet_ros.inference.backends.base import Backend, BackendError, NetworkOutput
 from bisenet_ros.inference.preprocess import FitGeometry, Normalizer, check_frame, fit_frame, fit_geometry
 from bisenet_ros.inference.weights import is_onnx, resolve_config
 from bisenet_ros.labels import IGNORE_ID, ClassSet, load_class_set, make_class_set
@@ -163,16 +163,18 @@ def resolve_class_set(config: SegmenterConfig, model: Any = None) -> ClassSet:
     return load_class_set(config.class_set, config.num_classes)
 
 
-def export_checkpoint(config: SegmenterConfig, path: str, *, confidence: bool = False) -> str:
+def export_checkpoint(config: SegmenterConfig, path: str, *, confidence: bool = False,
+                      batch: int | None = 1, max_batch: int | None = None) -> str:
     """Export ``config``'s checkpoint (``weights``; random if None) to ONNX at ``config.resolution``
     (the checkpoint's own size unless one was given) with the argmax in the graph and its metadata
-    embedded; returns ``path``."""
+    embedded; returns ``path``. ``batch`` and ``max_batch`` as for
+    :func:`~bisenet_ros.inference.export.export_onnx_bytes`."""
     from bisenet_ros.inference.export import export_onnx
 
     config = resolve_config(config)
     model = load_torch_model(config)
     export_onnx(model, path, resolution=config.resolution, class_set=resolve_class_set(config, model),
-                confidence=confidence)
+                confidence=confidence, batch=batch, max_batch=max_batch)
     return path
 
 
@@ -257,7 +259,8 @@ class Segmenter:
             config = resolve_config(config)
         file_precision, batch_profile = "fp32", None
         if onnx_file:
-            config, class_set, normalization, source, info = self._from_onnx_file(config)
+            class_set, normalization, info = self._from_onnx_file(config)
+            source = str(config.weights)
             file_precision = info.precision
             if info.batch is None:   # a batch-dynamic file: TensorRT builds for 1 to max_batch
                 width, height = config.resolution
@@ -303,7 +306,8 @@ class Segmenter:
         return cls(SegmenterConfig.from_yaml(path, **overrides))
 
     @staticmethod
-    def _from_onnx_file(config: SegmenterConfig) -> tuple[SegmenterConfig, ClassSet, Normalizer, str, "OnnxModelInfo"]:
+    def _from_onnx_file(config: SegmenterConfig) -> tuple[ClassSet, Normalizer, "OnnxModelInfo"]:
+        """The class set, normalization and metadata of ``config.weights``, an exported file."""
         from bisenet_ros.inference.export import read_onnx_info
 
         info = read_onnx_info(config.weights)  # type: ignore[arg-type]
@@ -318,7 +322,7 @@ class Segmenter:
         else:
             class_set = info.class_set(os.path.basename(str(config.weights)))
 
-        return config, class_set, Normalizer(info.mean, info.std), str(config.weights), info
+        return class_set, Normalizer(info.mean, info.std), info
 
     @staticmethod
     def _make_backend(config: SegmenterConfig, source: Any, class_set: ClassSet,
@@ -427,10 +431,13 @@ class Segmenter:
         """
         return self._prepare(check_frame(frame, color_order), color_order)
 
-    def _prepare(self, frame: np.ndarray, color_order: str) -> tuple[np.ndarray, np.ndarray, FitGeometry]:
+    def _prepare(self, frame: np.ndarray, color_order: str,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, FitGeometry]:
+        """Fit and normalize a checked frame into ``out`` (a ``(1, 3, net_h, net_w)`` slot; default
+        the reused single-frame buffer)."""
         geometry = self.geometry(frame.shape[1], frame.shape[0])
         fitted = fit_frame(frame, geometry, self._normalizer.pad_value(color_order))
-        blob = self._normalizer(fitted, color_order, out=self._blob)
+        blob = self._normalizer(fitted, color_order, out=self._blob if out is None else out)
         return fitted, blob, geometry
 
     def __call__(self, frame: np.ndarray, color_order: str = "bgr",
@@ -457,8 +464,7 @@ class Segmenter:
         t_pre = time.perf_counter()
         net = self.backend.run(blob)
         t_inf = time.perf_counter()
-        self._check_network_output(net.labels, blob)
-        result = self._postprocess(frame, fitted, geometry, net.labels, net.confidence, wanted, color_order)
+        result = self._finish(frame, fitted, geometry, net, wanted, color_order)
         end = time.perf_counter()
         result.timings = {
             "preprocess": (t_pre - start) * 1e3, "inference": (t_inf - t_pre) * 1e3,
@@ -506,28 +512,26 @@ class Segmenter:
             result = self(checked[0], orders[0], wanted)
             result.timings["batch"] = 1.0
             return [result]
-        if self._batch_blob.shape[0] != count:
+        # One buffer for the largest batch so far: the scheduler's batches vary in size (the
+        # cameras with a new frame), and a fresh (N, 3, H, W) array per batch costs page faults.
+        if self._batch_blob.shape[0] < count:
             self._batch_blob = np.empty((count, *self._blob.shape[1:]), dtype=np.float32)
-        blob = self._batch_blob
-        fits = []
-        preprocess_ms = []
+        blob = self._batch_blob[:count]
+        prepared = []
         for index, (frame, order) in enumerate(zip(checked, orders)):
             began = time.perf_counter()
-            geometry = self.geometry(frame.shape[1], frame.shape[0])
-            fitted = fit_frame(frame, geometry, self._normalizer.pad_value(order))
-            self._normalizer(fitted, order, out=blob[index:index + 1])
-            fits.append((fitted, geometry))
-            preprocess_ms.append((time.perf_counter() - began) * 1e3)
+            fitted, _, geometry = self._prepare(frame, order, out=blob[index:index + 1])
+            prepared.append((fitted, geometry, (time.perf_counter() - began) * 1e3))
         t_pre = time.perf_counter()
         nets = self.backend.run_batch(blob)
         t_inf = time.perf_counter()
         if len(nets) != count:
-            raise RuntimeError(f"backend returned {len(nets)} outputs for a batch of {count}")
+            raise RuntimeError(f"backend returned {len(nets)} outputs for a batch of {count}: "
+                               "Backend.run_batch must return one NetworkOutput per frame, in order")
         results = []
-        for frame, order, (fitted, geometry), net, pre_ms in zip(checked, orders, fits, nets, preprocess_ms):
+        for frame, order, (fitted, geometry, pre_ms), net in zip(checked, orders, prepared, nets):
             began = time.perf_counter()
-            self._check_network_output(net.labels, blob)
-            result = self._postprocess(frame, fitted, geometry, net.labels, net.confidence, wanted, order)
+            result = self._finish(frame, fitted, geometry, net, wanted, order)
             end = time.perf_counter()
             result.timings = {
                 "preprocess": pre_ms, "inference": (t_inf - t_pre) * 1e3, "postprocess": (end - began) * 1e3,
@@ -536,12 +540,14 @@ class Segmenter:
             results.append(result)
         return results
 
-    @staticmethod
-    def _check_network_output(labels: np.ndarray, blob: np.ndarray) -> None:
-        if labels.shape != (blob.shape[2], blob.shape[3]):
+    def _finish(self, frame: np.ndarray, fitted: np.ndarray, geometry: FitGeometry, net: NetworkOutput,
+                wanted: frozenset[str], color_order: str) -> SegmentationResult:
+        """Check a backend's output for one frame and post-process it against that frame."""
+        if net.labels.shape != fitted.shape[:2]:
             raise RuntimeError(
-                f"backend returned labels of shape {labels.shape}, expected {blob.shape[2:]} "
+                f"backend returned labels of shape {net.labels.shape}, expected {fitted.shape[:2]} "
                 "(network input size)")
+        return self._postprocess(frame, fitted, geometry, net.labels, net.confidence, wanted, color_order)
 
     def _check_outputs(self, outputs: Collection[str]) -> frozenset[str]:
         if isinstance(outputs, str):

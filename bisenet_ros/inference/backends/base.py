@@ -2,8 +2,9 @@
 
 A backend owns one compiled network and turns a normalized ``(1, 3, H, W)`` float32 blob into
 network-resolution labels (and, if asked at construction, confidences); :meth:`Backend.run_batch`
-does the same for ``(N, 3, H, W)``, item by item unless a backend has a faster way. Everything else
-(resizing, colours, overlays) is backend-independent and lives in the engine.
+does the same for ``(N, 3, H, W)``, item by item unless a backend has a faster way
+(:class:`OnnxBackend`: how the two backends that run an exported file split a batch into runs).
+Everything else (resizing, colours, overlays) is backend-independent and lives in the engine.
 
 Heavy packages (torch, onnxruntime, openvino) are imported only when a backend is constructed,
 so importing :mod:`bisenet_ros.inference` stays cheap and a missing optional package only affects
@@ -15,6 +16,7 @@ import abc
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -87,6 +89,72 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """One line for logs and benchmark tables, e.g. ``onnxruntime[CPUExecutionProvider] fp32``."""
         return f"{self.name}:{self.device} {self.precision}"
+
+
+class OnnxBackend(Backend):
+    """A backend running an exported ONNX file (onnxruntime, OpenVINO): how their batches run.
+
+    A file takes ``file_batch`` frames per run (None: any number). A batch runs as runs of
+    ``file_batch`` frames (one for a dynamic file; the last run padded), which give each frame
+    exactly its single-frame labels: one after the other on the frame-by-frame compilation, or,
+    with more than one worker, side by side, as each runtime does that
+    (:meth:`_run_side_by_side`).
+
+    Attributes:
+        file_batch: Frames per run the file takes: an int for a fixed batch, None for a dynamic one.
+    """
+
+    file_batch: int | None = 1
+    #: Single-thread executions a batch may run side by side (1: one after the other).
+    _workers: int = 1
+    #: Whether the graph ends in the argmax (outputs ``labels`` [, ``confidence``]) or in ``logits``.
+    _argmax_in_graph: bool = True
+    #: Whether the runtime reuses its output buffers for the next run (then :meth:`_split` copies).
+    _reuses_outputs: bool = False
+
+    def run(self, blob: np.ndarray) -> NetworkOutput:
+        return self._run_chunk(blob)[0]
+
+    def run_batch(self, blob: np.ndarray) -> list[NetworkOutput]:
+        chunks = batch_chunks(blob, self.file_batch)
+        if self._workers > 1 and len(chunks) > 1:
+            runs: Iterable[list[NetworkOutput]] = self._run_side_by_side(chunks)
+        else:
+            runs = map(self._run_chunk, chunks)
+        return [out for outputs in runs for out in outputs]
+
+    @abc.abstractmethod
+    def _run_chunk(self, chunk: np.ndarray) -> list[NetworkOutput]:
+        """Run at most ``file_batch`` frames (padded to it) on the frame-by-frame compilation.
+
+        Returns:
+            One output per frame of ``chunk``.
+        """
+
+    @abc.abstractmethod
+    def _run_side_by_side(self, chunks: list[np.ndarray]) -> Iterable[list[NetworkOutput]]:
+        """Run the chunks concurrently, one single-thread execution each.
+
+        Returns:
+            Per chunk, in order, one output per frame.
+        """
+
+    def _split(self, results: Sequence[np.ndarray], count: int) -> list[NetworkOutput]:
+        """One :class:`NetworkOutput` per frame of the first ``count`` of a run's outputs.
+
+        Args:
+            results: The run's outputs: ``labels`` ``(B, H, W)`` (and ``confidence`` when
+                computed), or ``logits`` ``(B, C, H, W)`` without the argmax in the graph.
+            count: The frames of the run that are not padding.
+        """
+        if not self._argmax_in_graph:
+            return [labels_from_logits(results[0][i:i + 1], self.computes_confidence) for i in range(count)]
+        copy = self._reuses_outputs
+        labels = results[0].astype(np.uint8, copy=copy)   # a cast copies anyway
+        confidence = None
+        if self.computes_confidence:
+            confidence = results[1].copy() if copy else results[1]
+        return [NetworkOutput(labels[i], None if confidence is None else confidence[i]) for i in range(count)]
 
 
 def import_backend_package(module: str, backend: str, pip_hint: str) -> ModuleType:

@@ -35,13 +35,13 @@ import logging
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from bisenet_ros.inference.backends.base import (
-    Backend, BackendError, NetworkOutput, batch_chunks, batch_workers, import_backend_package,
-    labels_from_logits, pad_batch, parse_cuda_index)
+    BackendError, NetworkOutput, OnnxBackend, batch_workers, import_backend_package, pad_batch,
+    parse_cuda_index)
 
 LOGGER = logging.getLogger(__name__)
 PIP_HINT = ("pip install onnxruntime (CPU) or pip install onnxruntime-gpu (CUDA/TensorRT; on a "
@@ -120,7 +120,7 @@ def _register_shared_cpu_arena(ort: Any) -> None:
         _shared_arena_registered = True
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(OnnxBackend):
     """Runs an ONNX model (path or serialized bytes) with ONNX Runtime.
 
     The model's outputs decide the fast path: a ``labels`` output (argmax in the graph, see
@@ -183,8 +183,7 @@ class OnnxRuntimeBackend(Backend):
             self._outputs = [outputs[0]]
         self.input_shape = tuple(self.session.get_inputs()[0].shape)
         batch = self.input_shape[0] if self.input_shape else 1
-        #: Frames per ``Run`` the file takes: an int for a fixed batch, None for a dynamic one.
-        self.file_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
+        self.file_batch = batch if isinstance(batch, int) and batch > 0 else None
         self._model = model if device == "cpu" else None   # for the batch session, built on demand
         self._workers = batch_workers(num_threads) if device == "cpu" else 1
         self._num_threads = num_threads
@@ -216,21 +215,17 @@ class OnnxRuntimeBackend(Backend):
             options.add_session_config_entry("session.use_env_allocators", "1")
         return options
 
-    def run(self, blob: np.ndarray) -> NetworkOutput:
-        return self._run_padded(self.session, blob)[0]
-
     def run_batch(self, blob: np.ndarray) -> list[NetworkOutput]:
-        count = blob.shape[0]
         if self.device != "cpu" and self.file_batch is None:   # GPU: the whole batch in one Run
-            return self._run_padded(self.session, blob)
-        # CPU (or a fixed-batch file): runs of the file's batch (1 for a dynamic one), which give
-        # each frame exactly the single-frame labels.
-        chunks = batch_chunks(blob, self.file_batch)
-        if self._workers > 1 and len(chunks) > 1:
-            runs = self._parallel().map(lambda chunk: self._run_padded(self.batch_session, chunk), chunks)
-        else:
-            runs = map(lambda chunk: self._run_padded(self.session, chunk), chunks)
-        return [out for outputs in runs for out in outputs]
+            return self._run_chunk(blob)
+        # CPU (or a fixed-batch file): runs of the file's batch (see OnnxBackend).
+        return super().run_batch(blob)
+
+    def _run_chunk(self, chunk: np.ndarray) -> list[NetworkOutput]:
+        return self._run_padded(self.session, chunk)
+
+    def _run_side_by_side(self, chunks: list[np.ndarray]) -> Iterable[list[NetworkOutput]]:
+        return self._parallel().map(lambda chunk: self._run_padded(self.batch_session, chunk), chunks)
 
     def _parallel(self) -> ThreadPoolExecutor:
         """The thread pool that runs single-thread executions side by side (see the module
@@ -249,16 +244,6 @@ class OnnxRuntimeBackend(Backend):
         """Run a chunk of at most ``file_batch`` frames; outputs for its own frames only."""
         results = session.run(self._outputs, {self._input: pad_batch(blob, self.file_batch)})
         return self._split(results, blob.shape[0])
-
-    def _split(self, results: list[np.ndarray], count: int) -> list[NetworkOutput]:
-        """One :class:`NetworkOutput` per frame of the first ``count`` of a Run's outputs."""
-        if not self._argmax_in_graph:
-            return [labels_from_logits(results[0][i:i + 1], self.computes_confidence) for i in range(count)]
-        labels = results[0]
-        if labels.dtype != np.uint8:
-            labels = labels.astype(np.uint8)
-        confidence = results[1] if self.computes_confidence else None
-        return [NetworkOutput(labels[i], None if confidence is None else confidence[i]) for i in range(count)]
 
     def describe(self) -> str:
         return f"onnxruntime[{self.session.get_providers()[0]}] {self.precision}"

@@ -17,13 +17,12 @@ single-camera path keeps its own compiled model, unchanged.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
 from bisenet_ros.inference.backends.base import (
-    Backend, BackendError, NetworkOutput, batch_chunks, batch_workers, import_backend_package,
-    labels_from_logits, pad_batch)
+    BackendError, NetworkOutput, OnnxBackend, batch_workers, import_backend_package, pad_batch)
 
 PIP_HINT = "pip install openvino"
 
@@ -32,7 +31,7 @@ def import_openvino() -> Any:
     return import_backend_package("openvino", "openvino", PIP_HINT)
 
 
-class OpenVinoBackend(Backend):
+class OpenVinoBackend(OnnxBackend):
     """Compiles an ONNX model with OpenVINO for the CPU.
 
     Args:
@@ -86,8 +85,7 @@ class OpenVinoBackend(Backend):
         self._model = model   # for the throughput compilation, made on the first batch
         self._workers = batch_workers(num_threads)
         batch = self.compiled.inputs[0].get_partial_shape()[0]
-        #: Frames per inference the file takes: an int for a fixed batch, None for a dynamic one.
-        self.file_batch: int | None = batch.get_length() if batch.is_static else None
+        self.file_batch = batch.get_length() if batch.is_static else None
         #: The THROUGHPUT compilation batches run on (None until the first batch).
         self.batch_compiled: Any = None
         self._queue: Any = None
@@ -102,28 +100,27 @@ class OpenVinoBackend(Backend):
         self._names = (["labels", "confidence"] if confidence else ["labels"]) if self._argmax_in_graph \
             else [self.compiled.outputs[0].get_any_name()]
 
-    def run(self, blob: np.ndarray) -> NetworkOutput:
-        results = self._request.infer({0: pad_batch(blob, self.file_batch)})
-        return self._split(results, 1)[0]
+    # infer() returns views of the request's buffers, reused by the next call: _split copies.
+    _reuses_outputs = True
 
-    def run_batch(self, blob: np.ndarray) -> list[NetworkOutput]:
-        chunks = batch_chunks(blob, self.file_batch)
-        if self._workers <= 1 or len(chunks) == 1:
-            return [out for chunk in chunks
-                    for out in self._split(self._request.infer({0: pad_batch(chunk, self.file_batch)}), len(chunk))]
+    def _run_chunk(self, chunk: np.ndarray) -> list[NetworkOutput]:
+        results = self._request.infer({0: pad_batch(chunk, self.file_batch)})
+        return self._split([results[name] for name in self._names], len(chunk))
+
+    def _run_side_by_side(self, chunks: list[np.ndarray]) -> Iterable[list[NetworkOutput]]:
         queue = self._throughput_queue()
         outputs: list[list[NetworkOutput]] = [[] for _ in chunks]
 
         def done(request: Any, index: int) -> None:
             # Runs on an OpenVINO thread, before the request takes its next job (_split copies).
-            results = {name: request.get_tensor(name).data for name in self._names}
-            outputs[index] = self._split(results, len(chunks[index]))
+            outputs[index] = self._split([request.get_tensor(name).data for name in self._names],
+                                         len(chunks[index]))
 
         queue.set_callback(done)
         for index, chunk in enumerate(chunks):
             queue.start_async({0: pad_batch(chunk, self.file_batch)}, index)
         queue.wait_all()
-        return [out for chunk_outputs in outputs for out in chunk_outputs]
+        return outputs
 
     def _throughput_queue(self) -> Any:
         """One stream per worker, one thread each, and an infer queue with one request per stream."""
@@ -135,19 +132,6 @@ class OpenVinoBackend(Backend):
             self.batch_compiled = self._core.compile_model(self._core.read_model(self._model), "CPU", config)
             self._queue = ov.AsyncInferQueue(self.batch_compiled, self._workers)
         return self._queue
-
-    def _split(self, results: Any, count: int) -> list[NetworkOutput]:
-        """One :class:`NetworkOutput` per frame of the first ``count`` of an inference's outputs
-        (``results`` keyed by output name)."""
-        if not self._argmax_in_graph:
-            logits = results[self._names[0]]
-            return [labels_from_logits(logits[i:i + 1], self.computes_confidence) for i in range(count)]
-        # infer() returns views of the request's buffers, reused by the next call: copy (a cast
-        # copies too).
-        labels = results["labels"]
-        labels = labels.astype(np.uint8) if labels.dtype != np.uint8 else labels.copy()
-        confidence = results["confidence"].copy() if self.computes_confidence else None
-        return [NetworkOutput(labels[i], None if confidence is None else confidence[i]) for i in range(count)]
 
     def describe(self) -> str:
         return f"openvino[CPU] {self.precision}"
