@@ -268,8 +268,8 @@ def unwrap_ros_parameters(data: dict[str, Any]) -> dict[str, Any]:
 def non_default_options(values: Mapping[str, Any]) -> frozenset[str]:
     """The :data:`TRACKED` options of ``values`` that differ from their defaults.
 
-    ``resolution`` equal to the variant's recommended size (the model registry's, which the
-    shipped ``config/<variant>.yaml`` files use) is a default too.
+    ``resolution`` equal to the variant's recommended size (:data:`RECOMMENDED_RESOLUTIONS`, which
+    the shipped ``config/<variant>.yaml`` files use) is a default too.
     """
     out = set()
     variant = values.get("variant") or _DEFAULTS["variant"]
@@ -279,19 +279,28 @@ def non_default_options(values: Mapping[str, Any]) -> frozenset[str]:
         value = coerce_field(name, values[name])
         if value == _DEFAULTS[name]:
             continue
-        # Asked only then: the registry imports torch, which a default config never needs.
         if name == "resolution" and value == recommended_resolution(str(variant)):
             continue
         out.add(name)
     return frozenset(out)
 
 
+#: Each variant's recommended network input ``(width, height)`` for Cityscapes-like cameras (the
+#: README's table; the shipped ``config/<variant>.yaml`` files use it). Kept here, not in the model
+#: registry, so that reading a config never imports torch: an ``.onnx`` node with
+#: ``config/stdc2.yaml`` would otherwise pay about 1.7 s and 190 MB for it, or fail without torch.
+RECOMMENDED_RESOLUTIONS: dict[str, tuple[int, int]] = {
+    "bisenetv1": (1536, 768),
+    "bisenetv1_xception39": (1536, 768),
+    "bisenetv2": (1024, 512),
+    "stdc1": (1024, 512),   # STDC1-Seg50
+    "stdc2": (1536, 768),   # STDC2-Seg75
+}
+
+
 def recommended_resolution(variant: str) -> tuple[int, int] | None:
     """The variant's recommended network size ``(width, height)``, or None for an unknown name."""
-    from bisenet_ros.models import MODELS  # lazy: the registry imports torch
-
-    spec = MODELS.get(variant)
-    return None if spec is None else tuple(spec.resolution)  # type: ignore[return-value]
+    return RECOMMENDED_RESOLUTIONS.get(variant)
 
 
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:

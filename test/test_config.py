@@ -105,3 +105,28 @@ def test_explicit_options_are_told_from_defaults(tmp_path: Path) -> None:
     assert config.replace(variant="stdc1").explicit == {"variant"}
     adopted = config.adopt(variant="stdc1", resolution=(64, 32))
     assert adopted.variant == "stdc1" and adopted.explicit == set()
+
+
+def test_reading_a_config_never_imports_torch() -> None:
+    # An .onnx node with a shipped parameter file whose size is not the 1024x512 default (stdc2:
+    # 1536x768) tells its explicit options from the defaults without the model registry: torch
+    # costs seconds and hundreds of MB at start, and an onnxruntime-only install has none.
+    import subprocess
+    import sys
+
+    from bisenet_ros.config import RECOMMENDED_RESOLUTIONS
+    from bisenet_ros.models import list_models
+
+    assert sorted(RECOMMENDED_RESOLUTIONS) == list_models()
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        "import sys\n"
+        "from bisenet_ros.pipeline import all_parameters, config_from_parameters\n"
+        "values = {s.name: s.default for s in all_parameters()}\n"
+        "values.update(variant='stdc2', resolution='1536x768', weights='model.onnx', backend='onnxruntime')\n"
+        "config = config_from_parameters(values)\n"
+        "print(sorted(config.explicit), 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=root,
+                         check=True).stdout.split()
+    assert out[-1] == "False", "reading the config imported torch"
+    assert "'resolution'," not in out and "'resolution']" not in out  # stdc2's own size is a default

@@ -20,23 +20,21 @@ class ModelSpec:
     Attributes:
         builder: ``builder(num_classes, aux) -> nn.Module``.
         normalization: Normalization of the published weights (used for random init too).
-        resolution: Recommended network input (width, height) for Cityscapes-like cameras (the
-            README's table; ``config/<variant>.yaml`` uses it or the 1024x512 default).
         reference_miou: Published Cityscapes val mIoU, or None where no weights are public.
     """
 
     builder: Callable[..., nn.Module]
     normalization: Normalization
-    resolution: tuple[int, int]
     reference_miou: float | None
 
 
 MODELS: dict[str, ModelSpec] = {
-    "bisenetv1": ModelSpec(bisenetv1, CITYSCAPES_COINCHEUNG, (1536, 768), 75.4),
-    "bisenetv1_xception39": ModelSpec(bisenetv1_xception39, CITYSCAPES_COINCHEUNG, (1536, 768), None),
-    "bisenetv2": ModelSpec(bisenetv2, CITYSCAPES_COINCHEUNG, (1024, 512), 75.0),
-    "stdc1": ModelSpec(stdc1, IMAGENET, (1024, 512), 72.2),   # STDC1-Seg50
-    "stdc2": ModelSpec(stdc2, IMAGENET, (1536, 768), 77.0),   # STDC2-Seg75
+    # Each variant's recommended network size: bisenet_ros.config.RECOMMENDED_RESOLUTIONS.
+    "bisenetv1": ModelSpec(bisenetv1, CITYSCAPES_COINCHEUNG, 75.4),
+    "bisenetv1_xception39": ModelSpec(bisenetv1_xception39, CITYSCAPES_COINCHEUNG, None),
+    "bisenetv2": ModelSpec(bisenetv2, CITYSCAPES_COINCHEUNG, 75.0),
+    "stdc1": ModelSpec(stdc1, IMAGENET, 72.2),   # STDC1-Seg50 (1024x512)
+    "stdc2": ModelSpec(stdc2, IMAGENET, 77.0),   # STDC2-Seg75 (1536x768)
 }
 
 
