@@ -13,7 +13,8 @@ from torch import nn
 
 from bisenet_ros.cli import main as cli_main
 from bisenet_ros.inference import Segmenter
-from bisenet_ros.inference.export import METADATA_KEY, export_onnx, export_onnx_bytes, read_onnx_info
+from bisenet_ros.inference.export import (METADATA_KEY, export_onnx, export_onnx_bytes, read_onnx_info,
+                                         without_outputs)
 from bisenet_ros.labels import cityscapes, make_class_set
 from bisenet_ros.models import Normalization
 
@@ -209,6 +210,34 @@ def test_batch_dynamic_export_equals_batch_one_label_for_label(tmp_path, capsys,
         engine = Segmenter(weights=str(dynamic), backend=backend)
         for got, frame in zip(engine.segment_batch(frames), frames):
             np.testing.assert_array_equal(got.labels, reference(frame).labels, err_msg=backend)
+
+
+def test_a_confidence_nobody_reads_is_not_computed_on_the_cpu(tmp_path) -> None:
+    # A file exported with --confidence, run by an engine that does not ask for it: its sessions
+    # (the frame-by-frame one and the batch one) hold the graph without the confidence nodes,
+    # and give the same labels as an engine that does ask for it.
+    model = TinyNet()
+    frames = _street_frames(2)
+    for name, batch, largest in (("fixed", 1, None), ("dynamic", None, 2)):
+        path = tmp_path / f"{name}.onnx"
+        export_onnx(model, path, resolution=(48, 32), class_set=cityscapes(), confidence=True,
+                    batch=batch, max_batch=largest)
+        full = onnx.load(str(path))
+        smaller = onnx.load_from_string(without_outputs(str(path), ("confidence",)))
+        onnx.checker.check_model(smaller)
+        assert [o.name for o in smaller.graph.output] == ["labels"]
+        assert len(smaller.graph.node) < len(full.graph.node)
+        assert smaller.ir_version == full.ir_version
+        assert without_outputs(str(path), ("logits",)) is None  # nothing to drop: run the file
+        plain = Segmenter(weights=str(path), backend="onnxruntime", num_threads=2)
+        asking = Segmenter(weights=str(path), backend="onnxruntime", confidence=True)
+        assert [o.name for o in plain.backend.session.get_outputs()] == ["labels"]
+        assert [o.name for o in asking.backend.session.get_outputs()] == ["labels", "confidence"]
+        for got, frame in zip(plain.segment_batch(frames), frames):
+            wanted = asking(frame)
+            np.testing.assert_array_equal(got.labels, wanted.labels, err_msg=name)
+            assert got.confidence is None and wanted.confidence is not None
+        assert [o.name for o in plain.backend.batch_session.get_outputs()] == ["labels"]
 
 
 def test_fixed_batch_export_runs_padded_and_old_files_read_as_batch_one(tmp_path) -> None:

@@ -174,6 +174,35 @@ def read_onnx_info(model: str | os.PathLike[str] | bytes) -> OnnxModelInfo:
     return onnx_info(proto, source)
 
 
+def without_outputs(model: str | os.PathLike[str], unread: Sequence[str]) -> bytes | None:
+    """An exported file's graph without outputs nobody reads, and the nodes only they need.
+
+    A file exported with ``--confidence`` computes the confidence in every run, asked for or not
+    (measured: STDC1 1024x512, one thread on the CPU, 378-390 ms per frame with it, 348-349 ms for
+    the same graph without it, also when the output is merely left out of the run's output
+    names). ``onnx.utils.Extractor`` keeps exactly the nodes between the input and the remaining
+    outputs. The runtimes do not need the metadata, which the engine reads from the file itself.
+
+    Args:
+        model: Path to an ``.onnx`` file (fixed or dynamic batch, fp32 or int8).
+        unread: Output names to drop, e.g. ``("confidence",)``.
+
+    Returns:
+        The serialized smaller model, or None when the file has none of ``unread`` (run the file).
+    """
+    from onnx.utils import Extractor
+
+    proto, _ = load_onnx(model)
+    outputs = [output.name for output in proto.graph.output]
+    kept = [name for name in outputs if name not in unread]
+    if len(kept) == len(outputs) or not kept:
+        return None
+    extracted = Extractor(proto).extract_model([proto.graph.input[0].name], kept)
+    # The runtime reads the IR version the file was written for, not the onnx package's newest.
+    extracted.ir_version = proto.ir_version
+    return extracted.SerializeToString()
+
+
 def load_onnx(model: str | os.PathLike[str] | bytes) -> tuple[Any, str]:
     """Decode an ONNX file or its bytes once: ``(ModelProto, name for messages)``.
 
