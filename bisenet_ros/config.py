@@ -107,20 +107,8 @@ class SegmenterConfig:
         "CPU threads for the backend; 0 lets the backend decide."))
 
     def __post_init__(self) -> None:
-        self._explicit: frozenset[str] | None = None
-
-    @property
-    def explicit(self) -> frozenset[str]:
-        """The :data:`TRACKED` options set by the user (see the class docstring)."""
-        if self._explicit is None:
-            # Built directly: worked out on first use. from_dict and the copies set it, so they
-            # never pay for it (non_default_options may load the model registry, i.e. torch).
-            self._explicit = non_default_options({name: getattr(self, name) for name in TRACKED})
-        return self._explicit
-
-    @explicit.setter
-    def explicit(self, names: Iterable[str]) -> None:
-        self._explicit = frozenset(names) & frozenset(TRACKED)
+        #: The :data:`TRACKED` options set by the user (see the class docstring).
+        self.explicit: frozenset[str] = non_default_options({name: getattr(self, name) for name in TRACKED})
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -148,7 +136,7 @@ class SegmenterConfig:
             raise ValueError(
                 f"unknown segmenter option(s) {', '.join(hints)}; valid options: {', '.join(names)}")
         config = cls(**{k: coerce_field(k, v) for k, v in values.items()})
-        config.explicit = values if explicit is None else explicit
+        config.explicit = frozenset(values if explicit is None else explicit) & frozenset(TRACKED)
         config.validate()
         return config
 
@@ -184,7 +172,7 @@ class SegmenterConfig:
 
     def _copy(self, changes: Mapping[str, Any], explicit: frozenset[str]) -> "SegmenterConfig":
         config = dataclasses.replace(self, **{k: coerce_field(k, v) for k, v in changes.items()})
-        config.explicit = explicit
+        config.explicit = explicit & frozenset(TRACKED)
         config.validate()
         return config
 
