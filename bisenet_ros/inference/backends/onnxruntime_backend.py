@@ -198,7 +198,7 @@ class OnnxRuntimeBackend(OnnxBackend):
 
     def _graph(self, model: str | bytes) -> str | bytes:
         """What a session is built from: the model, or its graph without the unread outputs
-        (derived from the file for each session rather than held in memory)."""
+        (derived from the file when sessions are built rather than held in memory)."""
         if self._unread and isinstance(model, str):
             from bisenet_ros.inference.export import without_outputs
 
@@ -248,11 +248,11 @@ class OnnxRuntimeBackend(OnnxBackend):
         docstring) and its one-thread session, built on the first batch, when the frame-by-frame
         session is rebuilt on the shared arena."""
         if self._pool is None:
-            cpu = ["CPUExecutionProvider"]
+            cpu, graph = ["CPUExecutionProvider"], self._graph(self._model)
             self.session = self._ort.InferenceSession(
-                self._graph(self._model), sess_options=self._options(self._num_threads, shared_arena=True), providers=cpu)
+                graph, sess_options=self._options(self._num_threads, shared_arena=True), providers=cpu)
             self.batch_session = self._ort.InferenceSession(
-                self._graph(self._model), sess_options=self._options(1, shared_arena=True), providers=cpu)
+                graph, sess_options=self._options(1, shared_arena=True), providers=cpu)
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="onnxruntime-batch")
         return self._pool
 
